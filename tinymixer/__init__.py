@@ -1,0 +1,19 @@
+"""tinymixer: MLP-Mixer (Tolstikhin et al., 2021) from scratch in NumPy, on CuPy GPU arrays when there is a GPU.
+
+Every forward and backward pass is written by hand and proven by finite-difference gradient checks.
+"""
+
+from .backend import array_module, backend_name, get_backend, set_backend, synchronize, to_device, to_host
+from .gradcheck import check_gradients, directional_check, numerical_gradient, rel_error
+from .layers import softmax_cross_entropy
+from .model import SIZES, MixerSize, MlpMixer
+from .optim import SGD, clip_by_global_norm, global_norm, warmup_cosine
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MlpMixer", "MixerSize", "SIZES", "softmax_cross_entropy",
+    "SGD", "clip_by_global_norm", "global_norm", "warmup_cosine",
+    "check_gradients", "directional_check", "numerical_gradient", "rel_error",
+    "array_module", "backend_name", "get_backend", "set_backend", "synchronize", "to_device", "to_host",
+]

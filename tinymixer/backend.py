@@ -1,0 +1,116 @@
+"""The array backend: the only module that knows CuPy exists.
+
+Every other module writes its math once against an "array module" ``xp`` (``numpy`` or ``cupy``, which share
+one API) and asks this module which one to use. CuPy cannot even be imported without CUDA, so it is imported
+here, lazily and guarded.
+
+Choosing the backend, first match wins:
+1. ``set_backend("numpy" | "cupy" | "auto")`` called by the program;
+2. the environment variable ``TINYMIXER_BACKEND=numpy|cupy|auto``;
+3. ``auto``: CuPy when it imports *and* a CUDA device actually runs a kernel, else NumPy.
+
+Asking for ``cupy`` where it cannot run is an error that says why, never a silent fallback to NumPy.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+ENV_VAR = "TINYMIXER_BACKEND"
+_CHOICES = ("numpy", "cupy", "auto")
+
+_backend: ModuleType | None = None  # the chosen array module, decided on first use
+_cupy: ModuleType | None = None  # the cupy module once it has been imported and shown to work
+
+
+def _load_cupy() -> tuple[ModuleType | None, str]:
+    """Import CuPy and run one tiny kernel. Returns (cupy or None, the reason it is unusable)."""
+    global _cupy
+    if _cupy is not None:
+        return _cupy, ""
+    try:
+        import cupy  # the one guarded import of cupy in the project
+    except Exception as exc:  # ImportError, or a CUDA library missing at import time
+        return None, f"CuPy does not import ({type(exc).__name__}: {exc}). Install it with: pip install 'tinymixer[gpu]'"
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return None, "CuPy imports but sees no CUDA device"
+        int((cupy.arange(4, dtype=cupy.float32) * 2).sum())  # compiles and runs a kernel: the real test
+    except Exception as exc:
+        return None, f"CuPy imports but cannot run on a GPU ({type(exc).__name__}: {exc})"
+    _cupy = cupy
+    return cupy, ""
+
+
+def _resolve(name: str) -> ModuleType:
+    name = name.strip().lower()
+    if name not in _CHOICES:
+        raise ValueError(f"unknown backend {name!r}: choose one of {', '.join(_CHOICES)}")
+    if name == "numpy":
+        return np
+    cupy, why_not = _load_cupy()
+    if cupy is not None:
+        return cupy
+    if name == "cupy":
+        raise RuntimeError(
+            f"backend 'cupy' was requested but {why_not}. Use the NumPy backend instead "
+            f"(set_backend('numpy') or {ENV_VAR}=numpy)."
+        )
+    return np  # auto, and no usable GPU
+
+
+def set_backend(name: str) -> ModuleType:
+    """Choose the array library for new models and arrays: 'numpy', 'cupy' or 'auto'. Returns it."""
+    global _backend
+    _backend = _resolve(name)
+    return _backend
+
+
+def get_backend() -> ModuleType:
+    """The array module in use (``numpy`` or ``cupy``), chosen on first call (see the module docstring)."""
+    global _backend
+    if _backend is None:
+        _backend = _resolve(os.environ.get(ENV_VAR, "auto"))
+    return _backend
+
+
+def backend_name() -> str:
+    return get_backend().__name__
+
+
+def array_module(*arrays: Any) -> ModuleType:
+    """The array module that owns these arrays: ``cupy`` if any is a CuPy array, else ``numpy``.
+
+    Layer code calls this on its inputs (the ``xp = array_module(x)`` idiom), so a function written once runs on
+    whichever device its arguments live on.
+    """
+    if _cupy is not None:
+        return _cupy.get_array_module(*arrays)
+    return np
+
+
+def is_device_array(a: Any) -> bool:
+    return _cupy is not None and isinstance(a, _cupy.ndarray)
+
+
+def to_device(a: Any, dtype: Any = None) -> Any:
+    """Move (or cast) an array to the current backend, optionally converting its dtype."""
+    xp = get_backend()
+    return xp.asarray(a, dtype=dtype)
+
+
+def to_host(a: Any) -> np.ndarray:
+    """A NumPy copy (or view) of any array: CuPy arrays are copied back from the GPU."""
+    if is_device_array(a):
+        return a.get()
+    return np.asarray(a)
+
+
+def synchronize() -> None:
+    """Wait for all queued GPU work (a no-op on NumPy). Timing code calls this before reading the clock."""
+    if _cupy is not None and get_backend() is _cupy:
+        _cupy.cuda.Device().synchronize()

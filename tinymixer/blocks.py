@@ -1,0 +1,141 @@
+"""Composite blocks built from the primitives in ``layers.py``: the MLP block, token and channel mixing, and the
+Mixer block. Each forward returns ``(out, cache)`` with its parts' caches nested inside; each backward calls its
+parts' backwards in the reverse order and returns ``(dx, grads)``.
+
+A block's ``params`` is a dict with the official checkpoint's names *relative to the block*, e.g.
+``{"Dense_0/kernel": ..., "Dense_0/bias": ..., "Dense_1/kernel": ..., "Dense_1/bias": ...}`` for an MLP block;
+its ``grads`` has the same keys and shapes. ``subtree`` and ``prefixed`` move between these and the model's flat
+dict of full names such as ``MixerBlock_3/token_mixing/Dense_0/kernel``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .layers import (
+    Array,
+    dense_backward,
+    dense_forward,
+    gelu_backward,
+    gelu_forward,
+    layer_norm_backward,
+    layer_norm_forward,
+)
+
+
+def subtree(params: dict[str, Array], prefix: str) -> dict[str, Array]:
+    """The entries under ``prefix/``, with the prefix removed: subtree(p, "MixerBlock_0")["LayerNorm_0/scale"]."""
+    start = prefix + "/"
+    return {name[len(start) :]: value for name, value in params.items() if name.startswith(start)}
+
+
+def prefixed(grads: dict[str, Array], prefix: str) -> dict[str, Array]:
+    """The inverse of ``subtree``: put ``prefix/`` in front of every name."""
+    return {f"{prefix}/{name}": value for name, value in grads.items()}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# MLP block: Dense -> GELU -> Dense on the last axis (the paper's MLP with one hidden layer)
+
+
+def mlp_block_forward(x: Array, params: dict[str, Array], gelu: str = "tanh") -> tuple[Array, tuple]:
+    """``out = W2 . GELU(W1 . x + b1) + b2`` applied to the last axis of x.
+
+    Inputs: x (..., D), params ``Dense_0/kernel`` (D, D_hidden), ``Dense_0/bias``, ``Dense_1/kernel``
+    (D_hidden, D), ``Dense_1/bias``.  Returns out (..., D) and the cache.
+    """
+    pre, dense0_cache = dense_forward(x, params["Dense_0/kernel"], params["Dense_0/bias"])  # 1. (..., D_hidden)
+    hidden, gelu_cache = gelu_forward(pre, gelu)  # 2. (..., D_hidden)
+    out, _ = dense_forward(hidden, params["Dense_1/kernel"], params["Dense_1/bias"])  # 3. (..., D)
+    # Step 3's cache would hold `hidden`; backward recomputes it from the GELU cache (hidden = pre * g) instead,
+    # which saves one hidden-size array per block -- the largest activations of the whole model.
+    return out, (dense0_cache, gelu_cache, params["Dense_1/kernel"])
+
+
+def mlp_block_backward(dout: Array, cache: tuple) -> tuple[Array, dict[str, Array]]:
+    """Returns dx (..., D) and the grads of the four parameters."""
+    dense0_cache, gelu_cache, w2 = cache
+    pre, g, _ = gelu_cache
+    hidden = pre * g  # (..., D_hidden), recomputed: see the forward
+    dhidden, dw2, db2 = dense_backward(dout, (hidden, w2))  # undoes 3.
+    del hidden
+    dpre = gelu_backward(dhidden, gelu_cache)  # undoes 2.
+    dx, dw1, db1 = dense_backward(dpre, dense0_cache)  # undoes 1.
+    grads = {"Dense_0/kernel": dw1, "Dense_0/bias": db1, "Dense_1/kernel": dw2, "Dense_1/bias": db2}
+    return dx, grads
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Token mixing and channel mixing: the same MLP block, applied along two different axes of the (B, S, C) table
+
+
+def token_mixing_forward(x: Array, params: dict[str, Array], gelu: str = "tanh") -> tuple[Array, tuple]:
+    """The MLP applied across tokens, once per channel, with weights shared over the channels:
+
+        out[b, :, c] = W2 . GELU(W1 . x[b, :, c])       (the paper's  U_{*,i} = W2 s(W1 X_{*,i}))
+
+    Inputs: x (B, S, C), params with ``Dense_0/kernel`` (S, D_S), ``Dense_1/kernel`` (D_S, S).
+    Returns out (B, S, C) and the cache. Implemented as: swap the token and channel axes, apply the MLP to the
+    last axis (now the tokens), swap back -- exactly what the official code does.
+    """
+    out_t, cache = mlp_block_forward(x.swapaxes(1, 2), params, gelu)  # (B, C, S)
+    return out_t.swapaxes(1, 2), cache  # (B, S, C)
+
+
+def token_mixing_backward(dout: Array, cache: tuple) -> tuple[Array, dict[str, Array]]:
+    dx_t, grads = mlp_block_backward(dout.swapaxes(1, 2), cache)  # (B, C, S)
+    return dx_t.swapaxes(1, 2), grads  # (B, S, C)
+
+
+def channel_mixing_forward(x: Array, params: dict[str, Array], gelu: str = "tanh") -> tuple[Array, tuple]:
+    """The MLP applied across channels, once per token, with weights shared over the tokens:
+
+        out[b, s, :] = W4 . GELU(W3 . x[b, s, :])       (the paper's  Y_{j,*} = W4 s(W3 U_{j,*}))
+
+    Inputs: x (B, S, C), params with ``Dense_0/kernel`` (C, D_C), ``Dense_1/kernel`` (D_C, C).
+    """
+    return mlp_block_forward(x, params, gelu)
+
+
+def channel_mixing_backward(dout: Array, cache: tuple) -> tuple[Array, dict[str, Array]]:
+    return mlp_block_backward(dout, cache)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The Mixer block: two pre-LayerNorm residual branches
+
+
+def mixer_block_forward(x: Array, params: dict[str, Array], gelu: str = "tanh") -> tuple[Array, tuple]:
+    """One Mixer layer (paper eq. 1):
+
+        U = X + TokenMixing(LayerNorm_0(X))            token-mixing branch
+        Y = U + ChannelMixing(LayerNorm_1(U))          channel-mixing branch
+
+    Inputs: x (B, S, C); params named as in a ``MixerBlock_i`` of the official checkpoints: ``LayerNorm_0/*``,
+    ``token_mixing/Dense_{0,1}/*``, ``LayerNorm_1/*``, ``channel_mixing/Dense_{0,1}/*``.  Returns y (B, S, C).
+    """
+    y, ln0_cache = layer_norm_forward(x, params["LayerNorm_0/scale"], params["LayerNorm_0/bias"])  # 1. (B, S, C)
+    y, token_cache = token_mixing_forward(y, subtree(params, "token_mixing"), gelu)  # 2. (B, S, C)
+    u = x + y  # 3. residual (B, S, C)
+    y, ln1_cache = layer_norm_forward(u, params["LayerNorm_1/scale"], params["LayerNorm_1/bias"])  # 4. (B, S, C)
+    y, channel_cache = channel_mixing_forward(y, subtree(params, "channel_mixing"), gelu)  # 5. (B, S, C)
+    y += u  # 6. residual (B, S, C)
+    return y, (ln0_cache, token_cache, ln1_cache, channel_cache)
+
+
+def mixer_block_backward(dout: Array, cache: tuple) -> tuple[Array, dict[str, Array]]:
+    """Returns dx (B, S, C) and the grads of every parameter of the block (same names as its params)."""
+    ln0_cache, token_cache, ln1_cache, channel_cache = cache
+    # 6. y = u + branch: the gradient reaches u both directly and through the branch
+    dy, channel_grads = channel_mixing_backward(dout, channel_cache)  # undoes 5.
+    du, dscale1, dbias1 = layer_norm_backward(dy, ln1_cache)  # undoes 4.
+    du += dout  # the residual path of 6.
+    # 3. u = x + branch: the same story again
+    dy, token_grads = token_mixing_backward(du, token_cache)  # undoes 2.
+    dx, dscale0, dbias0 = layer_norm_backward(dy, ln0_cache)  # undoes 1.
+    dx += du  # the residual path of 3.
+    grads: dict[str, Any] = {"LayerNorm_0/scale": dscale0, "LayerNorm_0/bias": dbias0}
+    grads.update(prefixed(token_grads, "token_mixing"))
+    grads.update({"LayerNorm_1/scale": dscale1, "LayerNorm_1/bias": dbias1})
+    grads.update(prefixed(channel_grads, "channel_mixing"))
+    return dx, grads

@@ -1,0 +1,274 @@
+"""The MLP-Mixer model: stem -> N Mixer blocks -> LayerNorm -> mean over tokens -> head.
+
+``MlpMixer.params`` is a flat dict whose names and shapes are those of the official JAX checkpoints, so a
+checkpoint's arrays drop straight in. ``forward`` keeps the caches of a training pass; ``backward`` walks the same
+path in reverse and fills ``grads`` (same names, same shapes).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import backend
+from .blocks import mixer_block_backward, mixer_block_forward, prefixed, subtree
+from .layers import (
+    GELU_FORMS,
+    Array,
+    dense_backward,
+    dense_forward,
+    layer_norm_backward,
+    layer_norm_forward,
+    mean_pool_backward,
+    mean_pool_forward,
+    stem_backward,
+    stem_forward,
+)
+
+
+@dataclass(frozen=True)
+class MixerSize:
+    """The shape hyper-parameters of one named size (paper Table 1, plus small ones for 32x32 images)."""
+
+    num_blocks: int
+    patch_size: int
+    hidden_dim: int  # C, channels per token
+    tokens_mlp_dim: int  # D_S
+    channels_mlp_dim: int  # D_C
+
+
+# Paper Table 1 (the "/P" is the patch size), then sizes for 32x32 images (CIFAR) that a CPU trains in minutes.
+SIZES: dict[str, MixerSize] = {
+    "S/32": MixerSize(8, 32, 512, 256, 2048),
+    "S/16": MixerSize(8, 16, 512, 256, 2048),
+    "B/32": MixerSize(12, 32, 768, 384, 3072),
+    "B/16": MixerSize(12, 16, 768, 384, 3072),
+    "L/32": MixerSize(24, 32, 1024, 512, 4096),
+    "L/16": MixerSize(24, 16, 1024, 512, 4096),
+    "H/14": MixerSize(32, 14, 1280, 640, 5120),
+    "micro/4": MixerSize(4, 4, 64, 32, 256),
+    "tiny/4": MixerSize(8, 4, 128, 64, 512),  # the public "Mixer-nano" CIFAR-10 size, 0.67M parameters
+    "small/4": MixerSize(8, 4, 256, 128, 1024),
+}
+
+
+def lecun_normal(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int) -> np.ndarray:
+    """Flax's default kernel initialiser: a normal with variance 1/fan_in, truncated at two standard deviations
+    (the truncation's variance loss is corrected, as in ``jax.nn.initializers.variance_scaling``)."""
+    # std of a standard normal truncated to [-2, 2] is 0.87962566103423978; divide it out so the variance is 1/fan_in
+    std = math.sqrt(1.0 / fan_in) / 0.87962566103423978
+    out = rng.standard_normal(shape)
+    bad = np.abs(out) > 2.0
+    while bad.any():  # redraw the tails: rejection sampling gives the truncated normal exactly
+        out[bad] = rng.standard_normal(int(bad.sum()))
+        bad = np.abs(out) > 2.0
+    return out * std
+
+
+class MlpMixer:
+    """MLP-Mixer (Tolstikhin et al. 2021) with hand-written forward and backward passes.
+
+    Keywords as in the official code: ``num_classes``, ``num_blocks``, ``patch_size``, ``hidden_dim`` (C),
+    ``tokens_mlp_dim`` (D_S), ``channels_mlp_dim`` (D_C); plus ``image_size`` (int or (H, W)), ``in_channels``,
+    ``seed`` (the same seed gives the same weights on every backend), ``dtype`` ("float32" or "float64"), ``gelu``
+    ("tanh", the official model's, or "erf").
+
+    Images go in as (B, H, W, in_channels) floats, preferably scaled to [-1, 1] as the official input pipeline
+    does; logits come out as (B, num_classes).
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        num_blocks: int,
+        patch_size: int,
+        hidden_dim: int,
+        tokens_mlp_dim: int,
+        channels_mlp_dim: int,
+        image_size: int | tuple[int, int] = 224,
+        in_channels: int = 3,
+        seed: int = 0,
+        dtype: str | Any = "float32",
+        gelu: str = "tanh",
+    ) -> None:
+        h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        for name, value in [("num_classes", num_classes), ("num_blocks", num_blocks), ("patch_size", patch_size),
+                            ("hidden_dim", hidden_dim), ("tokens_mlp_dim", tokens_mlp_dim),
+                            ("channels_mlp_dim", channels_mlp_dim), ("image height", h), ("image width", w),
+                            ("in_channels", in_channels)]:
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if h % patch_size or w % patch_size:
+            raise ValueError(
+                f"image size {h}x{w} is not divisible by the patch size {patch_size}: the patches must tile the "
+                f"image exactly. Choose an image size that is a multiple of {patch_size} (e.g. "
+                f"{(h // patch_size or 1) * patch_size}), or another patch size."
+            )
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
+        if gelu not in GELU_FORMS:
+            raise ValueError(f"gelu must be one of {GELU_FORMS}, got {gelu!r}")
+        self.num_classes = num_classes
+        self.num_blocks = num_blocks
+        self.patch_size = patch_size
+        self.hidden_dim = hidden_dim
+        self.tokens_mlp_dim = tokens_mlp_dim
+        self.channels_mlp_dim = channels_mlp_dim
+        self.image_size = (h, w)
+        self.in_channels = in_channels
+        self.num_tokens = (h // patch_size) * (w // patch_size)  # S
+        self.gelu = gelu
+        self.xp = backend.get_backend()
+        self.params: dict[str, Array] = {
+            k: self.xp.asarray(v, dtype=self.dtype) for k, v in self.init_params(seed).items()
+        }
+        self.grads: dict[str, Array] = {}
+        self._cache: tuple | None = None
+
+    @classmethod
+    def from_name(cls, name: str, *, num_classes: int, image_size: int | tuple[int, int] = 224,
+                  **kwargs: Any) -> MlpMixer:
+        """A named size, e.g. ``MlpMixer.from_name("B/16", num_classes=1000, image_size=224)``; keywords of the
+        constructor (``patch_size`` too) override the size's own values."""
+        if name not in SIZES:
+            raise ValueError(f"unknown size {name!r}; known sizes: {', '.join(SIZES)}")
+        size = vars(SIZES[name]) | kwargs
+        return cls(num_classes=num_classes, image_size=image_size, **size)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Parameters
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every parameter's name and shape, in the official checkpoint layout, in forward order."""
+        p, c, s = self.patch_size, self.hidden_dim, self.num_tokens
+        shapes: dict[str, tuple[int, ...]] = {"stem/kernel": (p, p, self.in_channels, c), "stem/bias": (c,)}
+        for i in range(self.num_blocks):
+            block = {
+                "LayerNorm_0/scale": (c,), "LayerNorm_0/bias": (c,),
+                "token_mixing/Dense_0/kernel": (s, self.tokens_mlp_dim),
+                "token_mixing/Dense_0/bias": (self.tokens_mlp_dim,),
+                "token_mixing/Dense_1/kernel": (self.tokens_mlp_dim, s), "token_mixing/Dense_1/bias": (s,),
+                "LayerNorm_1/scale": (c,), "LayerNorm_1/bias": (c,),
+                "channel_mixing/Dense_0/kernel": (c, self.channels_mlp_dim),
+                "channel_mixing/Dense_0/bias": (self.channels_mlp_dim,),
+                "channel_mixing/Dense_1/kernel": (self.channels_mlp_dim, c), "channel_mixing/Dense_1/bias": (c,),
+            }
+            shapes.update(prefixed(block, f"MixerBlock_{i}"))
+        shapes.update({"pre_head_layer_norm/scale": (c,), "pre_head_layer_norm/bias": (c,),
+                       "head/kernel": (c, self.num_classes), "head/bias": (self.num_classes,)})
+        return shapes
+
+    def init_params(self, seed: int) -> dict[str, np.ndarray]:
+        """The official initialisation, on the host in float64 from one seeded NumPy generator: LeCun-normal
+        kernels (fan-in = all axes but the last), zero biases, LayerNorm scales one, and a zero head kernel."""
+        rng = np.random.default_rng(seed)
+        params = {}
+        for name, shape in self.param_shapes().items():
+            if name == "head/kernel" or name.endswith("/bias"):
+                params[name] = np.zeros(shape)
+            elif name.endswith("/scale"):
+                params[name] = np.ones(shape)
+            else:  # a Dense or the stem's conv kernel
+                params[name] = lecun_normal(rng, shape, fan_in=math.prod(shape[:-1]))
+        return params
+
+    def num_params(self, include_head: bool = True) -> int:
+        shapes = self.param_shapes()
+        return sum(math.prod(v) for k, v in shapes.items() if include_head or not k.startswith("head/"))
+
+    def flops_per_image(self) -> int:
+        """Multiply-adds x 2 of the forward pass's matrix multiplies (the elementwise work is a few percent).
+        A training step (forward + backward) costs about three times this."""
+        s, c, p = self.num_tokens, self.hidden_dim, self.patch_size
+        stem = s * (p * p * self.in_channels) * c
+        block = 2 * c * s * self.tokens_mlp_dim + 2 * s * c * self.channels_mlp_dim
+        head = c * self.num_classes
+        return 2 * (stem + self.num_blocks * block + head)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Forward and backward
+
+    def forward(self, images: Array, train: bool = True) -> Array:
+        """Logits (B, num_classes) for images (B, H, W, in_channels).
+
+        With ``train=True`` the caches that ``backward`` needs are kept (until the next forward); with
+        ``train=False`` nothing is kept, which halves the memory of an evaluation pass.
+        """
+        x = self._checked_images(images)
+        p = self.params
+        x, stem_cache = stem_forward(x, p["stem/kernel"], p["stem/bias"])  # 1. (B, S, C)
+        block_caches = []
+        for i in range(self.num_blocks):
+            x, cache = mixer_block_forward(x, subtree(p, f"MixerBlock_{i}"), self.gelu)  # 2. (B, S, C)
+            block_caches.append(cache)
+        x, ln_cache = layer_norm_forward(x, p["pre_head_layer_norm/scale"], p["pre_head_layer_norm/bias"])  # 3.
+        x, pool_cache = mean_pool_forward(x)  # 4. (B, C)
+        logits, head_cache = dense_forward(x, p["head/kernel"], p["head/bias"])  # 5. (B, K)
+        self._cache = (stem_cache, block_caches, ln_cache, pool_cache, head_cache) if train else None
+        return logits
+
+    def backward(self, dlogits: Array) -> Array:
+        """Back-propagate dL/dlogits (B, K) through the last training forward; fills ``self.grads`` (the same
+        names and shapes as ``self.params``) and returns dL/dimages (B, H, W, in_channels)."""
+        if self._cache is None:
+            raise RuntimeError("backward() needs a preceding forward(images, train=True); the last forward was an "
+                               "evaluation pass (train=False) or there was none")
+        stem_cache, block_caches, ln_cache, pool_cache, head_cache = self._cache
+        self._cache = None  # free the activations as soon as backward is done with them
+        grads: dict[str, Array] = {}
+        dx, grads["head/kernel"], grads["head/bias"] = dense_backward(dlogits, head_cache)  # undoes 5.
+        dx = mean_pool_backward(dx, pool_cache)  # undoes 4.
+        dx, grads["pre_head_layer_norm/scale"], grads["pre_head_layer_norm/bias"] = layer_norm_backward(
+            dx, ln_cache)  # undoes 3.
+        for i in reversed(range(self.num_blocks)):  # undoes 2., last block first
+            dx, block_grads = mixer_block_backward(dx, block_caches.pop())
+            grads.update(prefixed(block_grads, f"MixerBlock_{i}"))
+        dimages, grads["stem/kernel"], grads["stem/bias"] = stem_backward(dx, stem_cache)  # undoes 1.
+        self.grads = {name: grads[name] for name in self.params}  # in the params' order
+        return dimages
+
+    def __call__(self, images: Array, train: bool = False) -> Array:
+        return self.forward(images, train=train)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Input checks: a clear error instead of a silent wrong answer
+
+    def _checked_images(self, images: Array) -> Array:
+        """Validate a batch of images and move it to the model's device and dtype.
+
+        The checks run where the images are: on the host for NumPy input (the usual case, no GPU sync); on the
+        device for CuPy input (the NaN check then costs one sync).
+        """
+        shape = getattr(images, "shape", None)
+        dtype = getattr(images, "dtype", None)
+        if shape is None or dtype is None:
+            raise TypeError(f"images must be a NumPy or CuPy array, got {type(images).__name__}")
+        h, w = self.image_size
+        expected = f"(batch, {h}, {w}, {self.in_channels})"
+        if len(shape) != 4:
+            hint = " (a single image? add a batch axis: images[None])" if len(shape) == 3 else ""
+            raise ValueError(f"images must be a 4-D batch {expected}, got shape {tuple(shape)}{hint}")
+        if tuple(shape[1:3]) != (h, w):
+            raise ValueError(
+                f"images are {shape[1]}x{shape[2]} but this model was built for {h}x{w} (its token-mixing weights "
+                f"are sized for {self.num_tokens} patches). Resize the images, or build the model with "
+                f"image_size=({shape[1]}, {shape[2]})."
+            )
+        if shape[3] != self.in_channels:
+            hint = " (channels-first? transpose to (B, H, W, C))" if shape[1] == self.in_channels else ""
+            raise ValueError(f"images have {shape[3]} channels, the model expects {self.in_channels}: shape "
+                             f"{tuple(shape)}, expected {expected}{hint}")
+        if dtype.kind != "f":
+            raise TypeError(
+                f"images must be floating point, got {dtype}. Convert and scale them first, e.g. "
+                f"(images.astype(np.float32) - 127.5) / 127.5 for 8-bit pixels."
+            )
+        xp = backend.array_module(images)
+        if not bool(xp.isfinite(images).all()):
+            raise ValueError("images contain NaN or inf values; clean the input (e.g. check the data loading)")
+        return self.xp.asarray(images, dtype=self.dtype)
