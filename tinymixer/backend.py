@@ -35,7 +35,8 @@ def _load_cupy() -> tuple[ModuleType | None, str]:
     try:
         import cupy  # the one guarded import of cupy in the project
     except Exception as exc:  # ImportError, or a CUDA library missing at import time
-        return None, f"CuPy does not import ({type(exc).__name__}: {exc}). Install it with: pip install 'tinymixer[gpu]'"
+        reason = f"CuPy does not import ({type(exc).__name__}: {exc})"
+        return None, f"{reason}. Install it with: pip install 'tinymixer[gpu]'"
     try:
         if cupy.cuda.runtime.getDeviceCount() < 1:
             return None, "CuPy imports but sees no CUDA device"
