@@ -40,7 +40,7 @@ def rel_error(a: Array, b: Array, floor: float = 1e-8) -> float:
 
 
 def numerical_gradient(
-    f: Callable[[], Array], x: Array, dout: Array | None = None, h: float | None = None, order: int = 2
+    f: Callable[[], Array], x: Array, dout: Array | None = None, h: float | None = None, order: int = 4
 ) -> np.ndarray:
     """Central-difference gradient of ``sum(f() * dout)`` with respect to every element of ``x``.
 
@@ -48,9 +48,9 @@ def numerical_gradient(
     is nudged in place by +h and -h, and restored. ``dout`` defaults to all ones (gradient of ``sum(f())``).
     Returns an array of x's shape, on the host.
 
-    ``order=2`` (default, h = 1e-5) is the textbook two-point difference above. Its absolute accuracy is limited
-    to ~1e-11 by round-off in L, so a gradient element of size 1e-6 can only be checked to ~1e-5 relative.
-    ``order=4`` (h = 1e-3) uses the four-point stencil
+    ``order=2`` (h = 1e-5) is the textbook two-point difference above. Its absolute accuracy is limited to
+    ~1e-11 by round-off in L, so a gradient element of size 1e-6 can only be checked to ~1e-5 relative.
+    ``order=4`` (the default, h = 1e-3) uses the four-point stencil
 
         (-L(x + 2h) + 8 L(x + h) - 8 L(x - h) + L(x - 2h)) / 12h,            error O(h^4)
 
@@ -91,7 +91,8 @@ def check_gradients(
     forward: Callable[..., Any],
     backward: Callable[[Array, Any], Any],
     inputs: Mapping[str, Array | Mapping[str, Array]],
-    h: float = 1e-5,
+    h: float | None = None,
+    order: int = 4,
     seed: int = 0,
 ) -> dict[str, float]:
     """Check a forward/backward pair against finite differences; return the relative error per input.
@@ -100,6 +101,7 @@ def check_gradients(
     ``inputs``: one array, a tuple of arrays, or a tuple whose entries are dicts for inputs that are dicts of
     parameters (as the blocks take). Every float64 array in ``inputs`` is checked; the result maps each one's
     name (``"x"``, ``"w"``, or ``"params/Dense_0/kernel"`` for a dict entry) to its relative error.
+    ``h`` and ``order`` are those of ``numerical_gradient``.
 
     Example::
 
@@ -122,9 +124,9 @@ def check_gradients(
     for (name, value), grad in zip(inputs.items(), analytic, strict=True):
         if isinstance(value, Mapping):
             for key, array in value.items():
-                errors[f"{name}/{key}"] = rel_error(grad[key], numerical_gradient(f, array, dout, h))
+                errors[f"{name}/{key}"] = rel_error(grad[key], numerical_gradient(f, array, dout, h, order))
         elif getattr(value, "dtype", None) == np.float64:
-            errors[name] = rel_error(grad, numerical_gradient(f, value, dout, h))
+            errors[name] = rel_error(grad, numerical_gradient(f, value, dout, h, order))
     return errors
 
 

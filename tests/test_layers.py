@@ -1,0 +1,175 @@
+"""Every primitive: its forward against the formula it claims, its backward against finite differences (float64)."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import numpy as np
+import pytest
+from helpers import assert_gradients_ok
+
+from tinymixer.gradcheck import check_gradients
+from tinymixer.layers import (
+    dense_backward,
+    dense_forward,
+    gelu_backward,
+    gelu_forward,
+    layer_norm_backward,
+    layer_norm_forward,
+    mean_pool_backward,
+    mean_pool_forward,
+    patchify,
+    softmax_cross_entropy,
+    stem_backward,
+    stem_forward,
+    unpatchify,
+)
+from tinymixer.special import erf
+
+# -- dense --------------------------------------------------------------------------------------------------------
+
+def test_dense_forward_is_affine_map(rng):
+    x, w, b = rng.standard_normal((2, 3, 4)), rng.standard_normal((4, 5)), rng.standard_normal(5)
+    out, _ = dense_forward(x, w, b)
+    expected = np.einsum("bsi,io->bso", x, w) + b
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_dense_gradients(rng):
+    inputs = dict(x=rng.standard_normal((2, 3, 4)), w=rng.standard_normal((4, 5)), b=rng.standard_normal(5))
+    assert_gradients_ok(check_gradients(dense_forward, dense_backward, inputs))
+
+
+# -- GELU ---------------------------------------------------------------------------------------------------------
+
+def test_gelu_tanh_forward_matches_formula():
+    x = np.linspace(-6, 6, 101)
+    out, _ = gelu_forward(x, "tanh")
+    expected = [0.5 * v * (1 + math.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v**3))) for v in x]
+    np.testing.assert_allclose(out, expected, rtol=1e-14, atol=1e-15)
+
+
+def test_gelu_erf_forward_matches_formula():
+    x = np.linspace(-6, 6, 101)
+    out, _ = gelu_forward(x, "erf")
+    expected = [0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x]
+    np.testing.assert_allclose(out, expected, rtol=1e-13, atol=1e-14)
+
+
+def test_erf_accurate_to_float64_roundoff():
+    x = np.concatenate([np.linspace(-10, 10, 20001), np.geomspace(1e-12, 10, 500), -np.geomspace(1e-12, 10, 500)])
+    got = erf(x)
+    expected = np.array([math.erf(v) for v in x])
+    assert np.max(np.abs(got - expected)) < 5e-15
+    assert erf(x.astype(np.float32)).dtype == np.float32
+
+
+@pytest.mark.parametrize("form", ["tanh", "erf"])
+def test_gelu_gradients(rng, form):
+    x = np.concatenate([rng.uniform(-4, 4, 50), np.linspace(-4, 4, 21)])  # beyond, GELU' ~ 0: only noise is left
+    assert_gradients_ok(check_gradients(partial(gelu_forward, approximate=form), gelu_backward, dict(x=x)))
+
+
+def test_gelu_forms_differ_so_each_needs_its_own_derivative():
+    # the two forms agree to ~1e-3: close enough to hide a mixed-up derivative behind a loose tolerance
+    x = np.linspace(-4, 4, 801)
+    gap = np.abs(gelu_forward(x, "tanh")[0] - gelu_forward(x, "erf")[0]).max()
+    assert 1e-5 < gap < 1e-2
+
+
+def test_gelu_rejects_unknown_form():
+    with pytest.raises(ValueError, match="tanh"):
+        gelu_forward(np.zeros(3), "relu")
+
+
+# -- LayerNorm ----------------------------------------------------------------------------------------------------
+
+def test_layer_norm_forward_normalises(rng):
+    x = 3.0 + 2.0 * rng.standard_normal((4, 5, 16))
+    out, _ = layer_norm_forward(x, np.ones(16), np.zeros(16))
+    np.testing.assert_allclose(out.mean(-1), 0, atol=1e-12)
+    np.testing.assert_allclose(out.var(-1), x.var(-1) / (x.var(-1) + 1e-6), rtol=1e-12)  # eps 1e-6
+    scale, bias = rng.standard_normal(16), rng.standard_normal(16)
+    out2, _ = layer_norm_forward(x, scale, bias)
+    np.testing.assert_allclose(out2, out * scale + bias, rtol=1e-12, atol=1e-12)
+
+
+def test_layer_norm_gradients(rng):
+    inputs = dict(x=rng.standard_normal((3, 4, 8)), scale=rng.standard_normal(8), bias=rng.standard_normal(8))
+    assert_gradients_ok(check_gradients(layer_norm_forward, layer_norm_backward, inputs))
+
+
+# -- patches and stem ---------------------------------------------------------------------------------------------
+
+def conv2d_stride_p(images, kernel, bias):
+    """A direct P x P, stride-P convolution (the paper's stem), written with explicit loops as the reference."""
+    b, h, w, _ = images.shape
+    p, _, _, c = kernel.shape
+    out = np.zeros((b, h // p, w // p, c))
+    for i in range(h // p):
+        for j in range(w // p):
+            window = images[:, i * p:(i + 1) * p, j * p:(j + 1) * p, :]  # (B, P, P, C_in)
+            out[:, i, j, :] = np.tensordot(window, kernel, axes=([1, 2, 3], [0, 1, 2])) + bias
+    return out.reshape(b, -1, c)  # row-major over the patch grid, as the official model flattens
+
+
+def test_stem_equals_stride_p_convolution(rng):
+    images, kernel, bias = rng.standard_normal((2, 12, 8, 3)), rng.standard_normal((4, 4, 3, 5)), rng.standard_normal(5)
+    out, _ = stem_forward(images, kernel, bias)
+    np.testing.assert_allclose(out, conv2d_stride_p(images, kernel, bias), rtol=1e-12, atol=1e-12)
+
+
+def test_patchify_roundtrip_and_layout(rng):
+    images = rng.standard_normal((2, 8, 12, 3))
+    patches = patchify(images, 4)
+    assert patches.shape == (2, 6, 48)
+    np.testing.assert_array_equal(patches[1, 4], images[1, 4:8, 4:8, :].ravel())  # grid row 1, column 1
+    np.testing.assert_array_equal(unpatchify(patches, 4, (8, 12)), images)
+
+
+def test_stem_gradients(rng):
+    inputs = dict(images=rng.standard_normal((2, 8, 4, 2)), kernel=rng.standard_normal((2, 2, 2, 3)),
+                  bias=rng.standard_normal(3))
+    assert_gradients_ok(check_gradients(stem_forward, stem_backward, inputs))
+
+
+# -- pooling ------------------------------------------------------------------------------------------------------
+
+def test_mean_pool_forward_and_gradients(rng):
+    x = rng.standard_normal((3, 5, 4))
+    np.testing.assert_allclose(mean_pool_forward(x)[0], x.mean(1))
+    assert_gradients_ok(check_gradients(mean_pool_forward, mean_pool_backward, dict(x=x)))
+
+
+# -- softmax cross-entropy ----------------------------------------------------------------------------------------
+
+def naive_cross_entropy(logits, labels, smoothing=0.0):
+    k = logits.shape[1]
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    q = np.full_like(p, smoothing / k)
+    q[np.arange(len(labels)), labels] += 1 - smoothing
+    return -(q * np.log(p)).sum(1).mean()
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_softmax_cross_entropy_value_and_gradient(rng, smoothing):
+    logits, labels = rng.standard_normal((6, 5)), np.array([0, 4, 2, 2, 1, 3])
+    loss, dlogits = softmax_cross_entropy(logits, labels, smoothing)
+    assert loss.shape == ()
+    np.testing.assert_allclose(float(loss), naive_cross_entropy(logits, labels, smoothing), rtol=1e-13)
+
+    def forward(logits):
+        return softmax_cross_entropy(logits, labels, smoothing)
+
+    errors = check_gradients(forward, lambda dout, d: d * dout, dict(logits=logits))  # dloss/dlogits * dout
+    assert_gradients_ok(errors)
+    np.testing.assert_allclose(dlogits.sum(1), 0, atol=1e-15)  # softmax - q sums to 0 per row
+
+
+def test_softmax_cross_entropy_is_stable_for_huge_logits():
+    logits = np.array([[1000.0, 0.0, -1000.0], [-5e4, 5e4, 0.0]], dtype=np.float32)
+    loss, dlogits = softmax_cross_entropy(logits, np.array([0, 0]))
+    assert np.isfinite(float(loss)) and np.all(np.isfinite(dlogits))
+    assert float(loss) == pytest.approx(1e5 / 2, rel=1e-6)  # second row: -log p = 1e5
+    assert loss.dtype == np.float32 and dlogits.dtype == np.float32
