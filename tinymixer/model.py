@@ -253,16 +253,16 @@ class MlpMixer:
         if len(shape) != 4:
             hint = " (a single image? add a batch axis: images[None])" if len(shape) == 3 else ""
             raise ValueError(f"images must be a 4-D batch {expected}, got shape {tuple(shape)}{hint}")
+        if shape[3] != self.in_channels:
+            hint = " (channels-first? transpose to (B, H, W, C))" if shape[1] == self.in_channels else ""
+            raise ValueError(f"images have {shape[3]} channels, the model expects {self.in_channels}: shape "
+                             f"{tuple(shape)}, expected {expected}{hint}")
         if tuple(shape[1:3]) != (h, w):
             raise ValueError(
                 f"images are {shape[1]}x{shape[2]} but this model was built for {h}x{w} (its token-mixing weights "
                 f"are sized for {self.num_tokens} patches). Resize the images, or build the model with "
                 f"image_size=({shape[1]}, {shape[2]})."
             )
-        if shape[3] != self.in_channels:
-            hint = " (channels-first? transpose to (B, H, W, C))" if shape[1] == self.in_channels else ""
-            raise ValueError(f"images have {shape[3]} channels, the model expects {self.in_channels}: shape "
-                             f"{tuple(shape)}, expected {expected}{hint}")
         if dtype.kind != "f":
             raise TypeError(
                 f"images must be floating point, got {dtype}. Convert and scale them first, e.g. "

@@ -1,0 +1,105 @@
+"""CuPy against NumPy: the same code on GPU arrays gives the same numbers (float32 tolerances).
+
+Skipped, with the reason, on machines without CuPy and a usable CUDA GPU.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+import pytest
+
+import tinymixer as tm
+from tinymixer import backend, blocks, layers
+
+cupy, WHY_NOT = backend._load_cupy()
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(cupy is None, reason=f"needs a GPU: {WHY_NOT}")]
+
+RTOL, ATOL = 2e-4, 2e-5
+
+
+def both(forward, backward, inputs, rng):
+    """Run a forward/backward pair on NumPy and on CuPy float32 copies of the same inputs; return both results."""
+    results = []
+    for to in (np.asarray, cupy.asarray):
+        args = {k: ({n: to(a) for n, a in v.items()} if isinstance(v, dict) else to(v)) for k, v in inputs.items()}
+        out, cache = forward(**args)
+        dout = to(rng.standard_normal(out.shape).astype(np.float32))
+        grads = backward(dout, cache)
+        results.append((out, grads))
+    return results
+
+
+def assert_close(a, b):
+    if isinstance(a, dict):
+        for k in a:
+            assert_close(a[k], b[k])
+    elif isinstance(a, tuple):
+        for x, y in zip(a, b, strict=True):
+            assert_close(x, y)
+    else:
+        np.testing.assert_allclose(tm.to_host(b), tm.to_host(a), rtol=RTOL, atol=ATOL)
+
+
+def f32(rng, *shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def mlp(rng, d, h):
+    return {"Dense_0/kernel": f32(rng, d, h) / np.float32(np.sqrt(d)), "Dense_0/bias": f32(rng, h),
+            "Dense_1/kernel": f32(rng, h, d) / np.float32(np.sqrt(h)), "Dense_1/bias": f32(rng, d)}
+
+
+CASES = {
+    "dense": lambda r: (layers.dense_forward, layers.dense_backward, dict(x=f32(r, 4, 5, 6), w=f32(r, 6, 7),
+                                                                         b=f32(r, 7))),
+    "gelu_tanh": lambda r: (partial(layers.gelu_forward, approximate="tanh"), layers.gelu_backward,
+                            dict(x=f32(r, 4, 50))),
+    "gelu_erf": lambda r: (partial(layers.gelu_forward, approximate="erf"), layers.gelu_backward,
+                           dict(x=f32(r, 4, 50))),
+    "layer_norm": lambda r: (layers.layer_norm_forward, layers.layer_norm_backward,
+                             dict(x=f32(r, 4, 5, 16), scale=f32(r, 16), bias=f32(r, 16))),
+    "stem": lambda r: (layers.stem_forward, layers.stem_backward,
+                       dict(images=f32(r, 2, 8, 8, 3), kernel=f32(r, 4, 4, 3, 8), bias=f32(r, 8))),
+    "mean_pool": lambda r: (layers.mean_pool_forward, layers.mean_pool_backward, dict(x=f32(r, 3, 5, 4))),
+    "token_mixing": lambda r: (blocks.token_mixing_forward, blocks.token_mixing_backward,
+                               dict(x=f32(r, 2, 16, 8), params=mlp(r, 16, 12))),
+    "channel_mixing": lambda r: (blocks.channel_mixing_forward, blocks.channel_mixing_backward,
+                                 dict(x=f32(r, 2, 16, 8), params=mlp(r, 8, 12))),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_layer_parity(name):
+    rng = np.random.default_rng(0)
+    forward, backward, inputs = CASES[name](rng)
+    (out_np, grads_np), (out_cp, grads_cp) = both(forward, backward, inputs, np.random.default_rng(1))
+    assert isinstance(out_cp, cupy.ndarray)
+    assert_close(out_np, out_cp)
+    assert_close(grads_np, grads_cp)
+
+
+def test_softmax_cross_entropy_parity():
+    logits = np.random.default_rng(0).standard_normal((8, 10)).astype(np.float32)
+    labels = np.arange(8)
+    loss_np, d_np = tm.softmax_cross_entropy(logits, labels, 0.1)
+    loss_cp, d_cp = tm.softmax_cross_entropy(cupy.asarray(logits), labels, 0.1)
+    assert isinstance(loss_cp, cupy.ndarray) and loss_cp.shape == ()  # no host sync for the loss
+    assert_close(loss_np, loss_cp)
+    assert_close(d_np, d_cp)
+
+
+def test_same_seed_same_model_and_training_step_on_both_backends():
+    results = []
+    for name in ("numpy", "cupy"):
+        tm.set_backend(name)
+        model = tm.MlpMixer.from_name("micro/4", num_classes=10, image_size=16, seed=7)
+        x = np.random.default_rng(0).uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32)
+        loss, dlogits = tm.softmax_cross_entropy(model.forward(x), np.arange(8))
+        model.backward(dlogits)
+        tm.clip_by_global_norm(model.grads, 1.0)
+        tm.SGD().step(model.params, model.grads, lr=0.1)
+        results.append((loss, {k: tm.to_host(v) for k, v in model.params.items()}))
+    assert_close(results[0][0], results[1][0])
+    assert_close(results[0][1], results[1][1])
