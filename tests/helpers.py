@@ -31,3 +31,31 @@ def small_model(dtype: str = "float64", randomize: bool = True, seed: int = 0, *
         for value in model.params.values():
             value[...] = 0.5 * r.standard_normal(value.shape)
     return model
+
+
+def fake_cifar(num_train: int = 600, num_test: int = 100, size: int = 32, classes: int = 10, seed: int = 0):
+    """A random data set in the CIFAR-10 shapes (uint8 images, int labels), for loader and script tests."""
+    from tinymixer.data import Dataset
+
+    r = np.random.default_rng(seed)
+    return Dataset(r.integers(0, 256, (num_train, size, size, 3), dtype=np.uint8), r.integers(0, classes, num_train),
+                   r.integers(0, 256, (num_test, size, size, 3), dtype=np.uint8), r.integers(0, classes, num_test),
+                   [f"class{i}" for i in range(classes)])
+
+
+def make_cifar_archive(folder, dataset=None):
+    """Write ``folder/cifar-10-python.tar.gz`` in the exact layout of the real archive; return (path, md5)."""
+    import tarfile
+    import tempfile
+    from pathlib import Path
+
+    from tinymixer.data import FOLDER_NAME, md5sum, save_folder
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_folder(Path(tmp) / FOLDER_NAME, dataset or fake_cifar())
+        archive = folder / "cifar-10-python.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            tar.add(Path(tmp) / FOLDER_NAME, arcname=FOLDER_NAME)
+    return archive, md5sum(archive)

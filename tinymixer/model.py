@@ -140,6 +140,13 @@ class MlpMixer:
         size = vars(SIZES[name]) | kwargs
         return cls(num_classes=num_classes, image_size=image_size, **size)
 
+    def config(self) -> dict[str, Any]:
+        """The constructor keywords that rebuild this model's shape (saved in checkpoints): MlpMixer(**config)."""
+        return {"num_classes": self.num_classes, "num_blocks": self.num_blocks, "patch_size": self.patch_size,
+                "hidden_dim": self.hidden_dim, "tokens_mlp_dim": self.tokens_mlp_dim,
+                "channels_mlp_dim": self.channels_mlp_dim, "image_size": list(self.image_size),
+                "in_channels": self.in_channels, "gelu": self.gelu, "dtype": self.dtype.name}
+
     # ------------------------------------------------------------------------------------------------------------
     # Parameters
 

@@ -1,0 +1,163 @@
+"""The CIFAR loader on archives made here in the exact CIFAR-10 format, served from 127.0.0.1 (no internet)."""
+
+from __future__ import annotations
+
+import http.server
+import pickle
+import threading
+from functools import partial
+
+import numpy as np
+import pytest
+from helpers import fake_cifar, make_cifar_archive
+
+from tinymixer import data as D
+
+
+@pytest.fixture
+def served(tmp_path):
+    """An HTTP server on 127.0.0.1 serving tmp_path/www; yields (www folder, base URL)."""
+    www = tmp_path / "www"
+    www.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(www)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield www, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_save_and_load_folder_roundtrip(tmp_path):
+    dataset = fake_cifar(num_train=50, num_test=20)
+    D.save_folder(tmp_path / "d", dataset, train_batches=3)
+    loaded = D.load_folder(tmp_path / "d")
+    np.testing.assert_array_equal(loaded.train_images, dataset.train_images)
+    np.testing.assert_array_equal(loaded.train_labels, dataset.train_labels)
+    np.testing.assert_array_equal(loaded.test_images, dataset.test_images)
+    assert loaded.class_names == dataset.class_names and loaded.image_shape == (32, 32, 3)
+
+
+def test_reads_the_real_cifar_pixel_layout(tmp_path):
+    """Real CIFAR rows hold the red plane, then green, then blue (1024 bytes each), and byte-string keys."""
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    row = np.concatenate([np.full(1024, 10), np.full(1024, 20), np.full(1024, 30)]).astype(np.uint8)
+    row[1] = 99  # red, image row 0, column 1
+    for name in ["data_batch_1", "test_batch"]:
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": row[None, :], b"labels": [7], b"batch_label": b"x"}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [f"c{i}".encode() for i in range(10)], b"num_vis": 3072}, f)
+    loaded = D.load_folder(folder)
+    assert loaded.train_images.shape == (1, 32, 32, 3)
+    assert tuple(loaded.train_images[0, 0, 0]) == (10, 20, 30) and loaded.train_images[0, 0, 1, 0] == 99
+    assert loaded.train_labels.tolist() == [7] and loaded.num_classes == 10
+
+
+def test_download_verify_extract_and_reuse_cache(tmp_path, served):
+    www, url = served
+    archive, md5 = make_cifar_archive(www)
+    cache = tmp_path / "cache"
+    folder = D.ensure_cifar10(cache, url=f"{url}/{archive.name}", md5=md5, progress=False)
+    assert folder == cache / D.FOLDER_NAME and D.load_folder(folder).train_images.shape == (600, 32, 32, 3)
+    assert (cache / D.ARCHIVE_NAME).exists() and not list(cache.glob("*.part"))
+    archive.unlink()  # the server no longer has it: the cache must be enough
+    assert D.ensure_cifar10(cache, url=f"{url}/{archive.name}", md5=md5, download_ok=False) == folder
+
+
+def test_cached_archive_is_extracted_without_network(tmp_path):
+    archive, md5 = make_cifar_archive(tmp_path)
+    folder = D.ensure_cifar10(tmp_path, url="http://127.0.0.1:9/none", md5=md5, download_ok=False)
+    assert (folder / "test_batch").exists()
+
+
+def test_download_with_wrong_md5_leaves_nothing(tmp_path, served):
+    www, url = served
+    archive, _ = make_cifar_archive(www)
+    cache = tmp_path / "cache"
+    with pytest.raises(D.DataError, match="MD5"):
+        D.ensure_cifar10(cache, url=f"{url}/{archive.name}", md5="0" * 32, progress=False)
+    assert list(cache.iterdir()) == []  # no file that looks complete, no leftover part-file
+
+
+def test_truncated_download_is_detected(tmp_path):
+    """A server that promises more bytes than it sends: the download must fail and leave nothing behind."""
+    payload = b"x" * 1000
+
+    class Truncating(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "5000")
+            self.end_headers()
+            self.wfile.write(payload)  # then close the connection early
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Truncating)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/cifar-10-python.tar.gz"
+        with pytest.raises(D.DataError, match=r"download failed|stopped after"):
+            D.ensure_cifar10(tmp_path, url=url, md5="0" * 32, progress=False)
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_corrupt_cached_archive_is_fetched_again(tmp_path, served):
+    www, url = served
+    archive, md5 = make_cifar_archive(www)
+    (tmp_path / D.ARCHIVE_NAME).write_bytes(b"garbage from an old interrupted copy")
+    folder = D.ensure_cifar10(tmp_path, url=f"{url}/{archive.name}", md5=md5, progress=False)
+    assert D.md5sum(tmp_path / D.ARCHIVE_NAME) == md5 and (folder / "batches.meta").exists()
+
+
+def test_corrupt_cached_archive_without_network_is_reported(tmp_path):
+    (tmp_path / D.ARCHIVE_NAME).write_bytes(b"garbage")
+    with pytest.raises(D.DataError, match="corrupt"):
+        D.ensure_cifar10(tmp_path, download_ok=False)
+
+
+def test_no_data_no_network_says_what_to_do(tmp_path):
+    with pytest.raises(D.DataError, match=r"cifar-10-python.tar.gz.*into " + str(tmp_path)):
+        D.ensure_cifar10(tmp_path, url="http://127.0.0.1:9/unreachable.tar.gz", progress=False)
+
+
+def test_augment_crops_and_flips(rng):
+    images = np.arange(2 * 4 * 4 * 1, dtype=np.uint8).reshape(2, 4, 4, 1)
+    same = D.augment(images, rng, crop_padding=0, flip=False)
+    np.testing.assert_array_equal(same, images)
+    flipped = [D.augment(images, np.random.default_rng(s), crop_padding=0) for s in range(20)]
+    assert any(np.array_equal(f[0], images[0, :, ::-1]) for f in flipped)
+    cropped = D.augment(images, rng, crop_padding=2, flip=False)
+    assert cropped.shape == images.shape and cropped.dtype == np.uint8
+    for b in range(2):  # every crop is a shifted window of the zero-padded image
+        padded = np.pad(images[b], ((2, 2), (2, 2), (0, 0)))
+        assert any(np.array_equal(cropped[b], padded[i:i + 4, j:j + 4]) for i in range(5) for j in range(5))
+
+
+def test_normalize_and_mixup(rng):
+    x = np.array([[[[0, 255]]]], dtype=np.uint8)
+    np.testing.assert_allclose(D.normalize(x), [[[[-1.0, 1.0]]]])
+    assert D.normalize(x).dtype == np.float32
+    images = D.normalize(fake_cifar(8, 1).train_images)
+    labels = np.arange(8)
+    mixed, a, partner, lam = D.mixup(images, labels, 0.4, rng)  # labels = indices, so partner = the permutation
+    assert 0 <= lam <= 1 and mixed.dtype == np.float32 and np.array_equal(a, labels)
+    np.testing.assert_allclose(mixed, lam * images + (1 - lam) * images[partner], rtol=1e-5, atol=1e-6)
+
+
+def test_validation_split_and_batches():
+    dataset = fake_cifar(100, 10)
+    split = dataset.split_validation(20)
+    assert len(split.train_labels) == 80 and len(split.test_labels) == 20
+    seen = np.concatenate(list(D.batches(10, 3, np.random.default_rng(0))))
+    assert sorted(seen.tolist()) == list(range(10))
+    assert [len(b) for b in D.batches(10, 3, None, drop_last=True)] == [3, 3, 3]

@@ -1,0 +1,95 @@
+"""Checkpoints: one ``.npz`` file, written atomically, readable like an official Mixer checkpoint.
+
+Layout: the model's parameters under their official names (``stem/kernel``, ``MixerBlock_0/...``, ``head/bias``),
+so ``np.load`` of our file looks like an official one; the optimiser's state under ``optimizer/<name>``; and the
+training state (step, epoch, model configuration, metrics so far) as JSON text under ``__meta__``.
+
+Writing goes to a temporary file in the same folder, which is flushed to disk and then renamed over the old
+file: a crash or Ctrl-C while writing leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .backend import to_host
+
+META_KEY = "__meta__"
+OPTIMIZER_PREFIX = "optimizer/"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be read or does not fit; the message says which file and what to do."""
+
+
+def save_checkpoint(path: Path | str, params: dict[str, Any], optimizer_state: dict[str, Any] | None = None,
+                    meta: dict[str, Any] | None = None) -> Path:
+    """Write parameters (and optionally optimiser state and JSON-able metadata) to ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {name: to_host(value) for name, value in params.items()}
+    for name, value in (optimizer_state or {}).items():
+        arrays[OPTIMIZER_PREFIX + name] = to_host(value)
+    arrays[META_KEY] = np.array(json.dumps(meta or {}))
+    fd, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)  # atomic on POSIX and Windows
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: Path | str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]]:
+    """Read a checkpoint: (params, optimizer_state, meta), all on the host. Official Mixer ``.npz`` files load
+    too (with empty optimiser state and meta). A missing, truncated or corrupted file raises CheckpointError."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); it is truncated or corrupted. "
+            f"Delete it and resume from an earlier checkpoint, or start afresh."
+        ) from exc
+    meta_text = arrays.pop(META_KEY, None)
+    try:
+        meta = json.loads(str(meta_text)) if meta_text is not None else {}
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"checkpoint {path} has corrupted metadata ({exc})") from exc
+    optimizer_state = {k[len(OPTIMIZER_PREFIX):]: v for k, v in arrays.items() if k.startswith(OPTIMIZER_PREFIX)}
+    params = {k: v for k, v in arrays.items() if not k.startswith(OPTIMIZER_PREFIX)}
+    return params, optimizer_state, meta
+
+
+def load_params_into(model: Any, params: dict[str, np.ndarray], path: Path | str = "checkpoint") -> None:
+    """Copy checkpoint arrays into ``model.params`` (in place, on the model's device and dtype), insisting that
+    names and shapes match exactly."""
+    missing = [k for k in model.params if k not in params]
+    unexpected = [k for k in params if k not in model.params]
+    wrong = [f"{k}: {params[k].shape} vs model {tuple(v.shape)}" for k, v in model.params.items()
+             if k in params and params[k].shape != tuple(v.shape)]
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"{path} does not fit this model: missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+            f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}, shape mismatches {wrong[:3]}. "
+            f"Build the model with the configuration the checkpoint was trained with."
+        )
+    for name, value in model.params.items():
+        value[...] = model.xp.asarray(params[name], dtype=value.dtype)

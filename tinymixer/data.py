@@ -1,0 +1,296 @@
+"""CIFAR-10 (and any data set in its layout): download, verify, cache, load; batches; augmentation.
+
+The CIFAR "python version" layout is a folder ``cifar-10-batches-py/`` holding pickled dicts: ``data_batch_1`` ...
+``data_batch_5`` (training), ``test_batch``, and ``batches.meta`` (``label_names``, ``num_vis``). Each batch has
+``data``, an (N, C*H*W) uint8 array with the channels as planes (all red, then all green, then all blue, each
+row-major), and ``labels``, N class indices. Any folder in that layout loads: the number of training batches, the
+image size (``num_vis`` = C*H*W, square images of C=3 channels unless ``batches.meta`` also gives ``num_channels``,
+``image_height``, ``image_width``) and the number of classes (``label_names``) are read from the files.
+
+Images stay uint8 (B, H, W, C) until a batch is taken; ``normalize`` maps them to [-1, 1] as the official input
+pipeline does: ``(x - 127.5) / 127.5``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import shutil
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"  # published with the archive
+ARCHIVE_NAME = "cifar-10-python.tar.gz"
+FOLDER_NAME = "cifar-10-batches-py"
+DATA_DIR_ENV = "TINYMIXER_DATA"
+
+
+class DataError(RuntimeError):
+    """The data could not be found, fetched or read; the message says what to do."""
+
+
+@dataclass
+class Dataset:
+    """Images as uint8 (N, H, W, C), labels as int64 (N,), and the class names."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    class_names: list[str]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train_images.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def split_validation(self, size: int, seed: int = 0) -> Dataset:
+        """Carve a validation set of ``size`` images out of the training set; it replaces the test set."""
+        if not 0 < size < len(self.train_labels):
+            raise ValueError(f"validation size must be in (0, {len(self.train_labels)}), got {size}")
+        order = np.random.default_rng(seed).permutation(len(self.train_labels))
+        val, train = order[:size], order[size:]
+        return Dataset(self.train_images[train], self.train_labels[train], self.train_images[val],
+                       self.train_labels[val], self.class_names)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Finding, downloading and verifying
+
+
+def default_data_dir() -> Path:
+    """``$TINYMIXER_DATA``, else ``$XDG_CACHE_HOME/tinymixer``, else ``~/.cache/tinymixer``."""
+    if os.environ.get(DATA_DIR_ENV):
+        return Path(os.environ[DATA_DIR_ENV]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "tinymixer"
+
+
+def md5sum(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download(url: str, dest: Path, md5: str | None = None, progress: bool = True, timeout: float = 60.0) -> Path:
+    """Fetch ``url`` to ``dest`` with a progress bar. The bytes go to a temporary file beside ``dest``, which is
+    renamed only after the download is complete (and its MD5 matches): an interrupted download never leaves a
+    file that looks complete."""
+    from tqdm import tqdm
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {dest.name}",
+                      disable=not progress) as bar:
+                for chunk in iter(lambda: response.read(1 << 20), b""):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+        if total is not None and tmp.stat().st_size != total:
+            raise DataError(f"download of {url} stopped after {tmp.stat().st_size} of {total} bytes; try again")
+        if md5 is not None and (got := md5sum(tmp)) != md5:
+            raise DataError(f"downloaded {url} but its MD5 is {got}, expected {md5}: the file is corrupt; try again")
+        os.replace(tmp, dest)
+        return dest
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _missing_data_message(data_dir: Path, why: str) -> str:
+    return (
+        f"CIFAR-10 is not available: {why}.\n"
+        f"Either let the script download it (needs internet), or download {CIFAR10_URL}\n"
+        f"yourself and put the file {ARCHIVE_NAME} (or its extracted folder {FOLDER_NAME}/) into {data_dir}\n"
+        f"(choose another folder with --data-dir or ${DATA_DIR_ENV})."
+    )
+
+
+def ensure_cifar10(data_dir: Path | str | None = None, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5,
+                   download_ok: bool = True, progress: bool = True) -> Path:
+    """The path of an extracted CIFAR-format folder under ``data_dir``, fetching and extracting it if needed.
+
+    In order: an extracted ``cifar-10-batches-py/`` is used as it is; else a cached archive is verified (MD5) and
+    extracted, a corrupt one fetched again; else the archive is downloaded. Without network and without data,
+    a DataError says what to download and where to put it.
+    """
+    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    folder = data_dir / FOLDER_NAME
+    if (folder / "batches.meta").exists():
+        return folder
+    archive = data_dir / ARCHIVE_NAME
+    if archive.exists() and md5sum(archive) != md5:
+        if not download_ok:
+            raise DataError(_missing_data_message(data_dir, f"{archive} is corrupt (wrong MD5); delete it"))
+        print(f"{archive} is corrupt (its MD5 is not {md5}); fetching it again")
+        archive.unlink()
+    if not archive.exists():
+        if not download_ok:
+            raise DataError(_missing_data_message(data_dir, f"neither {folder} nor {archive} exists"))
+        try:
+            download(url, archive, md5, progress=progress)
+        except (urllib.error.URLError, OSError) as exc:
+            raise DataError(_missing_data_message(data_dir, f"the download failed ({exc})")) from exc
+    _extract(archive, data_dir)
+    if not (folder / "batches.meta").exists():
+        raise DataError(f"{archive} did not contain {FOLDER_NAME}/batches.meta; is it the CIFAR-10 python archive?")
+    return folder
+
+
+def _extract(archive: Path, data_dir: Path) -> None:
+    """Extract into a temporary folder, then rename: a half-extracted folder never looks complete."""
+    tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=data_dir))
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(tmp, filter="data")  # refuses absolute paths, '..' and links out of the folder
+            else:  # Python < 3.10.12: check the member names ourselves
+                for member in tar.getmembers():
+                    if member.name.startswith(("/", "..")) or ".." in Path(member.name).parts:
+                        raise DataError(f"{archive} contains an unsafe path {member.name!r}")
+                tar.extractall(tmp)  # noqa: S202 - member names checked above
+        src = tmp / FOLDER_NAME
+        if src.exists():
+            os.replace(src, data_dir / FOLDER_NAME)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise DataError(f"{archive} could not be extracted ({exc}); delete it and fetch it again") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading the pickled batches
+
+
+def _unpickle(path: Path) -> dict[str, object]:
+    try:
+        with open(path, "rb") as f:
+            raw = pickle.load(f, encoding="bytes")  # noqa: S301 - the CIFAR format is pickles
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as exc:
+        raise DataError(f"cannot read {path} ({exc}); is it a CIFAR-format batch?") from exc
+    return {(k.decode() if isinstance(k, bytes) else k): v for k, v in raw.items()}
+
+
+def load_folder(folder: Path | str) -> Dataset:
+    """Load every ``data_batch_*`` (training) and ``test_batch`` of a CIFAR-format folder."""
+    folder = Path(folder)
+    meta_path = folder / "batches.meta"
+    train_paths = sorted(folder.glob("data_batch_*"), key=lambda p: int(p.name.rsplit("_", 1)[1]))
+    if not meta_path.exists() or not train_paths or not (folder / "test_batch").exists():
+        raise DataError(f"{folder} is not a CIFAR-format folder: it needs batches.meta, data_batch_1.. and "
+                        f"test_batch")
+    meta = _unpickle(meta_path)
+    names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta["label_names"]]
+    num_vis = int(meta.get("num_vis", 3072))
+    channels = int(meta.get("num_channels", 3))
+    side = int(round((num_vis / channels) ** 0.5))
+    height, width = int(meta.get("image_height", side)), int(meta.get("image_width", side))
+    if channels * height * width != num_vis:
+        raise DataError(f"{meta_path}: num_vis={num_vis} is not channels x height x width; add num_channels, "
+                        f"image_height and image_width to it")
+
+    def read(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+        images, labels = [], []
+        for path in paths:
+            batch = _unpickle(path)
+            data = np.asarray(batch["data"], dtype=np.uint8)
+            if data.ndim != 2 or data.shape[1] != num_vis:
+                raise DataError(f"{path}: data has shape {data.shape}, expected (N, {num_vis})")
+            images.append(data.reshape(-1, channels, height, width).transpose(0, 2, 3, 1))  # planes -> (N, H, W, C)
+            labels.append(np.asarray(batch["labels"], dtype=np.int64))
+        x, y = np.concatenate(images), np.concatenate(labels)
+        if len(x) != len(y) or (len(y) and (y.min() < 0 or y.max() >= len(names))):
+            raise DataError(f"labels in {folder} do not match the images or the {len(names)} classes")
+        return np.ascontiguousarray(x), y
+
+    train_x, train_y = read(train_paths)
+    test_x, test_y = read([folder / "test_batch"])
+    return Dataset(train_x, train_y, test_x, test_y, names)
+
+
+def save_folder(folder: Path | str, dataset: Dataset, train_batches: int = 5) -> Path:
+    """Write a Dataset in the CIFAR layout (used by the tests, and to bring other data to the training script)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    h, w, c = dataset.image_shape
+
+    def dump(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+        data = images.transpose(0, 3, 1, 2).reshape(len(images), -1)  # (N, H, W, C) -> planes
+        with open(path, "wb") as f:
+            pickle.dump({b"data": data, b"labels": [int(v) for v in labels]}, f)
+
+    meta = {b"label_names": [n.encode() for n in dataset.class_names], b"num_vis": h * w * c,
+            b"num_channels": c, b"image_height": h, b"image_width": w}
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump(meta, f)
+    for i, part in enumerate(np.array_split(np.arange(len(dataset.train_labels)), train_batches), start=1):
+        dump(folder / f"data_batch_{i}", dataset.train_images[part], dataset.train_labels[part])
+    dump(folder / "test_batch", dataset.test_images, dataset.test_labels)
+    return folder
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Batches, scaling, augmentation
+
+
+def normalize(images: np.ndarray, dtype: str | np.dtype = np.float32) -> np.ndarray:
+    """uint8 pixels -> [-1, 1], as the official input pipeline: (x - 127.5) / 127.5."""
+    out = images.astype(dtype)
+    out -= 127.5
+    out *= 1.0 / 127.5
+    return out
+
+
+def augment(images: np.ndarray, rng: np.random.Generator, crop_padding: int = 4, flip: bool = True) -> np.ndarray:
+    """The standard CIFAR augmentation on a uint8 batch (B, H, W, C): pad every side with ``crop_padding`` zero
+    pixels, take a random H x W crop, and mirror left-right with probability 1/2. Returns a new array."""
+    b, h, w, _ = images.shape
+    out = images.copy()
+    if crop_padding:
+        p = crop_padding
+        padded = np.pad(images, ((0, 0), (p, p), (p, p), (0, 0)))  # (B, H+2p, W+2p, C)
+        dy, dx = rng.integers(0, 2 * p + 1, size=(2, b))
+        rows = dy[:, None] + np.arange(h)  # (B, H)
+        cols = dx[:, None] + np.arange(w)  # (B, W)
+        out = padded[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
+    if flip:
+        mirror = rng.random(b) < 0.5
+        out[mirror] = out[mirror, :, ::-1]
+    return out
+
+
+def mixup(images: np.ndarray, labels: np.ndarray, alpha: float, rng: np.random.Generator
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """mixup (Zhang et al. 2018): blend the batch with a shuffled copy of itself, weight lam ~ Beta(alpha, alpha).
+
+    Returns (mixed float images, labels, the partner labels, lam); the loss is
+    lam * CE(labels) + (1 - lam) * CE(partner labels)."""
+    lam = float(rng.beta(alpha, alpha))
+    partner = rng.permutation(len(labels))
+    mixed = lam * images + (1.0 - lam) * images[partner]
+    return mixed.astype(images.dtype, copy=False), labels, labels[partner], lam
+
+
+def batches(num: int, batch_size: int, rng: np.random.Generator | None, drop_last: bool = False
+            ) -> Iterator[np.ndarray]:
+    """Index arrays of successive batches over ``num`` items: shuffled when ``rng`` is given."""
+    order = rng.permutation(num) if rng is not None else np.arange(num)
+    stop = num - num % batch_size if drop_last else num
+    for start in range(0, stop, batch_size):
+        yield order[start:start + batch_size]

@@ -1,0 +1,48 @@
+"""Using a trained model: logits for many images in batches, accuracy and loss, the confusion matrix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .backend import to_host
+from .data import normalize
+from .layers import softmax_cross_entropy
+
+
+def predict_logits(model: Any, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Logits (N, K) on the host for images (N, H, W, C): uint8 pixels (scaled to [-1, 1] here, batch by batch)
+    or floats already scaled. Evaluation passes keep no caches."""
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size]
+        if batch.dtype == np.uint8:
+            batch = normalize(batch, model.dtype)
+        outputs.append(to_host(model.forward(batch, train=False)))
+    return np.concatenate(outputs) if outputs else np.zeros((0, model.num_classes), model.dtype)
+
+
+def evaluate(model: Any, images: np.ndarray, labels: np.ndarray, batch_size: int = 256) -> dict[str, Any]:
+    """Mean cross-entropy, accuracy and the predicted classes of a labelled set."""
+    logits = predict_logits(model, images, batch_size)
+    loss, _ = softmax_cross_entropy(logits, labels)
+    predictions = logits.argmax(axis=1)
+    return {"loss": float(loss), "accuracy": float((predictions == labels).mean()), "predictions": predictions}
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """counts[i, j] = how many images of true class i were predicted as class j."""
+    counts = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(counts, (labels, predictions), 1)
+    return counts
+
+
+def format_confusion_matrix(counts: np.ndarray, class_names: list[str]) -> str:
+    """The confusion matrix as aligned text, rows = true class, columns = predicted class."""
+    short = [name[:6] for name in class_names]
+    width = max(6, len(str(counts.max())) + 1)
+    lines = ["true \\ predicted".ljust(12) + "".join(s.rjust(width) for s in short)]
+    for name, row in zip(class_names, counts, strict=True):
+        lines.append(name[:11].ljust(12) + "".join(str(v).rjust(width) for v in row))
+    return "\n".join(lines)
