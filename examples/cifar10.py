@@ -31,7 +31,18 @@ from tqdm import tqdm
 
 import tinymixer as tm
 from tinymixer.checkpoint import CheckpointError, load_checkpoint, load_params_into, save_checkpoint
-from tinymixer.data import DATA_DIR_ENV, DataError, Dataset, augment, ensure_cifar10, load_folder, mixup, normalize
+from tinymixer.data import (
+    CIFAR10_MD5,
+    CIFAR10_URL,
+    DATA_DIR_ENV,
+    DataError,
+    Dataset,
+    augment,
+    ensure_cifar10,
+    load_folder,
+    mixup,
+    normalize,
+)
 from tinymixer.evaluate import confusion_matrix, evaluate, format_confusion_matrix
 from tinymixer.plots import plot_confusion_matrix, plot_learning_curves
 
@@ -56,6 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backend", default="auto", choices=["auto", "numpy", "cupy"])
     p.add_argument("--data-dir", type=Path, help=f"data folder (default ${DATA_DIR_ENV} or ~/.cache/tinymixer)")
     p.add_argument("--no-download", action="store_true", help="never touch the network")
+    p.add_argument("--data-url", default=CIFAR10_URL, help="where to download the archive from (e.g. a mirror)")
+    p.add_argument("--data-md5", default=CIFAR10_MD5, help="the MD5 the downloaded archive must have")
     p.add_argument("--validation", type=int, default=0, help="hold out N training images and report on them "
                                                              "instead of the test set")
     p.add_argument("--limit-train", type=int, help="use only the first N training images (quick runs)")
@@ -63,6 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("runs/cifar10"), help="run directory")
     p.add_argument("--resume", nargs="?", const="auto", metavar="CHECKPOINT",
                    help="continue from CHECKPOINT (default: --out/checkpoint.npz)")
+    p.add_argument("--stop-after-epoch", type=int, metavar="N", help="stop (with a checkpoint) after epoch N, keeping "
+                                                                     "the schedule of --epochs; --resume continues")
     p.add_argument("--evaluate", type=Path, metavar="CHECKPOINT", help="only evaluate this checkpoint on the test set")
     p.add_argument("--log-every", type=int, default=10, help="steps between progress-bar updates (each reads the "
                                                               "loss back from the device)")
@@ -71,7 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def load_data(args: argparse.Namespace) -> Dataset:
-    folder = ensure_cifar10(args.data_dir, download_ok=not args.no_download, progress=not args.no_progress)
+    folder = ensure_cifar10(args.data_dir, url=args.data_url, md5=args.data_md5, download_ok=not args.no_download,
+                            progress=not args.no_progress)
     data = load_folder(folder)
     if args.validation:
         data = data.split_validation(args.validation, seed=args.seed)
@@ -137,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
         optimizer.state = {k: model.xp.asarray(v) for k, v in momentum.items()}
         state = meta["state"]
         print(f"resumed from {path}: epoch {state['epoch'] + 1}, step {state['global_step']}")
+        before = meta.get("args", {})
+        for name in ("epochs", "batch_size", "lr", "warmup", "seed", "limit_train", "validation"):
+            if name in before and before[name] != str(getattr(args, name)):
+                print(f"note: --{name.replace('_', '-')} is {getattr(args, name)} now, {before[name]} in the run "
+                      f"being resumed: the schedule or the data order changes from here on")
     print(f"MLP-Mixer {args.config}: {model.num_params():,} parameters, {model.flops_per_image() / 1e6:.1f} MFLOPs "
           f"per image (forward); {len(data.train_labels)} training and {len(data.test_labels)} test images "
           f"{h}x{w}x{c}, {data.num_classes} classes; backend {tm.backend_name()}, {args.dtype}")
@@ -237,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
                 "epochs": state["history"], "test_accuracy": record["test_accuracy"],
                 "evaluated_on": "validation split" if args.validation else "test_batch"})
             plot_learning_curves(state["history"], out / "learning_curves.png")
+            if args.stop_after_epoch and epoch + 1 >= args.stop_after_epoch and epoch + 1 < args.epochs:
+                print(f"stopped after epoch {epoch + 1} as asked; continue with --resume --out {out}")
+                return 0
     finally:
         signal.signal(signal.SIGINT, previous_handler)
 

@@ -40,9 +40,10 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
 
 def format_confusion_matrix(counts: np.ndarray, class_names: list[str]) -> str:
     """The confusion matrix as aligned text, rows = true class, columns = predicted class."""
-    short = [name[:6] for name in class_names]
-    width = max(6, len(str(counts.max())) + 1)
-    lines = ["true \\ predicted".ljust(12) + "".join(s.rjust(width) for s in short)]
+    short = [name[:7] for name in class_names]
+    width = max(len(s) for s in short + [str(counts.max())]) + 1
+    first = max(len("true \\ predicted"), *(len(name) for name in class_names)) + 1
+    lines = ["true \\ predicted".ljust(first) + "".join(s.rjust(width) for s in short)]
     for name, row in zip(class_names, counts, strict=True):
-        lines.append(name[:11].ljust(12) + "".join(str(v).rjust(width) for v in row))
+        lines.append(name.ljust(first) + "".join(str(v).rjust(width) for v in row))
     return "\n".join(lines)
