@@ -123,7 +123,7 @@ def test_whole_model_gradient_of_every_parameter_tensor(gelu):
 
 
 def test_whole_model_directional_check_at_realistic_size():
-    # the CIFAR "tiny/4" size (8 blocks, C 128, 0.67M parameters) in float64, with every parameter randomised
+    # the CIFAR "tiny/4" size (8 blocks, C 128, 1.13M parameters) in float64, with every parameter randomised
     model = tm.MlpMixer.from_name("tiny/4", num_classes=10, image_size=32, dtype="float64", seed=0)
     r = np.random.default_rng(1)
     for value in model.params.values():
