@@ -30,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 import tinymixer as tm
-from tinymixer.checkpoint import CheckpointError, load_checkpoint, load_params_into, save_checkpoint
+from tinymixer.checkpoint import CheckpointError, load_checkpoint, load_model, load_params_into, save_checkpoint
 from tinymixer.data import (
     CIFAR10_MD5,
     CIFAR10_URL,
@@ -98,11 +98,7 @@ def load_data(args: argparse.Namespace) -> Dataset:
 
 def evaluate_only(args: argparse.Namespace) -> int:
     """--evaluate: rebuild the model from the checkpoint, report accuracy and the confusion matrix."""
-    params, _, meta = load_checkpoint(args.evaluate)
-    if "model" not in meta:
-        raise CheckpointError(f"{args.evaluate} has no model configuration (not written by this script)")
-    model = tm.MlpMixer(**meta["model"])
-    load_params_into(model, params, args.evaluate)
+    model = load_model(args.evaluate)
     data = load_data(args)
     result = evaluate(model, data.test_images, data.test_labels, args.batch_size)
     counts = confusion_matrix(data.test_labels, result["predictions"], data.num_classes)

@@ -10,7 +10,6 @@ file: a crash or Ctrl-C while writing leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import tempfile
@@ -59,10 +58,8 @@ def load_checkpoint(path: Path | str) -> tuple[dict[str, np.ndarray], dict[str, 
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}  # reading every array surfaces any damage now
     except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as exc:
         raise CheckpointError(
             f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); it is truncated or corrupted. "
@@ -76,6 +73,20 @@ def load_checkpoint(path: Path | str) -> tuple[dict[str, np.ndarray], dict[str, 
     optimizer_state = {k[len(OPTIMIZER_PREFIX):]: v for k, v in arrays.items() if k.startswith(OPTIMIZER_PREFIX)}
     params = {k: v for k, v in arrays.items() if not k.startswith(OPTIMIZER_PREFIX)}
     return params, optimizer_state, meta
+
+
+def load_model(path: Path | str) -> Any:
+    """Rebuild the model a checkpoint of this project was saved from (its ``meta["model"]`` configuration) and
+    load its weights: ``model = load_model("runs/cifar10/checkpoint.npz"); logits = model(images)``."""
+    from .model import MlpMixer
+
+    params, _, meta = load_checkpoint(path)
+    if "model" not in meta:
+        raise CheckpointError(f"{path} holds no model configuration (an official checkpoint?): build the MlpMixer "
+                              f"yourself, e.g. MlpMixer.from_name(...), and call load_params_into(model, params)")
+    model = MlpMixer(**meta["model"])
+    load_params_into(model, params, path)
+    return model
 
 
 def load_params_into(model: Any, params: dict[str, np.ndarray], path: Path | str = "checkpoint") -> None:
