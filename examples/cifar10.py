@@ -45,6 +45,7 @@ from tinymixer.data import (
 )
 from tinymixer.evaluate import confusion_matrix, evaluate, format_confusion_matrix
 from tinymixer.plots import plot_confusion_matrix, plot_learning_curves
+from tinymixer.train import train_step
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -191,20 +192,13 @@ def main(argv: list[str] | None = None) -> int:
                 images, labels = normalize(images, model.dtype), data.train_labels[index]
                 t1 = time.perf_counter()
 
-                lr = tm.warmup_cosine(state["global_step"], args.lr, total_steps, min(args.warmup, total_steps))
+                mix = None
                 if args.mixup:
                     images, labels, partner, lam = mixup(images, labels, args.mixup, rng)
-                    logits = model.forward(images)
-                    loss_a, dlogits_a = tm.softmax_cross_entropy(logits, labels, args.label_smoothing)
-                    loss_b, dlogits_b = tm.softmax_cross_entropy(logits, partner, args.label_smoothing)
-                    loss, dlogits = lam * loss_a + (1 - lam) * loss_b, lam * dlogits_a + (1 - lam) * dlogits_b
-                else:
-                    logits = model.forward(images)
-                    loss, dlogits = tm.softmax_cross_entropy(logits, labels, args.label_smoothing)
-                model.backward(dlogits)
-                if args.clip:
-                    tm.clip_by_global_norm(model.grads, args.clip)
-                optimizer.step(model.params, model.grads, lr)
+                    mix = (partner, lam)
+                lr = tm.warmup_cosine(state["global_step"], args.lr, total_steps, min(args.warmup, total_steps))
+                # forward -> loss -> backward -> clip -> SGD update (tinymixer/train.py, ten lines)
+                loss, logits = train_step(model, optimizer, images, labels, lr, args.clip, args.label_smoothing, mix)
 
                 loss_sum += loss
                 correct_sum += (logits.argmax(axis=1) == model.xp.asarray(labels)).sum()
