@@ -1,0 +1,73 @@
+# %% [markdown]
+# # Lesson 4 — LayerNorm, forward and backward
+#
+# **You will learn** LayerNorm's forward pass, how to derive its backward (the classic hard one), and how to
+# check it.
+#
+# For one token's C channels: $\mu = \frac1C\sum_c x_c$, $\sigma^2 = \frac1C\sum_c (x_c-\mu)^2$,
+# $\hat x = (x-\mu)/\sqrt{\sigma^2+\epsilon}$, and $y = \gamma \odot \hat x + \beta$ ($\epsilon$ = 1e-6 as in the
+# official code).
+#
+# Backward. With $g = \partial L/\partial y$: $\partial L/\partial\beta = \sum g$, $\partial L/\partial\gamma =
+# \sum g\odot\hat x$ (sums over all tokens), and with $d = g\odot\gamma$ and $r = 1/\sqrt{\sigma^2+\epsilon}$,
+#
+# $$\frac{\partial L}{\partial x} = r\,\Big(d - \overline{d} - \hat x\;\overline{d\odot\hat x}\Big)$$
+#
+# where the bars are means over the C channels. The first term is the direct path, the second the path through
+# the mean, the third the path through the variance.
+
+# %%
+import numpy as np
+from lesson_utils import plt, save_figure
+
+from tinymixer.gradcheck import check_gradients
+from tinymixer.layers import layer_norm_backward, layer_norm_forward
+
+rng = np.random.default_rng(0)
+C = 32
+x = 3.0 + 2.5 * rng.standard_normal((8, 16, C))  # (batch, tokens, channels), far from mean 0 / variance 1
+scale, bias = np.ones(C), np.zeros(C)
+y, cache = layer_norm_forward(x, scale, bias)
+print(f"input : per-token mean {x.mean(-1).mean():.2f}, std {x.std(-1).mean():.2f}")
+print(f"output: per-token mean {np.abs(y.mean(-1)).max():.1e}, std {y.std(-1).mean():.4f}")
+assert np.allclose(y.mean(-1), 0, atol=1e-12) and np.allclose(y.std(-1), 1, atol=1e-5)
+
+# %% [markdown]
+# Check all three gradients (with a random scale and bias so nothing is trivially 0 or 1), then break the
+# backward by dropping the variance term and check again.
+
+# %%
+inputs = {"x": x[:2, :3].copy(), "scale": rng.standard_normal(C), "bias": rng.standard_normal(C)}
+errors = check_gradients(layer_norm_forward, layer_norm_backward, inputs)
+print("LayerNorm:", {k: f"{v:.1e}" for k, v in errors.items()})
+assert max(errors.values()) < 1e-8
+
+
+def without_variance_term(dout, cache):
+    xhat, rstd, scale = cache
+    d = dout * scale
+    dx = rstd * (d - d.mean(-1, keepdims=True))
+    return dx, (dout * xhat).sum((0, 1)), dout.sum((0, 1))
+
+
+broken = check_gradients(layer_norm_forward, without_variance_term, inputs)
+print("without the variance term:", {k: f"{v:.1e}" for k, v in broken.items()})
+assert broken["x"] > 1e-3
+
+# %%
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.5))
+for token in range(4):
+    ax1.hist(x[0, token], bins=15, alpha=0.5, label=f"token {token}")
+    ax2.hist(y[0, token], bins=15, alpha=0.5, label=f"token {token}")
+ax1.set(title="channels of 4 tokens before LayerNorm", xlabel="value")
+ax2.set(title="after: every token has mean 0, variance 1", xlabel="value")
+ax1.legend()
+save_figure(fig, "04_layernorm")
+
+# %% [markdown]
+# ## Exercises
+# 1. Show that LayerNorm's output does not change if you add the same constant to every channel of a token. What
+#    does that imply for the gradient of such a shift? (Lesson 6 meets a parameter whose gradient is exactly 0
+#    for this reason.)
+# 2. Derive the mean term of dx: differentiate $\hat x_c$ with respect to $x_k$ through $\mu$ only.
+# 3. Why does the library cache $\hat x$ and $r$ instead of $x$, $\mu$ and $\sigma^2$?
