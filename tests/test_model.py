@@ -8,6 +8,7 @@ from helpers import small_model
 
 import tinymixer as tm
 from tinymixer.gradcheck import directional_check, numerical_gradient, rel_error
+from tinymixer.model import describe_size
 
 
 def loss_fn(model, images, labels):
@@ -49,18 +50,20 @@ PAPER_MILLIONS = {"S/32": 19, "S/16": 18, "B/32": 60, "B/16": 59, "L/32": 206, "
 
 @pytest.mark.parametrize("name", PAPER_MILLIONS)
 def test_paper_table1_parameter_counts(name):
-    size = tm.SIZES[name]
-    model = object.__new__(tm.MlpMixer)  # count from shapes alone: no need to allocate 431M weights
-    model.__dict__.update(num_classes=1000, in_channels=3, num_tokens=(224 // size.patch_size) ** 2, **vars(size))
-    assert round(model.num_params(include_head=False) / 1e6) == PAPER_MILLIONS[name]
+    counts = describe_size(name, num_classes=1000, image_size=224)  # from shapes alone: no 431M weights allocated
+    assert round(counts["params_without_head"] / 1e6) == PAPER_MILLIONS[name]
 
 
 @pytest.mark.parametrize("name, exact", [("B/16", 59_880_472), ("B/32", 60_293_428), ("L/16", 208_196_168)])
 def test_official_exact_parameter_counts(name, exact):
-    size = tm.SIZES[name]
-    model = object.__new__(tm.MlpMixer)
-    model.__dict__.update(num_classes=1000, in_channels=3, num_tokens=(224 // size.patch_size) ** 2, **vars(size))
-    assert model.num_params() == exact
+    assert describe_size(name, num_classes=1000, image_size=224)["params"] == exact
+
+
+def test_describe_size_agrees_with_a_built_model():
+    model = tm.MlpMixer.from_name("S/32", num_classes=7, image_size=64)
+    counts = describe_size("S/32", num_classes=7, image_size=64)
+    assert counts["params"] == model.num_params() == sum(v.size for v in model.params.values())
+    assert counts["flops"] == model.flops_per_image() and counts["num_tokens"] == model.num_tokens
 
 
 def test_from_name_builds_the_named_size():

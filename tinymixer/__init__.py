@@ -6,13 +6,13 @@ Every forward and backward pass is written by hand and proven by finite-differen
 from .backend import array_module, backend_name, get_backend, set_backend, synchronize, to_device, to_host
 from .gradcheck import check_gradients, directional_check, numerical_gradient, rel_error
 from .layers import softmax_cross_entropy
-from .model import SIZES, MixerSize, MlpMixer
+from .model import SIZES, MixerSize, MlpMixer, describe_size
 from .optim import SGD, clip_by_global_norm, global_norm, warmup_cosine
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "MlpMixer", "MixerSize", "SIZES", "softmax_cross_entropy",
+    "MlpMixer", "MixerSize", "SIZES", "describe_size", "softmax_cross_entropy",
     "SGD", "clip_by_global_norm", "global_norm", "warmup_cosine",
     "check_gradients", "directional_check", "numerical_gradient", "rel_error",
     "array_module", "backend_name", "get_backend", "set_backend", "synchronize", "to_device", "to_host",

@@ -68,6 +68,51 @@ def lecun_normal(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int) 
     return out * std
 
 
+def param_shapes(num_blocks: int, patch_size: int, hidden_dim: int, tokens_mlp_dim: int, channels_mlp_dim: int,
+                 num_tokens: int, in_channels: int, num_classes: int) -> dict[str, tuple[int, ...]]:
+    """Every parameter's name and shape in the official checkpoint layout, in forward order."""
+    p, c, s = patch_size, hidden_dim, num_tokens
+    shapes: dict[str, tuple[int, ...]] = {"stem/kernel": (p, p, in_channels, c), "stem/bias": (c,)}
+    for i in range(num_blocks):
+        block = {
+            "LayerNorm_0/scale": (c,), "LayerNorm_0/bias": (c,),
+            "token_mixing/Dense_0/kernel": (s, tokens_mlp_dim), "token_mixing/Dense_0/bias": (tokens_mlp_dim,),
+            "token_mixing/Dense_1/kernel": (tokens_mlp_dim, s), "token_mixing/Dense_1/bias": (s,),
+            "LayerNorm_1/scale": (c,), "LayerNorm_1/bias": (c,),
+            "channel_mixing/Dense_0/kernel": (c, channels_mlp_dim), "channel_mixing/Dense_0/bias": (channels_mlp_dim,),
+            "channel_mixing/Dense_1/kernel": (channels_mlp_dim, c), "channel_mixing/Dense_1/bias": (c,),
+        }
+        shapes.update(prefixed(block, f"MixerBlock_{i}"))
+    shapes.update({"pre_head_layer_norm/scale": (c,), "pre_head_layer_norm/bias": (c,),
+                   "head/kernel": (c, num_classes), "head/bias": (num_classes,)})
+    return shapes
+
+
+def count_params(shapes: dict[str, tuple[int, ...]], include_head: bool = True) -> int:
+    return sum(math.prod(v) for k, v in shapes.items() if include_head or not k.startswith("head/"))
+
+
+def forward_flops(num_blocks: int, patch_size: int, hidden_dim: int, tokens_mlp_dim: int, channels_mlp_dim: int,
+                  num_tokens: int, in_channels: int, num_classes: int) -> int:
+    """2 x the multiply-adds of one image's forward matrix multiplies: stem, 2 token and 2 channel GEMMs per block,
+    head."""
+    s, c, p = num_tokens, hidden_dim, patch_size
+    stem = s * (p * p * in_channels) * c
+    block = 2 * c * s * tokens_mlp_dim + 2 * s * c * channels_mlp_dim
+    return 2 * (stem + num_blocks * block + c * num_classes)
+
+
+def describe_size(name: str, num_classes: int = 1000, image_size: int = 224, in_channels: int = 3) -> dict[str, int]:
+    """Parameter counts and forward FLOPs of a named size, from shapes alone (no weights are allocated, so even
+    H/14 costs nothing): {"params", "params_without_head", "num_tokens", "flops"}."""
+    size = SIZES[name]
+    config = vars(size) | {"num_tokens": (image_size // size.patch_size) ** 2, "in_channels": in_channels,
+                           "num_classes": num_classes}
+    shapes = param_shapes(**config)
+    return {"params": count_params(shapes), "params_without_head": count_params(shapes, include_head=False),
+            "num_tokens": config["num_tokens"], "flops": forward_flops(**config)}
+
+
 class MlpMixer:
     """MLP-Mixer (Tolstikhin et al. 2021) with hand-written forward and backward passes.
 
@@ -152,23 +197,8 @@ class MlpMixer:
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every parameter's name and shape, in the official checkpoint layout, in forward order."""
-        p, c, s = self.patch_size, self.hidden_dim, self.num_tokens
-        shapes: dict[str, tuple[int, ...]] = {"stem/kernel": (p, p, self.in_channels, c), "stem/bias": (c,)}
-        for i in range(self.num_blocks):
-            block = {
-                "LayerNorm_0/scale": (c,), "LayerNorm_0/bias": (c,),
-                "token_mixing/Dense_0/kernel": (s, self.tokens_mlp_dim),
-                "token_mixing/Dense_0/bias": (self.tokens_mlp_dim,),
-                "token_mixing/Dense_1/kernel": (self.tokens_mlp_dim, s), "token_mixing/Dense_1/bias": (s,),
-                "LayerNorm_1/scale": (c,), "LayerNorm_1/bias": (c,),
-                "channel_mixing/Dense_0/kernel": (c, self.channels_mlp_dim),
-                "channel_mixing/Dense_0/bias": (self.channels_mlp_dim,),
-                "channel_mixing/Dense_1/kernel": (self.channels_mlp_dim, c), "channel_mixing/Dense_1/bias": (c,),
-            }
-            shapes.update(prefixed(block, f"MixerBlock_{i}"))
-        shapes.update({"pre_head_layer_norm/scale": (c,), "pre_head_layer_norm/bias": (c,),
-                       "head/kernel": (c, self.num_classes), "head/bias": (self.num_classes,)})
-        return shapes
+        return param_shapes(self.num_blocks, self.patch_size, self.hidden_dim, self.tokens_mlp_dim,
+                            self.channels_mlp_dim, self.num_tokens, self.in_channels, self.num_classes)
 
     def init_params(self, seed: int) -> dict[str, np.ndarray]:
         """The official initialisation, on the host in float64 from one seeded NumPy generator: LeCun-normal
@@ -185,17 +215,13 @@ class MlpMixer:
         return params
 
     def num_params(self, include_head: bool = True) -> int:
-        shapes = self.param_shapes()
-        return sum(math.prod(v) for k, v in shapes.items() if include_head or not k.startswith("head/"))
+        return count_params(self.param_shapes(), include_head)
 
     def flops_per_image(self) -> int:
         """Multiply-adds x 2 of the forward pass's matrix multiplies (the elementwise work is a few percent).
         A training step (forward + backward) costs about three times this."""
-        s, c, p = self.num_tokens, self.hidden_dim, self.patch_size
-        stem = s * (p * p * self.in_channels) * c
-        block = 2 * c * s * self.tokens_mlp_dim + 2 * s * c * self.channels_mlp_dim
-        head = c * self.num_classes
-        return 2 * (stem + self.num_blocks * block + head)
+        return forward_flops(self.num_blocks, self.patch_size, self.hidden_dim, self.tokens_mlp_dim,
+                             self.channels_mlp_dim, self.num_tokens, self.in_channels, self.num_classes)
 
     # ------------------------------------------------------------------------------------------------------------
     # Forward and backward

@@ -1,0 +1,75 @@
+# %% [markdown]
+# # Lesson 7 — The whole model: stem, N blocks, pool, head
+#
+# **You will learn** how the full MLP-Mixer is assembled, how big the paper's models are (parameters and FLOPs,
+# computed from shapes), and how one directional derivative checks every gradient of a real model at once.
+#
+# image (B, H, W, 3) → stem (B, S, C) → N Mixer blocks (B, S, C) → LayerNorm → mean over tokens (B, C) → head (B, K)
+
+# %%
+import numpy as np
+from lesson_utils import pick, plt, save_figure
+
+import tinymixer as tm
+from tinymixer.gradcheck import directional_check
+
+model = tm.MlpMixer.from_name("micro/4", num_classes=10, image_size=32, seed=0)
+print(f"micro/4: {model.num_params():,} parameters, S = {model.num_tokens} tokens, "
+      f"{model.flops_per_image() / 1e6:.1f} MFLOPs per image")
+for name, value in list(model.params.items())[:16]:
+    print(f"  {name:45s} {str(value.shape):14s}")
+print("  ...")
+images = np.random.default_rng(0).uniform(-1, 1, (4, 32, 32, 3)).astype(np.float32)
+logits = model(images)
+print("logits", logits.shape, "— all zero at initialisation, because the official head starts at zero:",
+      float(np.abs(logits).max()))
+
+# %% [markdown]
+# ## The paper's sizes (Table 1)
+# Parameter counts and forward FLOPs at 224 px, from shapes alone (no weights allocated).
+
+# %%
+rows = []
+for name in ["S/32", "S/16", "B/32", "B/16", "L/32", "L/16", "H/14"]:
+    d = tm.describe_size(name, num_classes=1000, image_size=224)
+    rows.append((name, d["params_without_head"] / 1e6, d["flops"] / 1e9, d["num_tokens"]))
+    print(f"  {name:5s} {d['params_without_head'] / 1e6:6.1f}M parameters (without head)  "
+          f"{d['flops'] / 1e9:6.1f} GFLOPs/image  S = {d['num_tokens']}")
+assert round(rows[3][1]) == 59 and tm.describe_size("B/16")["params"] == 59_880_472  # the official count
+
+fig, ax = plt.subplots(figsize=(6, 4))
+for name, params, gflops, _ in rows:
+    ax.scatter(gflops, params)
+    ax.annotate(name, (gflops, params), textcoords="offset points", xytext=(5, 3))
+ax.set(xscale="log", yscale="log", xlabel="GFLOPs per image (forward, 224 px)", ylabel="parameters (M)",
+       title="MLP-Mixer sizes: patch size sets the compute, width the parameters")
+ax.grid(alpha=0.3)
+save_figure(fig, "07_sizes")
+
+# %% [markdown]
+# ## Checking every gradient of a real model at once
+# Pick one random direction v over *all* parameters. The derivative of the loss along v, from four forward
+# passes, must equal $\sum \nabla L \cdot v$ from one backward pass.
+
+# %%
+size = pick("tiny/4", "micro/4")
+check = tm.MlpMixer.from_name(size, num_classes=10, image_size=32, dtype="float64", seed=1)
+rng = np.random.default_rng(1)
+for value in check.params.values():
+    value[...] += 0.05 * rng.standard_normal(value.shape)
+x, y = rng.uniform(-1, 1, (4, 32, 32, 3)), np.array([1, 2, 3, 4])
+_, dlogits = tm.softmax_cross_entropy(check.forward(x), y)
+check.backward(dlogits)
+numerical, analytic, error = directional_check(lambda: tm.softmax_cross_entropy(check.forward(x), y)[0],
+                                               check.params, check.grads)
+print(f"{size} ({check.num_params():,} parameters): numerical {numerical:.12f}, analytic {analytic:.12f}, "
+      f"relative error {error:.1e}")
+assert error < 1e-9
+
+# %% [markdown]
+# ## Exercises
+# 1. Why does the zero-initialised head give exactly uniform predictions at the start, and why is the loss then
+#    ln(10) ≈ 2.303?
+# 2. From `describe_size`, how do the FLOPs of B/16 and B/32 compare, and their parameter counts? Explain both.
+# 3. A directional check can miss a bug that is orthogonal to v. How likely is that for a random v? How would you
+#    make the check stronger at little cost?
