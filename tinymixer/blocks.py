@@ -44,8 +44,8 @@ def mlp_block_forward(x: Array, params: dict[str, Array], gelu: str = "tanh") ->
     Inputs: x (..., D), params ``Dense_0/kernel`` (D, D_hidden), ``Dense_0/bias``, ``Dense_1/kernel``
     (D_hidden, D), ``Dense_1/bias``.  Returns out (..., D) and the cache.
     """
-    pre, dense0_cache = dense_forward(x, params["Dense_0/kernel"], params["Dense_0/bias"])  # 1. (..., D_hidden)
-    hidden, gelu_cache = gelu_forward(pre, gelu)  # 2. (..., D_hidden)
+    pre, dense0_cache = dense_forward(x, params["Dense_0/kernel"], None)  # 1. (..., D_hidden), bias added in 2.
+    hidden, gelu_cache = gelu_forward(pre, gelu, bias=params["Dense_0/bias"])  # 2. (..., D_hidden)
     out, _ = dense_forward(hidden, params["Dense_1/kernel"], params["Dense_1/bias"])  # 3. (..., D)
     # Step 3's cache would hold `hidden`; backward recomputes it from the GELU cache (hidden = pre * g) instead,
     # which saves one hidden-size array per block -- the largest activations of the whole model.

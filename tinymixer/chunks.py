@@ -1,0 +1,96 @@
+"""Elementwise work in cache-sized row blocks, on all cores: how the NumPy path keeps up with its GEMMs.
+
+Why: GELU and LayerNorm do a handful of arithmetic operations per element, each a separate NumPy call. On a whole
+(B*S, D_C) array every call is a full pass through main memory; on a block of ~64K elements (256 KB of float32)
+the passes after the first hit the CPU cache and cost a fraction. And while BLAS runs matrix multiplies on every
+core, a NumPy ufunc runs on one; ufuncs release the GIL, so a few Python threads, each walking its own share of
+the blocks, use the other cores.
+
+``for_row_blocks(kernel, *arrays)`` calls ``kernel(*blocks)`` for consecutive row blocks of 2-D arrays that share
+their number of rows (a (N, 1) array of per-row values rides along with an (N, C) one). A kernel writes its
+results into blocks of output arrays it was given (``out=`` everywhere), so nothing is allocated per block. On
+CuPy the kernel runs once on the whole arrays: the GPU does its own blocking.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from .backend import array_module
+
+BLOCK_ELEMENTS = 1 << 16  # elements per block: 256 KB of float32 stays in a core's L2 cache
+THREADS_ENV = "TINYMIXER_THREADS"
+
+_pool: ThreadPoolExecutor | None = None
+_pool_threads = 0
+_scratch = threading.local()  # per-thread scratch blocks, reused across calls
+
+
+def num_threads() -> int:
+    """Threads for elementwise work: $TINYMIXER_THREADS, else the BLAS thread settings, else the usable cores."""
+    for name in (THREADS_ENV, "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        value = os.environ.get(name, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _executor(threads: int) -> ThreadPoolExecutor:
+    global _pool, _pool_threads
+    if _pool is None or _pool_threads != threads:
+        if _pool is not None:
+            _pool.shutdown(wait=True)
+        _pool, _pool_threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tinymixer"), threads
+    return _pool
+
+
+def rows(a: Any) -> Any:
+    """``a`` as a 2-D (rows, last axis) array: a view when ``a`` is contiguous (outputs always are)."""
+    return a.reshape(-1, a.shape[-1])
+
+
+def scratch(name: str, like: Any) -> Any:
+    """A per-thread scratch array of ``like``'s shape and dtype, reused across blocks and calls (never shared
+    between threads). For temporaries inside a kernel."""
+    if not isinstance(like, np.ndarray):  # CuPy: one call per layer, let its memory pool serve it
+        return array_module(like).empty_like(like)
+    cache = _scratch.__dict__
+    key = (name, like.dtype.str)
+    buffer = cache.get(key)
+    if buffer is None or buffer.size < like.size:
+        buffer = cache[key] = np.empty(max(like.size, BLOCK_ELEMENTS), dtype=like.dtype)
+    return buffer[: like.size].reshape(like.shape)
+
+
+def for_row_blocks(kernel: Callable[..., Any], *arrays: Any, threads: int | None = None) -> list[Any]:
+    """Run ``kernel`` on consecutive row blocks of the 2-D ``arrays`` (all with the same number of rows) and
+    return its return values in block order (for partial sums: adding them in that order is deterministic).
+
+    Rows are grouped into blocks of about BLOCK_ELEMENTS elements of the widest array; the blocks are split into
+    one contiguous share per thread. Non-NumPy arrays (CuPy) get a single call on the whole arrays.
+    """
+    if not isinstance(arrays[0], np.ndarray):
+        return [kernel(*arrays)]
+    num_rows = arrays[0].shape[0]
+    width = max(a.shape[1] for a in arrays)
+    per_block = max(1, BLOCK_ELEMENTS // width)
+    starts = list(range(0, num_rows, per_block))
+    threads = min(threads or num_threads(), len(starts))
+
+    def run(first: int, last: int) -> list[Any]:  # blocks first..last-1, in order
+        return [kernel(*(a[start:start + per_block] for a in arrays)) for start in starts[first:last]]
+
+    if threads <= 1:
+        return run(0, len(starts))
+    bounds = np.linspace(0, len(starts), threads + 1).astype(int)
+    futures = [_executor(threads).submit(run, bounds[i], bounds[i + 1]) for i in range(threads)]
+    return [value for future in futures for value in future.result()]  # result() re-raises a kernel's error
