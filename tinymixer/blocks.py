@@ -38,29 +38,27 @@ def prefixed(grads: dict[str, Array], prefix: str) -> dict[str, Array]:
 # MLP block: Dense -> GELU -> Dense on the last axis (the paper's MLP with one hidden layer)
 
 
-def mlp_block_forward(x: Array, params: dict[str, Array], gelu: str = "tanh") -> tuple[Array, tuple]:
+def mlp_block_forward(x: Array, params: dict[str, Array], gelu: str = "tanh", train: bool = True
+                      ) -> tuple[Array, tuple]:
     """``out = W2 . GELU(W1 . x + b1) + b2`` applied to the last axis of x.
 
     Inputs: x (..., D), params ``Dense_0/kernel`` (D, D_hidden), ``Dense_0/bias``, ``Dense_1/kernel``
     (D_hidden, D), ``Dense_1/bias``.  Returns out (..., D) and the cache.
     """
     pre, dense0_cache = dense_forward(x, params["Dense_0/kernel"], None)  # 1. (..., D_hidden), bias added in 2.
-    hidden, gelu_cache = gelu_forward(pre, gelu, bias=params["Dense_0/bias"])  # 2. (..., D_hidden)
-    out, _ = dense_forward(hidden, params["Dense_1/kernel"], params["Dense_1/bias"])  # 3. (..., D)
-    # Step 3's cache would hold `hidden`; backward recomputes it from the GELU cache (hidden = pre * g) instead,
-    # which saves one hidden-size array per block -- the largest activations of the whole model.
-    return out, (dense0_cache, gelu_cache, params["Dense_1/kernel"])
+    hidden, gelu_cache = gelu_forward(pre, gelu, bias=params["Dense_0/bias"], train=train)  # 2. (..., D_hidden)
+    out, dense1_cache = dense_forward(hidden, params["Dense_1/kernel"], params["Dense_1/bias"])  # 3. (..., D)
+    # The cache keeps two hidden-size arrays, the largest activations of the model: `hidden` (for dW2) and
+    # GELU's local derivative; the pre-activation itself is not needed any more.
+    return out, (dense0_cache, gelu_cache, dense1_cache)
 
 
 def mlp_block_backward(dout: Array, cache: tuple) -> tuple[Array, dict[str, Array]]:
     """Returns dx (..., D) and the grads of the four parameters."""
-    dense0_cache, gelu_cache, w2 = cache
-    pre, g, _ = gelu_cache
-    hidden = pre * g  # (..., D_hidden), recomputed: see the forward
-    dhidden, dw2, db2 = dense_backward(dout, (hidden, w2))  # undoes 3.
-    del hidden
+    dense0_cache, gelu_cache, dense1_cache = cache
+    dhidden, dw2, db2 = dense_backward(dout, dense1_cache)  # undoes 3.
     dpre = gelu_backward(dhidden, gelu_cache)  # undoes 2.
-    dx, dw1, db1 = dense_backward(dpre, dense0_cache)  # undoes 1.
+    dx, dw1, db1 = dense_backward(dpre, dense0_cache)  # undoes 1. (db1 is Dense_0's bias, added in 2.)
     grads = {"Dense_0/kernel": dw1, "Dense_0/bias": db1, "Dense_1/kernel": dw2, "Dense_1/bias": db2}
     return dx, grads
 
@@ -69,7 +67,8 @@ def mlp_block_backward(dout: Array, cache: tuple) -> tuple[Array, dict[str, Arra
 # Token mixing and channel mixing: the same MLP block, applied along two different axes of the (B, S, C) table
 
 
-def token_mixing_forward(x: Array, params: dict[str, Array], gelu: str = "tanh") -> tuple[Array, tuple]:
+def token_mixing_forward(x: Array, params: dict[str, Array], gelu: str = "tanh", train: bool = True
+                         ) -> tuple[Array, tuple]:
     """The MLP applied across tokens, once per channel, with weights shared over the channels:
 
         out[b, :, c] = W2 . GELU(W1 . x[b, :, c])       (the paper's  U_{*,i} = W2 s(W1 X_{*,i}))
@@ -78,7 +77,7 @@ def token_mixing_forward(x: Array, params: dict[str, Array], gelu: str = "tanh")
     Returns out (B, S, C) and the cache. Implemented as: swap the token and channel axes, apply the MLP to the
     last axis (now the tokens), swap back -- exactly what the official code does.
     """
-    out_t, cache = mlp_block_forward(x.swapaxes(1, 2), params, gelu)  # (B, C, S)
+    out_t, cache = mlp_block_forward(x.swapaxes(1, 2), params, gelu, train)  # (B, C, S)
     return out_t.swapaxes(1, 2), cache  # (B, S, C)
 
 
@@ -87,14 +86,15 @@ def token_mixing_backward(dout: Array, cache: tuple) -> tuple[Array, dict[str, A
     return dx_t.swapaxes(1, 2), grads  # (B, S, C)
 
 
-def channel_mixing_forward(x: Array, params: dict[str, Array], gelu: str = "tanh") -> tuple[Array, tuple]:
+def channel_mixing_forward(x: Array, params: dict[str, Array], gelu: str = "tanh", train: bool = True
+                           ) -> tuple[Array, tuple]:
     """The MLP applied across channels, once per token, with weights shared over the tokens:
 
         out[b, s, :] = W4 . GELU(W3 . x[b, s, :])       (the paper's  Y_{j,*} = W4 s(W3 U_{j,*}))
 
     Inputs: x (B, S, C), params with ``Dense_0/kernel`` (C, D_C), ``Dense_1/kernel`` (D_C, C).
     """
-    return mlp_block_forward(x, params, gelu)
+    return mlp_block_forward(x, params, gelu, train)
 
 
 def channel_mixing_backward(dout: Array, cache: tuple) -> tuple[Array, dict[str, Array]]:
@@ -105,20 +105,22 @@ def channel_mixing_backward(dout: Array, cache: tuple) -> tuple[Array, dict[str,
 # The Mixer block: two pre-LayerNorm residual branches
 
 
-def mixer_block_forward(x: Array, params: dict[str, Array], gelu: str = "tanh") -> tuple[Array, tuple]:
+def mixer_block_forward(x: Array, params: dict[str, Array], gelu: str = "tanh", train: bool = True
+                        ) -> tuple[Array, tuple]:
     """One Mixer layer (paper eq. 1):
 
         U = X + TokenMixing(LayerNorm_0(X))            token-mixing branch
         Y = U + ChannelMixing(LayerNorm_1(U))          channel-mixing branch
 
     Inputs: x (B, S, C); params named as in a ``MixerBlock_i`` of the official checkpoints: ``LayerNorm_0/*``,
-    ``token_mixing/Dense_{0,1}/*``, ``LayerNorm_1/*``, ``channel_mixing/Dense_{0,1}/*``.  Returns y (B, S, C).
+    ``token_mixing/Dense_{0,1}/*``, ``LayerNorm_1/*``, ``channel_mixing/Dense_{0,1}/*``.  Returns y (B, S, C)
+    and the cache (``train=False``: an evaluation pass, whose cache cannot be used for a backward).
     """
     y, ln0_cache = layer_norm_forward(x, params["LayerNorm_0/scale"], params["LayerNorm_0/bias"])  # 1. (B, S, C)
-    y, token_cache = token_mixing_forward(y, subtree(params, "token_mixing"), gelu)  # 2. (B, S, C)
+    y, token_cache = token_mixing_forward(y, subtree(params, "token_mixing"), gelu, train)  # 2. (B, S, C)
     u = x + y  # 3. residual (B, S, C)
     y, ln1_cache = layer_norm_forward(u, params["LayerNorm_1/scale"], params["LayerNorm_1/bias"])  # 4. (B, S, C)
-    y, channel_cache = channel_mixing_forward(y, subtree(params, "channel_mixing"), gelu)  # 5. (B, S, C)
+    y, channel_cache = channel_mixing_forward(y, subtree(params, "channel_mixing"), gelu, train)  # 5. (B, S, C)
     y += u  # 6. residual (B, S, C)
     return y, (ln0_cache, token_cache, ln1_cache, channel_cache)
 

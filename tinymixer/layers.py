@@ -56,7 +56,7 @@ def dense_backward(dout: Array, cache: tuple) -> tuple[Array, Array, Array]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# GELU, written as x * g(x) so that both forms share one backward:  d/dx [x g(x)] = g(x) + x g'(x)
+# GELU, written as x * g(x) so that both forms share one derivative:  gelu'(x) = g(x) + x g'(x)
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _TANH_CUBIC = 0.044715
@@ -65,88 +65,84 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 GELU_FORMS = ("tanh", "erf")
 
 
-def gelu_forward(x: Array, approximate: str = "tanh", bias: Array | None = None) -> tuple[Array, tuple]:
+def gelu_forward(x: Array, approximate: str = "tanh", bias: Array | None = None,
+                 train: bool = True) -> tuple[Array, tuple]:
     """Gaussian Error Linear Unit, ``gelu(x) = x * g(x)``, elementwise.
 
     - ``approximate="tanh"`` (what the official Mixer uses, Flax's default):
-      ``g(x) = (1 + tanh(u)) / 2`` with ``u = sqrt(2/pi) * (x + 0.044715 x^3)``.
-    - ``approximate="erf"`` (exact): ``g(x) = Phi(x) = (1 + erf(x / sqrt(2))) / 2``, the standard normal CDF.
+      ``g(x) = (1 + t) / 2`` with ``t = tanh(u)``, ``u = sqrt(2/pi) (x + 0.044715 x^3)``, so that
+      ``gelu'(x) = g + x g' = (1 + t)/2 + x (1 - t^2)/2 sqrt(2/pi) (1 + 3 * 0.044715 x^2)``;
+    - ``approximate="erf"`` (exact): ``g(x) = Phi(x) = (1 + erf(x / sqrt(2))) / 2``, the standard normal CDF, so
+      that ``gelu'(x) = Phi(x) + x phi(x)`` with ``phi(x) = exp(-x^2 / 2) / sqrt(2 pi)``.
 
-    ``bias`` (optional, (D,) for x (..., D)) is first added to x *in place*: the preceding dense layer's bias,
-    added here so that x goes through memory once instead of twice. Returns out (same shape) and the cache
-    (x, g, form). The work runs in cache-sized blocks (``chunks.py``).
+    With ``train`` the cache holds the local derivative ``gelu'(x)``, computed here while each block of x is in
+    the CPU cache (the backward is then one multiply); without, the cache is empty. ``bias`` (optional, (D,) for
+    x (..., D)) is first added to x *in place*: the preceding dense layer's bias, added here so that x goes
+    through memory once instead of twice. Returns out (same shape) and the cache (dgelu or None,).
     """
     if approximate not in GELU_FORMS:
         raise ValueError(f"unknown GELU form {approximate!r}: choose 'tanh' (the official model's) or 'erf'")
     xp = array_module(x)
-    g, out = xp.empty_like(x), xp.empty_like(x)
-    kernel = _gelu_tanh_forward_block if approximate == "tanh" else _gelu_erf_forward_block
-    for_row_blocks(partial(kernel, bias=bias), rows(x), rows(g), rows(out))
-    return out, (x, g, approximate)
+    out = xp.empty_like(x)
+    dgelu = xp.empty_like(x) if train else out  # without train the derivative is written nowhere that lasts
+    kernel = _gelu_tanh_block if approximate == "tanh" else _gelu_erf_block
+    for_row_blocks(partial(kernel, bias=bias, train=train), rows(x), rows(out), rows(dgelu))
+    return out, ((dgelu if train else None),)
 
 
-def _gelu_tanh_forward_block(x: Array, g: Array, out: Array, bias: Array | None) -> None:
+def _gelu_tanh_block(x: Array, out: Array, dgelu: Array, bias: Array | None, train: bool) -> None:
     xp = array_module(x)
     if bias is not None:
         x += bias
-    xp.multiply(x, x, out=g)
-    g *= _SQRT_2_OVER_PI * _TANH_CUBIC
-    g += _SQRT_2_OVER_PI
-    g *= x  # u = sqrt(2/pi) (x + 0.044715 x^3), built in g's memory
-    xp.tanh(g, out=g)
-    g += 1.0
-    g *= 0.5  # g = (1 + tanh(u)) / 2
-    xp.multiply(x, g, out=out)
+    x2, t = scratch("gelu_x2", x), scratch("gelu_t", x)
+    xp.multiply(x, x, out=x2)  # x^2
+    xp.multiply(x2, _SQRT_2_OVER_PI * _TANH_CUBIC, out=t)
+    t += _SQRT_2_OVER_PI
+    t *= x  # u = sqrt(2/pi) (x + 0.044715 x^3)
+    xp.tanh(t, out=t)  # t
+    xp.add(t, 1.0, out=out)
+    out *= 0.5  # g = (1 + t) / 2
+    if train:
+        xp.multiply(x2, 3.0 * _TANH_CUBIC * _SQRT_2_OVER_PI, out=dgelu)
+        dgelu += _SQRT_2_OVER_PI  # sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+        xp.multiply(t, t, out=x2)
+        xp.subtract(1.0, x2, out=x2)  # 1 - t^2
+        dgelu *= x2
+        dgelu *= x
+        dgelu *= 0.5  # x g'(x)
+        dgelu += out  # + g(x)
+    out *= x  # gelu = x g
 
 
-def _gelu_erf_forward_block(x: Array, g: Array, out: Array, bias: Array | None) -> None:
+def _gelu_erf_block(x: Array, out: Array, dgelu: Array, bias: Array | None, train: bool) -> None:
     xp = array_module(x)
     if bias is not None:
         x += bias
-    g[...] = erf(x * _INV_SQRT_2)
-    g += 1.0
-    g *= 0.5  # g = Phi(x)
-    xp.multiply(x, g, out=out)
+    out[...] = erf(x * _INV_SQRT_2)
+    out += 1.0
+    out *= 0.5  # g = Phi(x)
+    if train:
+        xp.multiply(x, x, out=dgelu)
+        dgelu *= -0.5
+        xp.exp(dgelu, out=dgelu)
+        dgelu *= _INV_SQRT_2PI  # phi(x)
+        dgelu *= x
+        dgelu += out  # Phi(x) + x phi(x)
+    out *= x  # gelu = x Phi(x)
 
 
 def gelu_backward(dout: Array, cache: tuple) -> Array:
-    """dx = dout * (g(x) + x g'(x)), with g' the derivative of the g the forward used:
-
-    - tanh: g'(x) = (1 - t^2)/2 * sqrt(2/pi) * (1 + 3 * 0.044715 x^2) with t = tanh(u) = 2g - 1, so that
-      (1 - t^2)/2 = 2 g (1 - g): computed from the cached g, no second tanh;
-    - erf:  g'(x) = phi(x) = exp(-x^2 / 2) / sqrt(2 pi).
-    """
-    x, g, form = cache
-    dx = array_module(x).empty_like(x)
-    kernel = _gelu_tanh_backward_block if form == "tanh" else _gelu_erf_backward_block
-    for_row_blocks(kernel, rows(dout), rows(x), rows(g), rows(dx))
+    """dx = dout * gelu'(x), the derivative of the form the forward computed (cached by the forward)."""
+    (dgelu,) = cache
+    if dgelu is None:
+        raise RuntimeError("gelu_backward needs the cache of gelu_forward(..., train=True)")
+    dx = array_module(dgelu).empty_like(dgelu)
+    for_row_blocks(_multiply_block, rows(dout), rows(dgelu), rows(dx))
     return dx
 
 
-def _gelu_tanh_backward_block(dout: Array, x: Array, g: Array, dx: Array) -> None:
-    xp = array_module(x)
-    g_one_minus_g = scratch("gelu", g)
-    xp.multiply(g, g, out=g_one_minus_g)
-    xp.subtract(g, g_one_minus_g, out=g_one_minus_g)  # g (1 - g)
-    xp.multiply(x, x, out=dx)
-    dx *= 3.0 * _TANH_CUBIC
-    dx += 1.0  # 1 + 3 * 0.044715 x^2
-    dx *= g_one_minus_g
-    dx *= 2.0 * _SQRT_2_OVER_PI  # g'(x)
-    dx *= x
-    dx += g  # g + x g'
-    dx *= dout
-
-
-def _gelu_erf_backward_block(dout: Array, x: Array, g: Array, dx: Array) -> None:
-    xp = array_module(x)
-    xp.multiply(x, x, out=dx)
-    dx *= -0.5
-    xp.exp(dx, out=dx)
-    dx *= _INV_SQRT_2PI  # phi(x)
-    dx *= x
-    dx += g  # g + x g'
-    dx *= dout
+def _multiply_block(a: Array, b: Array, out: Array) -> None:
+    array_module(a).multiply(a, b, out=out)
 
 
 # ----------------------------------------------------------------------------------------------------------------

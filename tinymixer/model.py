@@ -237,8 +237,9 @@ class MlpMixer:
         x, stem_cache = stem_forward(x, p["stem/kernel"], p["stem/bias"])  # 1. (B, S, C)
         block_caches = []
         for i in range(self.num_blocks):
-            x, cache = mixer_block_forward(x, subtree(p, f"MixerBlock_{i}"), self.gelu)  # 2. (B, S, C)
-            block_caches.append(cache)
+            x, cache = mixer_block_forward(x, subtree(p, f"MixerBlock_{i}"), self.gelu, train)  # 2. (B, S, C)
+            if train:
+                block_caches.append(cache)
         x, ln_cache = layer_norm_forward(x, p["pre_head_layer_norm/scale"], p["pre_head_layer_norm/bias"])  # 3.
         x, pool_cache = mean_pool_forward(x)  # 4. (B, C)
         logits, head_cache = dense_forward(x, p["head/kernel"], p["head/bias"])  # 5. (B, K)
