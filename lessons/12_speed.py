@@ -71,10 +71,13 @@ for group, names in groups.items():
             if hasattr(module, name):
                 originals.append((module, name, getattr(module, name)))
                 setattr(module, name, timed(group, getattr(module, name)))
+steps = pick(3, 1)
 try:
     start = time.perf_counter()
-    step()
-    total = time.perf_counter() - start
+    for _ in range(steps):
+        step()
+    total = (time.perf_counter() - start) / steps
+    spent = {name: value / steps for name, value in spent.items()}  # per step
 finally:
     for module, name, function in originals:
         setattr(module, name, function)
@@ -90,9 +93,10 @@ ax.set(xlabel="ms per training step", title=f"{size_name}, batch {batch}, {tm.ba
 save_figure(fig, "12_time_per_component")
 
 # %% [markdown]
-# On the 2-core development machine (tiny/4, batch 128) this printed: matrix multiplies 37%, GELU 37%,
-# LayerNorm 19%, the rest 8% — 165 GFLOP/s inside the GEMMs but 57 GFLOP/s for the whole step. The elementwise
-# passes are where a faster NumPy Mixer has to win: fewer temporaries, fewer passes, cache-sized chunks.
+# On the 2-core development machine (tiny/4, batch 128, 2 threads) this printed: matrix multiplies 49%, GELU 31%,
+# LayerNorm 16%, the rest 4%. GELU and LayerNorm already run in cache-sized blocks on both cores
+# (`tinymixer/chunks.py`); before that they took 37% and 19% of a step 25% longer. What is left of their time is
+# mostly reading arrays that the matrix multiplies just wrote out to main memory.
 #
 # ## NumPy and CuPy
 # The same code runs on a GPU when CuPy is installed and a GPU is usable (`tm.set_backend("cupy")`).
