@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # before NumPy loads OpenBLAS: see tinymixer/__init__.py
+
 import numpy as np
 from tqdm import tqdm
 

@@ -57,3 +57,15 @@ def test_no_module_but_backend_imports_cupy():
     offenders = [p.name for p in package.glob("*.py")
                  if p.name != "backend.py" and re.search(r"^\s*(import cupy|from cupy)", p.read_text(), re.M)]
     assert offenders == []
+
+
+def test_import_asks_openblas_threads_to_sleep_but_keeps_a_user_setting():
+    import os
+    import subprocess
+    import sys
+
+    code = "import os, tinymixer; print(os.environ['OPENBLAS_THREAD_TIMEOUT'])"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip() == "4"
+    env["OPENBLAS_THREAD_TIMEOUT"] = "20"
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip() == "20"

@@ -267,7 +267,8 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     info: dict[str, Any] = {"threads": args.threads[0], "backend": tm.backend_name(), "numpy": np.__version__,
                             "torch": __import__("torch").__version__ if use_torch else None,
                             "gemm_gflops": _gemm_gflops(np), "blas": _blas_description(),
-                            "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE")}
+                            "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
+                            "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT")}
     results = []
     for config in args.configs:
         r = measure(config, args.batch_size, args.image_size, args.repeats, use_torch)
@@ -330,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for threads in args.threads:
         env = dict(os.environ, **{v: str(threads) for v in THREAD_VARIABLES})
+        env.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # as `import tinymixer` sets it (see tinymixer/__init__.py)
         command = [sys.executable, "-m", "tinymixer.bench", "--worker", "--threads", str(threads), "--configs",
                    *args.configs, "--batch-size", str(args.batch_size), "--image-size", str(args.image_size),
                    "--repeats", str(args.repeats), "--backend", args.backend] + (["--no-torch"] * args.no_torch)
@@ -347,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         machine = runs[-1]["machine"]
         print(f"threads {threads}: backend {machine['backend']}, numpy {machine['numpy']}, torch {machine['torch']}, "
               f"BLAS {machine['blas']}, float32 GEMM {machine['gemm_gflops']:.0f} GFLOP/s"
+              + f", OPENBLAS_THREAD_TIMEOUT={machine['openblas_thread_timeout']}"
               + (f", OPENBLAS_CORETYPE={machine['openblas_coretype']}" if machine["openblas_coretype"] else ""))
     print()
     print(_format_table(runs))
