@@ -69,3 +69,11 @@ def test_import_asks_openblas_threads_to_sleep_but_keeps_a_user_setting():
     assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip() == "4"
     env["OPENBLAS_THREAD_TIMEOUT"] = "20"
     assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip() == "20"
+
+
+def test_keep_freed_host_memory_on_glibc():
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    assert tm.keep_freed_host_memory() is True
