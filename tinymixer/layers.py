@@ -29,14 +29,16 @@ def dense_forward(x: Array, w: Array, b: Array | None) -> tuple[Array, tuple]:
     """Affine map of the last axis: ``out = x @ w + b``.
 
     Inputs: x (..., D_in), w (D_in, D_out), b (D_out,) or None (the caller adds the bias itself, fused into its
-    next elementwise pass: see ``gelu_forward``).  Returns out (..., D_out) and the cache (x, w).
+    next elementwise pass: see ``gelu_forward``).  Returns out (..., D_out) and the cache (x as (N, D_in), w,
+    x's shape).
     The leading axes are flattened so that the work is one 2-D matrix multiply (one BLAS GEMM call).
     """
     d_in, d_out = w.shape
-    out = x.reshape(-1, d_in) @ w  # (N, D_out), N = product of the leading axes
+    x2 = x.reshape(-1, d_in)  # (N, D_in), N = product of the leading axes; a copy if x is a transposed view
+    out = x2 @ w  # (N, D_out)
     if b is not None:
         out += b
-    return out.reshape(*x.shape[:-1], d_out), (x, w)
+    return out.reshape(*x.shape[:-1], d_out), (x2, w, x.shape)  # x2: the backward needs no second copy
 
 
 def dense_backward(dout: Array, cache: tuple) -> tuple[Array, Array, Array]:
@@ -44,12 +46,11 @@ def dense_backward(dout: Array, cache: tuple) -> tuple[Array, Array, Array]:
 
     Inputs: dout (..., D_out).  Returns dx (..., D_in), dw (D_in, D_out), db (D_out,).
     """
-    x, w = cache
-    xp = array_module(x)
+    x2, w, x_shape = cache  # x2: the input as (N, D_in)
+    xp = array_module(x2)
     d_in, d_out = w.shape
-    x2 = x.reshape(-1, d_in)  # (N, D_in)
     dout2 = dout.reshape(-1, d_out)  # (N, D_out)
-    dx = (dout2 @ w.T).reshape(x.shape)  # (..., D_in)
+    dx = (dout2 @ w.T).reshape(x_shape)  # (..., D_in)
     dw = x2.T @ dout2  # (D_in, D_out)
     db = xp.ones(dout2.shape[0], dout.dtype) @ dout2  # (D_out,): the row sum as one BLAS call (2-3x a .sum(0))
     return dx, dw, db
