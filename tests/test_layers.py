@@ -173,3 +173,11 @@ def test_softmax_cross_entropy_is_stable_for_huge_logits():
     assert np.isfinite(float(loss)) and np.all(np.isfinite(dlogits))
     assert float(loss) == pytest.approx(1e5 / 2, rel=1e-6)  # second row: -log p = 1e5
     assert loss.dtype == np.float32 and dlogits.dtype == np.float32
+
+
+def test_gelu_evaluation_pass_keeps_no_derivative():
+    x = np.linspace(-2, 2, 9)
+    out, cache = gelu_forward(x.copy(), train=False)
+    np.testing.assert_array_equal(out, gelu_forward(x.copy())[0])
+    with pytest.raises(RuntimeError, match="train=True"):
+        gelu_backward(np.ones_like(x), cache)
