@@ -54,3 +54,16 @@ def test_missing_checkpoint_and_mismatched_model(tmp_path):
     path = save_checkpoint(tmp_path / "bare.npz", model.params)
     with pytest.raises(CheckpointError, match="no model configuration"):
         load_model(path)
+
+
+def test_an_official_style_npz_loads_into_a_model(tmp_path):
+    """The official checkpoints are plain .npz files of the parameters under their flat '/'-joined names."""
+    source = tm.MlpMixer.from_name("micro/4", num_classes=10, image_size=16, seed=5)
+    path = tmp_path / "official.npz"
+    np.savez(path, **{k: np.asarray(v) for k, v in source.params.items()})  # no optimiser state, no metadata
+    params, optimizer_state, meta = load_checkpoint(path)
+    assert optimizer_state == {} and meta == {}
+    model = tm.MlpMixer.from_name("micro/4", num_classes=10, image_size=16, seed=0)
+    load_params_into(model, params, path)
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
+    np.testing.assert_array_equal(model(x), source(x))
