@@ -181,3 +181,18 @@ def test_gelu_evaluation_pass_keeps_no_derivative():
     np.testing.assert_array_equal(out, gelu_forward(x.copy())[0])
     with pytest.raises(RuntimeError, match="train=True"):
         gelu_backward(np.ones_like(x), cache)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_elementwise_layers_accept_transposed_inputs(rng, train):
+    x = rng.standard_normal((6, 5, 4)).swapaxes(0, 2)  # not C-contiguous
+    out, cache = gelu_forward(x, train=train)
+    np.testing.assert_array_equal(out, gelu_forward(np.ascontiguousarray(x), train=train)[0])
+    if train:
+        dout = rng.standard_normal(x.shape).swapaxes(0, 1).copy().swapaxes(0, 1)  # also transposed
+        np.testing.assert_array_equal(gelu_backward(dout, cache), gelu_backward(np.ascontiguousarray(dout), cache))
+    scale, bias = rng.standard_normal(6), rng.standard_normal(6)
+    y, ln_cache = layer_norm_forward(x, scale, bias)
+    np.testing.assert_array_equal(y, layer_norm_forward(np.ascontiguousarray(x), scale, bias)[0])
+    dx = layer_norm_backward(np.ones_like(x), ln_cache)[0]
+    np.testing.assert_array_equal(dx, layer_norm_backward(np.ones(x.shape), ln_cache)[0])

@@ -54,7 +54,8 @@ def _executor(threads: int) -> ThreadPoolExecutor:
 
 
 def rows(a: Any) -> Any:
-    """``a`` as a 2-D (rows, last axis) array: a view when ``a`` is contiguous (outputs always are)."""
+    """``a`` as a 2-D (rows, last axis) array: a view when ``a`` is C-contiguous, a copy otherwise -- so outputs
+    must always be allocated C-contiguous (``xp.empty(shape)``, not ``empty_like`` of a transposed array)."""
     return a.reshape(-1, a.shape[-1])
 
 

@@ -84,8 +84,9 @@ def gelu_forward(x: Array, approximate: str = "tanh", bias: Array | None = None,
     if approximate not in GELU_FORMS:
         raise ValueError(f"unknown GELU form {approximate!r}: choose 'tanh' (the official model's) or 'erf'")
     xp = array_module(x)
-    out = xp.empty_like(x)
-    dgelu = xp.empty_like(x) if train else out  # without train the derivative is written nowhere that lasts
+    x = xp.ascontiguousarray(x)  # the blocks are views of rows: a transposed input is copied first
+    out = xp.empty(x.shape, x.dtype)
+    dgelu = xp.empty(x.shape, x.dtype) if train else out  # without train the derivative is not kept
     kernel = _gelu_tanh_block if approximate == "tanh" else _gelu_erf_block
     for_row_blocks(partial(kernel, bias=bias, train=train), rows(x), rows(out), rows(dgelu))
     return out, ((dgelu if train else None),)
@@ -137,7 +138,7 @@ def gelu_backward(dout: Array, cache: tuple) -> Array:
     (dgelu,) = cache
     if dgelu is None:
         raise RuntimeError("gelu_backward needs the cache of gelu_forward(..., train=True)")
-    dx = array_module(dgelu).empty_like(dgelu)
+    dx = array_module(dgelu).empty(dgelu.shape, dgelu.dtype)
     for_row_blocks(_multiply_block, rows(dout), rows(dgelu), rows(dx))
     return dx
 
