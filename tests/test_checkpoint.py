@@ -51,8 +51,8 @@ def test_missing_checkpoint_and_mismatched_model(tmp_path):
     other = tm.MlpMixer.from_name("micro/4", num_classes=5, image_size=16)
     with pytest.raises(CheckpointError, match=r"does not fit this model.*head/kernel"):
         load_params_into(model, {k: np.asarray(v) for k, v in other.params.items()})
-    path = save_checkpoint(tmp_path / "bare.npz", model.params)
-    with pytest.raises(CheckpointError, match="no model configuration"):
+    path = save_checkpoint(tmp_path / "bare.npz", {"w": np.ones(3)})
+    with pytest.raises(CheckpointError, match="not in the Mixer checkpoint layout"):
         load_model(path)
 
 
@@ -67,3 +67,16 @@ def test_an_official_style_npz_loads_into_a_model(tmp_path):
     load_params_into(model, params, path)
     x = np.random.default_rng(0).uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
     np.testing.assert_array_equal(model(x), source(x))
+
+
+def test_load_model_reads_the_configuration_off_an_official_style_npz(tmp_path):
+    source = tm.MlpMixer(num_classes=7, num_blocks=3, patch_size=4, hidden_dim=16, tokens_mlp_dim=8,
+                         channels_mlp_dim=24, image_size=24, seed=2)
+    path = tmp_path / "official.npz"
+    np.savez(path, **{k: np.asarray(v) for k, v in source.params.items()})
+    model = load_model(path)
+    config = {k: v for k, v in source.config().items() if k != "gelu"}
+    assert {k: v for k, v in model.config().items() if k != "gelu"} == config
+    x = np.random.default_rng(1).uniform(-1, 1, (2, 24, 24, 3)).astype(np.float32)
+    np.testing.assert_array_equal(model(x), source(x))
+    assert load_model(path, dtype="float64").dtype == np.float64

@@ -75,18 +75,43 @@ def load_checkpoint(path: Path | str) -> tuple[dict[str, np.ndarray], dict[str, 
     return params, optimizer_state, meta
 
 
-def load_model(path: Path | str) -> Any:
-    """Rebuild the model a checkpoint of this project was saved from (its ``meta["model"]`` configuration) and
-    load its weights: ``model = load_model("runs/cifar10/checkpoint.npz"); logits = model(images)``."""
+def load_model(path: Path | str, dtype: str | None = None) -> Any:
+    """Rebuild the model a checkpoint holds and load its weights: ``model = load_model(path); logits = model(x)``.
+
+    A checkpoint written by this project carries its configuration; an official Mixer ``.npz`` (parameters only)
+    has its configuration read off the parameter shapes (``config_from_params``). ``dtype`` overrides the saved one.
+    """
     from .model import MlpMixer
 
     params, _, meta = load_checkpoint(path)
-    if "model" not in meta:
-        raise CheckpointError(f"{path} holds no model configuration (an official checkpoint?): build the MlpMixer "
-                              f"yourself, e.g. MlpMixer.from_name(...), and call load_params_into(model, params)")
-    model = MlpMixer(**meta["model"])
+    config = dict(meta["model"]) if "model" in meta else config_from_params(params, path)
+    if dtype is not None:
+        config["dtype"] = dtype
+    model = MlpMixer(**config)
     load_params_into(model, params, path)
     return model
+
+
+def config_from_params(params: dict[str, np.ndarray], path: Path | str = "checkpoint") -> dict[str, Any]:
+    """The MlpMixer keywords implied by parameter shapes in the official layout: the stem kernel (P, P, C_in, C)
+    gives the patch size, input channels and width; the blocks counted give the depth; the first block's MLP
+    kernels give D_S, D_C and the number of tokens S (square images of sqrt(S) * P pixels); the head, the classes.
+    """
+    try:
+        p, _, in_channels, hidden = params["stem/kernel"].shape
+        num_tokens, tokens_mlp_dim = params["MixerBlock_0/token_mixing/Dense_0/kernel"].shape
+        channels_mlp_dim = params["MixerBlock_0/channel_mixing/Dense_0/kernel"].shape[1]
+        num_classes = params["head/kernel"].shape[1]
+    except KeyError as exc:
+        raise CheckpointError(f"{path} is not in the Mixer checkpoint layout: no {exc.args[0]!r}") from exc
+    num_blocks = len({k.split("/")[0] for k in params if k.startswith("MixerBlock_")})
+    side = int(round(num_tokens ** 0.5))
+    if side * side != num_tokens:
+        raise CheckpointError(f"{path}: {num_tokens} tokens is not a square grid; build the MlpMixer yourself "
+                              f"with its image_size=(H, W) and call load_params_into")
+    return {"num_classes": num_classes, "num_blocks": num_blocks, "patch_size": p, "hidden_dim": hidden,
+            "tokens_mlp_dim": tokens_mlp_dim, "channels_mlp_dim": channels_mlp_dim, "image_size": side * p,
+            "in_channels": in_channels, "dtype": "float32"}
 
 
 def load_params_into(model: Any, params: dict[str, np.ndarray], path: Path | str = "checkpoint") -> None:
