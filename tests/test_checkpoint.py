@@ -80,3 +80,11 @@ def test_load_model_reads_the_configuration_off_an_official_style_npz(tmp_path):
     x = np.random.default_rng(1).uniform(-1, 1, (2, 24, 24, 3)).astype(np.float32)
     np.testing.assert_array_equal(model(x), source(x))
     assert load_model(path, dtype="float64").dtype == np.float64
+
+
+def test_load_model_refuses_a_non_square_token_grid(tmp_path):
+    source = tm.MlpMixer.from_name("micro/4", num_classes=3, image_size=(8, 16))  # S = 2 x 4 tokens
+    path = tmp_path / "wide.npz"
+    np.savez(path, **{k: np.asarray(v) for k, v in source.params.items()})
+    with pytest.raises(CheckpointError, match="8 tokens is not a square grid.*image_size"):
+        load_model(path)
