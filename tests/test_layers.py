@@ -41,6 +41,24 @@ def test_dense_gradients(rng):
     assert_gradients_ok(check_gradients(dense_forward, dense_backward, inputs))
 
 
+def test_dense_on_axis_minus_2_equals_dense_on_swapped_axes(rng):
+    # token mixing's layout: the map acts on axis -2 of (B, S, C), as the official code does after a swapaxes
+    x, w, b = rng.standard_normal((2, 3, 4)), rng.standard_normal((3, 5)), rng.standard_normal(5)
+    out, _ = dense_forward(x, w, b, axis=-2)
+    expected = dense_forward(x.swapaxes(1, 2), w, b)[0].swapaxes(1, 2)
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_dense_on_axis_minus_2_gradients(rng):
+    inputs = dict(x=rng.standard_normal((2, 3, 4)), w=rng.standard_normal((3, 5)), b=rng.standard_normal(5))
+    assert_gradients_ok(check_gradients(partial(dense_forward, axis=-2), dense_backward, inputs))
+
+
+def test_dense_rejects_other_axes(rng):
+    with pytest.raises(ValueError, match="axis"):
+        dense_forward(np.zeros((2, 3, 4)), np.zeros((2, 5)), None, axis=0)
+
+
 # -- GELU ---------------------------------------------------------------------------------------------------------
 
 def test_gelu_tanh_forward_matches_formula():
@@ -69,6 +87,16 @@ def test_erf_accurate_to_float64_roundoff():
 def test_gelu_gradients(rng, form):
     x = np.concatenate([rng.uniform(-4, 4, 50), np.linspace(-4, 4, 21)])  # beyond, GELU' ~ 0: only noise is left
     assert_gradients_ok(check_gradients(partial(gelu_forward, approximate=form), gelu_backward, dict(x=x)))
+
+
+@pytest.mark.parametrize("form", ["tanh", "erf"])
+def test_gelu_bias_per_row_of_each_slab(rng, form):
+    # a (D, 1) bias on x (B, D, C): one value per row D, the token-mixing layout; the result must be GELU(x + bias)
+    x, bias = rng.standard_normal((3, 4, 5)), rng.standard_normal((4, 1))
+    out, cache = gelu_forward(x.copy(), form, bias=bias)
+    expected, expected_cache = gelu_forward(x + bias, form)
+    np.testing.assert_allclose(out, expected, rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(cache[0], expected_cache[0], rtol=1e-14, atol=1e-15)
 
 
 def test_gelu_forms_differ_so_each_needs_its_own_derivative():
@@ -196,3 +224,27 @@ def test_elementwise_layers_accept_transposed_inputs(rng, train):
     np.testing.assert_array_equal(y, layer_norm_forward(np.ascontiguousarray(x), scale, bias)[0])
     dx = layer_norm_backward(np.ones_like(x), ln_cache)[0]
     np.testing.assert_array_equal(dx, layer_norm_backward(np.ones(x.shape), ln_cache)[0])
+
+
+@pytest.mark.parametrize("form", ["tanh", "erf"])
+def test_gelu_in_place_equals_out_of_place(rng, form):
+    x = rng.standard_normal((70, 1000))  # more than one row block, so the blocks' aliasing is exercised
+    expected, expected_cache = gelu_forward(x.copy(), form)
+    x_in_place = x.copy()
+    out, cache = gelu_forward(x_in_place, form, out=x_in_place)
+    assert out is x_in_place
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(cache[0], expected_cache[0])
+    dout = rng.standard_normal(x.shape)
+    expected_dx = gelu_backward(dout.copy(), cache)
+    dx = gelu_backward(dout, cache, out=dout)
+    assert dx is dout
+    np.testing.assert_array_equal(dx, expected_dx)
+
+
+def test_gelu_rejects_an_out_it_cannot_write_through():
+    x = np.zeros((4, 6))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        gelu_forward(x, out=np.zeros((6, 4)).T)  # its row blocks would be copies: the result would be lost
+    with pytest.raises(ValueError, match="shape"):
+        gelu_forward(x, out=np.zeros((4, 5)))

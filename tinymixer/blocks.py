@@ -38,26 +38,29 @@ def prefixed(grads: dict[str, Array], prefix: str) -> dict[str, Array]:
 # MLP block: Dense -> GELU -> Dense on the last axis (the paper's MLP with one hidden layer)
 
 
-def mlp_block_forward(x: Array, params: dict[str, Array], gelu: str = "tanh", train: bool = True
+def mlp_block_forward(x: Array, params: dict[str, Array], gelu: str = "tanh", train: bool = True, axis: int = -1
                       ) -> tuple[Array, tuple]:
-    """``out = W2 . GELU(W1 . x + b1) + b2`` applied to the last axis of x.
+    """``out = W2 . GELU(W1 . x + b1) + b2`` applied along one axis of x: the last (``axis=-1``) or the one
+    before it (``axis=-2``, see ``dense_forward``).
 
-    Inputs: x (..., D), params ``Dense_0/kernel`` (D, D_hidden), ``Dense_0/bias``, ``Dense_1/kernel``
-    (D_hidden, D), ``Dense_1/bias``.  Returns out (..., D) and the cache.
+    Inputs: x (..., D) (or (..., D, C) for ``axis=-2``), params ``Dense_0/kernel`` (D, D_hidden),
+    ``Dense_0/bias``, ``Dense_1/kernel`` (D_hidden, D), ``Dense_1/bias``.  Returns out (x's shape) and the cache.
     """
-    pre, dense0_cache = dense_forward(x, params["Dense_0/kernel"], None)  # 1. (..., D_hidden), bias added in 2.
-    hidden, gelu_cache = gelu_forward(pre, gelu, bias=params["Dense_0/bias"], train=train)  # 2. (..., D_hidden)
-    out, dense1_cache = dense_forward(hidden, params["Dense_1/kernel"], params["Dense_1/bias"])  # 3. (..., D)
+    b1 = params["Dense_0/bias"] if axis == -1 else params["Dense_0/bias"][:, None]  # along the hidden axis
+    pre, dense0_cache = dense_forward(x, params["Dense_0/kernel"], None, axis)  # 1. bias added in 2.
+    hidden, gelu_cache = gelu_forward(pre, gelu, bias=b1, train=train, out=pre)  # 2. in pre's memory
+    out, dense1_cache = dense_forward(hidden, params["Dense_1/kernel"], params["Dense_1/bias"], axis)  # 3.
     # The cache keeps two hidden-size arrays, the largest activations of the model: `hidden` (for dW2) and
-    # GELU's local derivative; the pre-activation itself is not needed any more.
+    # GELU's local derivative; the pre-activation itself is not needed any more, so `hidden` takes its memory
+    # (writing into memory just read is cheaper than into fresh memory: -15% for GELU here).
     return out, (dense0_cache, gelu_cache, dense1_cache)
 
 
 def mlp_block_backward(dout: Array, cache: tuple) -> tuple[Array, dict[str, Array]]:
-    """Returns dx (..., D) and the grads of the four parameters."""
+    """Returns dx (x's shape) and the grads of the four parameters."""
     dense0_cache, gelu_cache, dense1_cache = cache
     dhidden, dw2, db2 = dense_backward(dout, dense1_cache)  # undoes 3.
-    dpre = gelu_backward(dhidden, gelu_cache)  # undoes 2.
+    dpre = gelu_backward(dhidden, gelu_cache, out=dhidden)  # undoes 2., in dhidden's memory
     dx, dw1, db1 = dense_backward(dpre, dense0_cache)  # undoes 1. (db1 is Dense_0's bias, added in 2.)
     grads = {"Dense_0/kernel": dw1, "Dense_0/bias": db1, "Dense_1/kernel": dw2, "Dense_1/bias": db2}
     return dx, grads
@@ -74,16 +77,15 @@ def token_mixing_forward(x: Array, params: dict[str, Array], gelu: str = "tanh",
         out[b, :, c] = W2 . GELU(W1 . x[b, :, c])       (the paper's  U_{*,i} = W2 s(W1 X_{*,i}))
 
     Inputs: x (B, S, C), params with ``Dense_0/kernel`` (S, D_S), ``Dense_1/kernel`` (D_S, S).
-    Returns out (B, S, C) and the cache. Implemented as: swap the token and channel axes, apply the MLP to the
-    last axis (now the tokens), swap back -- exactly what the official code does.
+    Returns out (B, S, C) and the cache. The official code swaps the token and channel axes and applies the MLP
+    to the last axis; here the MLP is applied to axis -2 directly (``W1^T @ x[b]`` for each image b), which
+    computes the same numbers without copying the table into (B, C, S) order and back.
     """
-    out_t, cache = mlp_block_forward(x.swapaxes(1, 2), params, gelu, train)  # (B, C, S)
-    return out_t.swapaxes(1, 2), cache  # (B, S, C)
+    return mlp_block_forward(x, params, gelu, train, axis=-2)
 
 
 def token_mixing_backward(dout: Array, cache: tuple) -> tuple[Array, dict[str, Array]]:
-    dx_t, grads = mlp_block_backward(dout.swapaxes(1, 2), cache)  # (B, C, S)
-    return dx_t.swapaxes(1, 2), grads  # (B, S, C)
+    return mlp_block_backward(dout, cache)
 
 
 def channel_mixing_forward(x: Array, params: dict[str, Array], gelu: str = "tanh", train: bool = True
@@ -94,7 +96,7 @@ def channel_mixing_forward(x: Array, params: dict[str, Array], gelu: str = "tanh
 
     Inputs: x (B, S, C), params with ``Dense_0/kernel`` (C, D_C), ``Dense_1/kernel`` (D_C, C).
     """
-    return mlp_block_forward(x, params, gelu, train)
+    return mlp_block_forward(x, params, gelu, train, axis=-1)
 
 
 def channel_mixing_backward(dout: Array, cache: tuple) -> tuple[Array, dict[str, Array]]:

@@ -25,34 +25,53 @@ Array = Any  # numpy.ndarray or cupy.ndarray
 # Dense (affine) layer
 
 
-def dense_forward(x: Array, w: Array, b: Array | None) -> tuple[Array, tuple]:
-    """Affine map of the last axis: ``out = x @ w + b``.
+def dense_forward(x: Array, w: Array, b: Array | None, axis: int = -1) -> tuple[Array, tuple]:
+    """Affine map of one axis of x: the last (``axis=-1``, ``out = x @ w + b``) or the one before it (``axis=-2``).
 
-    Inputs: x (..., D_in), w (D_in, D_out), b (D_out,) or None (the caller adds the bias itself, fused into its
-    next elementwise pass: see ``gelu_forward``).  Returns out (..., D_out) and the cache (x as (N, D_in), w,
-    x's shape).
-    The leading axes are flattened so that the work is one 2-D matrix multiply (one BLAS GEMM call).
+    - ``axis=-1``: x (..., D_in) -> out (..., D_out). The leading axes are flattened so that the work is one 2-D
+      matrix multiply (one BLAS GEMM call).
+    - ``axis=-2``: x (..., D_in, C) -> out (..., D_out, C), ``out[n] = w^T @ x[n] + b[:, None]`` for every
+      leading index n: the same map applied to every column. This is token mixing on a (B, S, C) table without
+      transposing it: a stacked matrix multiply, as fast here as the 2-D GEMM and no (B, C, S) copy in and out.
+
+    w (D_in, D_out), b (D_out,) or None (the caller adds the bias itself, fused into its next elementwise pass:
+    see ``gelu_forward``).  Returns out and the cache (x, as (N, D_in) for ``axis=-1``; w; the axis; x's shape).
     """
+    if axis not in (-1, -2):
+        raise ValueError(f"dense_forward maps axis -1 or -2, got axis={axis}")
     d_in, d_out = w.shape
-    x2 = x.reshape(-1, d_in)  # (N, D_in), N = product of the leading axes; a copy if x is a transposed view
-    out = x2 @ w  # (N, D_out)
+    if axis == -1:
+        x2 = x.reshape(-1, d_in)  # (N, D_in), N = product of the leading axes; kept for dw (no second copy)
+        out = x2 @ w  # (N, D_out)
+        if b is not None:
+            out += b
+        return out.reshape(*x.shape[:-1], d_out), (x2, w, axis, x.shape)
+    out = array_module(x).matmul(w.T, x)  # (..., D_out, C): one GEMM per leading index
     if b is not None:
-        out += b
-    return out.reshape(*x.shape[:-1], d_out), (x2, w, x.shape)  # x2: the backward needs no second copy
+        out += b[:, None]
+    return out, (x, w, axis, x.shape)
 
 
 def dense_backward(dout: Array, cache: tuple) -> tuple[Array, Array, Array]:
-    """Gradients of ``out = x @ w + b``:  dx = dout @ w^T,  dw = x^T @ dout,  db = sum of dout over rows.
+    """Gradients of the dense map. ``axis=-1``: dx = dout @ w^T, dw = x^T @ dout, db = sum of dout over rows.
+    ``axis=-2``: dx[n] = w @ dout[n], dw = sum_n x[n] @ dout[n]^T, db = sum of dout over all axes but -2.
 
-    Inputs: dout (..., D_out).  Returns dx (..., D_in), dw (D_in, D_out), db (D_out,).
+    Inputs: dout shaped like the forward's out.  Returns dx (x's shape), dw (D_in, D_out), db (D_out,).
     """
-    x2, w, x_shape = cache  # x2: the input as (N, D_in)
-    xp = array_module(x2)
+    x, w, axis, x_shape = cache
+    xp = array_module(x)
     d_in, d_out = w.shape
-    dout2 = dout.reshape(-1, d_out)  # (N, D_out)
-    dx = (dout2 @ w.T).reshape(x_shape)  # (..., D_in)
-    dw = x2.T @ dout2  # (D_in, D_out)
-    db = xp.ones(dout2.shape[0], dout.dtype) @ dout2  # (D_out,): the row sum as one BLAS call (2-3x a .sum(0))
+    if axis == -1:  # x: the input as (N, D_in)
+        dout2 = dout.reshape(-1, d_out)  # (N, D_out)
+        dx = (dout2 @ w.T).reshape(x_shape)  # (..., D_in)
+        dw = x.T @ dout2  # (D_in, D_out)
+        db = xp.ones(dout2.shape[0], dout.dtype) @ dout2  # (D_out,): the row sum as one BLAS call (2-3x a .sum(0))
+        return dx, dw, db
+    dx = xp.matmul(w, dout)  # (..., D_in, C)
+    per_item = xp.matmul(x, dout.swapaxes(-1, -2))  # (..., D_in, D_out): one small GEMM per leading index
+    dw = per_item.reshape(-1, d_in * d_out).sum(axis=0).reshape(d_in, d_out)
+    column_sums = dout.reshape(-1, dout.shape[-1]) @ xp.ones(dout.shape[-1], dout.dtype)  # (N * D_out,)
+    db = xp.ones(column_sums.size // d_out, dout.dtype) @ column_sums.reshape(-1, d_out)  # (D_out,)
     return dx, dw, db
 
 
@@ -66,81 +85,102 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 GELU_FORMS = ("tanh", "erf")
 
 
-def gelu_forward(x: Array, approximate: str = "tanh", bias: Array | None = None,
-                 train: bool = True) -> tuple[Array, tuple]:
+def gelu_forward(x: Array, approximate: str = "tanh", bias: Array | None = None, train: bool = True,
+                 out: Array | None = None) -> tuple[Array, tuple]:
     """Gaussian Error Linear Unit, ``gelu(x) = x * g(x)``, elementwise.
 
     - ``approximate="tanh"`` (what the official Mixer uses, Flax's default):
       ``g(x) = (1 + t) / 2`` with ``t = tanh(u)``, ``u = sqrt(2/pi) (x + 0.044715 x^3)``, so that
-      ``gelu'(x) = g + x g' = (1 + t)/2 + x (1 - t^2)/2 sqrt(2/pi) (1 + 3 * 0.044715 x^2)``;
+      ``gelu'(x) = g + x g' = g + (v / 2)(1 - t^2) = g (1 + v (1 - t))`` with
+      ``v = x u'(x) = sqrt(2/pi) (x + 3 * 0.044715 x^3)`` (using ``(1 + t) / 2 = g``);
     - ``approximate="erf"`` (exact): ``g(x) = Phi(x) = (1 + erf(x / sqrt(2))) / 2``, the standard normal CDF, so
       that ``gelu'(x) = Phi(x) + x phi(x)`` with ``phi(x) = exp(-x^2 / 2) / sqrt(2 pi)``.
 
     With ``train`` the cache holds the local derivative ``gelu'(x)``, computed here while each block of x is in
     the CPU cache (the backward is then one multiply); without, the cache is empty. ``bias`` (optional, (D,) for
     x (..., D)) is first added to x *in place*: the preceding dense layer's bias, added here so that x goes
-    through memory once instead of twice. Returns out (same shape) and the cache (dgelu or None,).
+    through memory once instead of twice; a bias of shape (D, 1) for x (..., D, C) adds one value per row D (the
+    token-mixing layout). ``out``: where to write the result, C-contiguous like x; ``out=x`` reuses x's memory
+    (x is lost), which saves a pass of fresh memory when the caller has no further use for x.
+    Returns out (same shape) and the cache (dgelu or None,).
     """
     if approximate not in GELU_FORMS:
         raise ValueError(f"unknown GELU form {approximate!r}: choose 'tanh' (the official model's) or 'erf'")
     xp = array_module(x)
     x = xp.ascontiguousarray(x)  # the blocks are views of rows: a transposed input is copied first
-    out = xp.empty(x.shape, x.dtype)
+    out = xp.empty(x.shape, x.dtype) if out is None else _checked_out(out, x)
     dgelu = xp.empty(x.shape, x.dtype) if train else out  # without train the derivative is not kept
+    width = x.shape[-1]
+    if bias is not None and bias.ndim > 1:  # rows of the trailing axes' size, each with the whole bias pattern
+        bias = xp.broadcast_to(bias, x.shape[-bias.ndim:]).reshape(-1)  # a copy the size of one (D, C) slab
+        width = bias.size
     kernel = _gelu_tanh_block if approximate == "tanh" else _gelu_erf_block
-    for_row_blocks(partial(kernel, bias=bias, train=train), rows(x), rows(out), rows(dgelu))
+    x2, out2, dgelu2 = (a.reshape(-1, width) for a in (x, out, dgelu))
+    for_row_blocks(partial(kernel, bias=bias, train=train), x2, out2, dgelu2)
     return out, ((dgelu if train else None),)
 
+
+# The kernels work on one row block; `out` may be `x` itself, so x is read for the last time by the final multiply.
 
 def _gelu_tanh_block(x: Array, out: Array, dgelu: Array, bias: Array | None, train: bool) -> None:
     xp = array_module(x)
     if bias is not None:
         x += bias
-    x2, t = scratch("gelu_x2", x), scratch("gelu_t", x)
+    x2, t, g = scratch("gelu_x2", x), scratch("gelu_t", x), scratch("gelu_g", x)
     xp.multiply(x, x, out=x2)  # x^2
     xp.multiply(x2, _SQRT_2_OVER_PI * _TANH_CUBIC, out=t)
     t += _SQRT_2_OVER_PI
     t *= x  # u = sqrt(2/pi) (x + 0.044715 x^3)
     xp.tanh(t, out=t)  # t
-    xp.add(t, 1.0, out=out)
-    out *= 0.5  # g = (1 + t) / 2
+    xp.multiply(t, 0.5, out=g)
+    g += 0.5  # g = (1 + t) / 2
     if train:
-        xp.multiply(x2, 3.0 * _TANH_CUBIC * _SQRT_2_OVER_PI, out=dgelu)
-        dgelu += _SQRT_2_OVER_PI  # sqrt(2/pi) (1 + 3 * 0.044715 x^2)
-        xp.multiply(t, t, out=x2)
-        xp.subtract(1.0, x2, out=x2)  # 1 - t^2
-        dgelu *= x2
-        dgelu *= x
-        dgelu *= 0.5  # x g'(x)
-        dgelu += out  # + g(x)
-    out *= x  # gelu = x g
+        v = x2
+        v *= 3.0 * _TANH_CUBIC * _SQRT_2_OVER_PI
+        v += _SQRT_2_OVER_PI
+        v *= x  # v = sqrt(2/pi) (x + 3 * 0.044715 x^3)
+        xp.subtract(1.0, t, out=dgelu)
+        dgelu *= v
+        dgelu += 1.0
+        dgelu *= g  # gelu' = g (1 + v (1 - t))
+    xp.multiply(x, g, out=out)  # gelu = x g
 
 
 def _gelu_erf_block(x: Array, out: Array, dgelu: Array, bias: Array | None, train: bool) -> None:
     xp = array_module(x)
     if bias is not None:
         x += bias
-    out[...] = erf(x * _INV_SQRT_2)
-    out += 1.0
-    out *= 0.5  # g = Phi(x)
+    g = scratch("gelu_g", x)
+    g[...] = erf(x * _INV_SQRT_2)
+    g += 1.0
+    g *= 0.5  # g = Phi(x)
     if train:
         xp.multiply(x, x, out=dgelu)
         dgelu *= -0.5
         xp.exp(dgelu, out=dgelu)
         dgelu *= _INV_SQRT_2PI  # phi(x)
         dgelu *= x
-        dgelu += out  # Phi(x) + x phi(x)
-    out *= x  # gelu = x Phi(x)
+        dgelu += g  # Phi(x) + x phi(x)
+    xp.multiply(x, g, out=out)  # gelu = x Phi(x)
 
 
-def gelu_backward(dout: Array, cache: tuple) -> Array:
-    """dx = dout * gelu'(x), the derivative of the form the forward computed (cached by the forward)."""
+def gelu_backward(dout: Array, cache: tuple, out: Array | None = None) -> Array:
+    """dx = dout * gelu'(x), the derivative of the form the forward computed (cached by the forward).
+    ``out``: where to write dx (``out=dout`` reuses dout's memory, C-contiguous)."""
     (dgelu,) = cache
     if dgelu is None:
         raise RuntimeError("gelu_backward needs the cache of gelu_forward(..., train=True)")
-    dx = array_module(dgelu).empty(dgelu.shape, dgelu.dtype)
+    dx = array_module(dgelu).empty(dgelu.shape, dgelu.dtype) if out is None else _checked_out(out, dgelu)
     for_row_blocks(_multiply_block, rows(dout), rows(dgelu), rows(dx))
     return dx
+
+
+def _checked_out(out: Array, like: Array) -> Array:
+    """An ``out=`` array must match and be C-contiguous: the row blocks written into it must be views of it."""
+    if out.shape != like.shape or out.dtype != like.dtype or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous {like.dtype} array of shape {tuple(like.shape)}, got "
+                         f"{out.dtype} {tuple(out.shape)} (C-contiguous: {out.flags.c_contiguous})")
+    return out
 
 
 def _multiply_block(a: Array, b: Array, out: Array) -> None:
