@@ -248,3 +248,14 @@ def test_gelu_rejects_an_out_it_cannot_write_through():
         gelu_forward(x, out=np.zeros((6, 4)).T)  # its row blocks would be copies: the result would be lost
     with pytest.raises(ValueError, match="shape"):
         gelu_forward(x, out=np.zeros((4, 5)))
+
+
+def test_layer_norm_backward_in_place_equals_out_of_place(rng):
+    x, scale, bias = rng.standard_normal((70, 1000)), rng.standard_normal(1000), rng.standard_normal(1000)
+    _, cache = layer_norm_forward(x, scale, bias)
+    dout = rng.standard_normal(x.shape)
+    expected = layer_norm_backward(dout.copy(), cache)
+    got = layer_norm_backward(dout, cache, out=dout)
+    assert got[0] is dout
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a, b)

@@ -120,7 +120,8 @@ def mixer_block_forward(x: Array, params: dict[str, Array], gelu: str = "tanh", 
     """
     y, ln0_cache = layer_norm_forward(x, params["LayerNorm_0/scale"], params["LayerNorm_0/bias"])  # 1. (B, S, C)
     y, token_cache = token_mixing_forward(y, subtree(params, "token_mixing"), gelu, train)  # 2. (B, S, C)
-    u = x + y  # 3. residual (B, S, C)
+    u = y
+    u += x  # 3. residual (B, S, C), in the branch output's memory
     y, ln1_cache = layer_norm_forward(u, params["LayerNorm_1/scale"], params["LayerNorm_1/bias"])  # 4. (B, S, C)
     y, channel_cache = channel_mixing_forward(y, subtree(params, "channel_mixing"), gelu, train)  # 5. (B, S, C)
     y += u  # 6. residual (B, S, C)
@@ -132,11 +133,11 @@ def mixer_block_backward(dout: Array, cache: tuple) -> tuple[Array, dict[str, Ar
     ln0_cache, token_cache, ln1_cache, channel_cache = cache
     # 6. y = u + branch: the gradient reaches u both directly and through the branch
     dy, channel_grads = channel_mixing_backward(dout, channel_cache)  # undoes 5.
-    du, dscale1, dbias1 = layer_norm_backward(dy, ln1_cache)  # undoes 4.
+    du, dscale1, dbias1 = layer_norm_backward(dy, ln1_cache, out=dy)  # undoes 4., in dy's memory
     du += dout  # the residual path of 6.
     # 3. u = x + branch: the same story again
     dy, token_grads = token_mixing_backward(du, token_cache)  # undoes 2.
-    dx, dscale0, dbias0 = layer_norm_backward(dy, ln0_cache)  # undoes 1.
+    dx, dscale0, dbias0 = layer_norm_backward(dy, ln0_cache, out=dy)  # undoes 1., in dy's memory
     dx += du  # the residual path of 3.
     grads: dict[str, Any] = {"LayerNorm_0/scale": dscale0, "LayerNorm_0/bias": dbias0}
     grads.update(prefixed(token_grads, "token_mixing"))

@@ -224,18 +224,18 @@ def _layer_norm_forward_block(x: Array, xhat: Array, rstd: Array, out: Array, sc
     out += bias
 
 
-def layer_norm_backward(dout: Array, cache: tuple) -> tuple[Array, Array, Array]:
+def layer_norm_backward(dout: Array, cache: tuple, out: Array | None = None) -> tuple[Array, Array, Array]:
     """Gradients of LayerNorm. With ``d = dout * scale`` and means over the C channels,
 
         dx = rstd * (d - mean(d) - xhat * mean(d * xhat))
 
     (the two mean terms are the gradient flowing through the mean and the variance), and
-    ``dscale = sum(dout * xhat)``, ``dbias = sum(dout)`` over all leading axes.
-    Returns dx (..., C), dscale (C,), dbias (C,).
+    ``dscale = sum(dout * xhat)``, ``dbias = sum(dout)`` over all leading axes. ``out``: where to write dx
+    (``out=dout`` reuses dout's memory). Returns dx (..., C), dscale (C,), dbias (C,).
     """
     xhat, rstd, scale = cache
     xp = array_module(xhat)
-    dx = xp.empty(xhat.shape, xhat.dtype)
+    dx = xp.empty(xhat.shape, xhat.dtype) if out is None else _checked_out(out, xhat)
     scale_over_c = scale / xhat.shape[-1]  # mean(d * v) = (dout * v) @ (scale / C)
     partial_sums = for_row_blocks(partial(_layer_norm_backward_block, scale=scale, scale_over_c=scale_over_c),
                                   rows(dout), rows(xhat), rows(rstd), rows(dx))
@@ -253,7 +253,7 @@ def _layer_norm_backward_block(dout: Array, xhat: Array, rstd: Array, dx: Array,
     mean_d_xhat = dout_xhat @ scale_over_c  # (rows,)  mean(d * xhat)
     ones = xp.ones(dout.shape[0], dout.dtype)
     dscale_part, dbias_part = ones @ dout_xhat, ones @ dout  # row sums as BLAS calls; before the scratch is reused
-    xp.multiply(dout, scale, out=dx)  # d
+    xp.multiply(dout, scale, out=dx)  # d (dout's last use: dx may be dout itself)
     dx -= mean_d[:, None]
     xp.multiply(xhat, mean_d_xhat[:, None], out=dout_xhat)
     dx -= dout_xhat
