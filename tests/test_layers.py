@@ -257,5 +257,5 @@ def test_layer_norm_backward_in_place_equals_out_of_place(rng):
     expected = layer_norm_backward(dout.copy(), cache)
     got = layer_norm_backward(dout, cache, out=dout)
     assert got[0] is dout
-    for a, b in zip(got, expected):
+    for a, b in zip(got, expected, strict=True):
         np.testing.assert_array_equal(a, b)

@@ -7,6 +7,7 @@ import pytest
 from helpers import small_model
 
 import tinymixer as tm
+from tinymixer import chunks
 from tinymixer.gradcheck import directional_check, numerical_gradient, rel_error
 from tinymixer.model import describe_size
 
@@ -102,8 +103,11 @@ def test_flops_per_image_counts_the_matrix_multiplies():
 
 # -- gradients ----------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("gelu", ["tanh", "erf"])
-def test_whole_model_gradient_of_every_parameter_tensor(gelu):
+@pytest.mark.parametrize("gelu,threads", [("tanh", "1"), ("erf", "1"), ("tanh", "2")])
+def test_whole_model_gradient_of_every_parameter_tensor(gelu, threads, monkeypatch):
+    # threads "2": the batch is cut into two shards, each run on its own thread, and the gradients summed
+    monkeypatch.setattr(chunks, "MIN_SHARD", 1)
+    monkeypatch.setenv(chunks.THREADS_ENV, threads)
     model = small_model(gelu=gelu)
     r = np.random.default_rng(0)
     images, labels = r.standard_normal((2, 8, 8, 3)), np.array([0, 2])

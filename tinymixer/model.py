@@ -15,6 +15,7 @@ import numpy as np
 
 from . import backend
 from .blocks import mixer_block_backward, mixer_block_forward, prefixed, subtree
+from .chunks import batch_shards, for_shards
 from .layers import (
     GELU_FORMS,
     Array,
@@ -230,9 +231,19 @@ class MlpMixer:
         """Logits (B, num_classes) for images (B, H, W, in_channels).
 
         With ``train=True`` the caches that ``backward`` needs are kept (until the next forward); with
-        ``train=False`` nothing is kept, which halves the memory of an evaluation pass.
+        ``train=False`` nothing is kept, which halves the memory of an evaluation pass. On a multi-core CPU the
+        batch is cut into one shard per core and each shard goes through the network on its own thread
+        (``chunks.for_shards``: every layer treats each image independently, so the logits are the same).
         """
         x = self._checked_images(images)
+        shards = batch_shards(x.shape[0], self.xp)
+        results = for_shards(lambda rows: self._forward_shard(x[rows], train), shards)
+        logits = results[0][0] if len(shards) == 1 else self.xp.concatenate([r[0] for r in results])
+        self._cache = (shards, [r[1] for r in results]) if train else None
+        return logits
+
+    def _forward_shard(self, x: Array, train: bool) -> tuple[Array, tuple | None]:
+        """The network on one batch (or shard): returns the logits and the caches for ``_backward_shard``."""
         p = self.params
         x, stem_cache = stem_forward(x, p["stem/kernel"], p["stem/bias"])  # 1. (B, S, C)
         block_caches = []
@@ -243,17 +254,33 @@ class MlpMixer:
         x, ln_cache = layer_norm_forward(x, p["pre_head_layer_norm/scale"], p["pre_head_layer_norm/bias"])  # 3.
         x, pool_cache = mean_pool_forward(x)  # 4. (B, C)
         logits, head_cache = dense_forward(x, p["head/kernel"], p["head/bias"])  # 5. (B, K)
-        self._cache = (stem_cache, block_caches, ln_cache, pool_cache, head_cache) if train else None
-        return logits
+        return logits, ((stem_cache, block_caches, ln_cache, pool_cache, head_cache) if train else None)
 
     def backward(self, dlogits: Array) -> Array:
         """Back-propagate dL/dlogits (B, K) through the last training forward; fills ``self.grads`` (the same
-        names and shapes as ``self.params``) and returns dL/dimages (B, H, W, in_channels)."""
+        names and shapes as ``self.params``) and returns dL/dimages (B, H, W, in_channels).
+
+        With several shards, each shard's backward runs on its own thread and the parameter gradients are the sum
+        of the shards' (the loss's gradient is a sum over images), added in shard order: deterministic for a given
+        number of threads, and equal to the unsharded gradient up to float rounding."""
         if self._cache is None:
             raise RuntimeError("backward() needs a preceding forward(images, train=True); the last forward was an "
                                "evaluation pass (train=False) or there was none")
-        stem_cache, block_caches, ln_cache, pool_cache, head_cache = self._cache
+        shards, caches = self._cache
         self._cache = None  # free the activations as soon as backward is done with them
+        if dlogits.shape[0] != shards[-1].stop:
+            raise ValueError(f"dlogits has {dlogits.shape[0]} rows but the last forward saw {shards[-1].stop} images")
+        results = for_shards(lambda i: self._backward_shard(dlogits[shards[i]], caches[i]), list(range(len(shards))))
+        grads = results[0][1]
+        for _, shard_grads in results[1:]:
+            for name, g in shard_grads.items():
+                grads[name] += g
+        self.grads = {name: grads[name] for name in self.params}  # in the params' order
+        return results[0][0] if len(shards) == 1 else self.xp.concatenate([r[0] for r in results])
+
+    def _backward_shard(self, dlogits: Array, cache: tuple) -> tuple[Array, dict[str, Array]]:
+        """Backward through one shard's caches: returns dL/dimages of the shard and its parameter gradients."""
+        stem_cache, block_caches, ln_cache, pool_cache, head_cache = cache
         grads: dict[str, Array] = {}
         dx, grads["head/kernel"], grads["head/bias"] = dense_backward(dlogits, head_cache)  # undoes 5.
         dx = mean_pool_backward(dx, pool_cache)  # undoes 4.
@@ -263,8 +290,7 @@ class MlpMixer:
             dx, block_grads = mixer_block_backward(dx, block_caches.pop())
             grads.update(prefixed(block_grads, f"MixerBlock_{i}"))
         dimages, grads["stem/kernel"], grads["stem/bias"] = stem_backward(dx, stem_cache)  # undoes 1.
-        self.grads = {name: grads[name] for name in self.params}  # in the params' order
-        return dimages
+        return dimages, grads
 
     def __call__(self, images: Array, train: bool = False) -> Array:
         return self.forward(images, train=train)

@@ -1,0 +1,102 @@
+"""Batch shards: one per thread, each through the whole network on its own thread. The same numbers as one
+unsharded pass (up to float rounding), errors surface, BLAS is held to one thread per shard meanwhile."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import small_model
+
+import tinymixer as tm
+from tinymixer import chunks
+
+
+def _step(model, images, labels):
+    logits = model.forward(images)
+    loss, dlogits = tm.softmax_cross_entropy(logits, labels)
+    dimages = model.backward(dlogits)
+    return logits, dimages, dict(model.grads)
+
+
+def test_sharded_step_equals_unsharded(monkeypatch):
+    monkeypatch.setattr(chunks, "MIN_SHARD", 4)
+    r = np.random.default_rng(0)
+    images, labels = r.standard_normal((20, 8, 8, 3)), r.integers(0, 3, 20)
+    monkeypatch.setenv(chunks.THREADS_ENV, "1")
+    reference = _step(small_model(), images, labels)
+    monkeypatch.setenv(chunks.THREADS_ENV, "3")
+    assert [s.stop - s.start for s in chunks.batch_shards(20)] == [6, 7, 7]
+    model = small_model()
+    logits, dimages, grads = _step(model, images, labels)
+    np.testing.assert_allclose(logits, reference[0], rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(dimages, reference[1], rtol=1e-12, atol=1e-15)
+    assert list(grads) == list(model.params)
+    for name, g in grads.items():
+        np.testing.assert_allclose(g, reference[2][name], rtol=1e-11, atol=1e-14, err_msg=name)
+    # and the same bits again on the same number of threads: shards are summed in a fixed order
+    again = _step(small_model(), images, labels)
+    for name, g in grads.items():
+        assert np.array_equal(g, again[2][name]), name
+
+
+@pytest.mark.parametrize("threads,batch,sizes", [("2", 128, [64, 64]), ("2", 15, [15]), ("3", 24, [8, 8, 8]),
+                                                 ("4", 20, [10, 10]), ("1", 128, [128])])
+def test_batch_shards_one_per_thread_and_never_tiny(monkeypatch, threads, batch, sizes):
+    monkeypatch.setenv(chunks.THREADS_ENV, threads)
+    shards = chunks.batch_shards(batch)
+    assert [s.stop - s.start for s in shards] == sizes
+    assert shards[0].start == 0 and shards[-1].stop == batch
+    assert all(a.stop == b.start for a, b in zip(shards, shards[1:], strict=False))
+
+
+def test_no_shards_on_other_array_modules_nor_inside_a_shard(monkeypatch):
+    monkeypatch.setenv(chunks.THREADS_ENV, "2")
+    assert len(chunks.batch_shards(128, xp=object())) == 1  # CuPy: the GPU is one device
+    inner = chunks.for_shards(lambda s: len(chunks.batch_shards(128)), chunks.batch_shards(128))
+    assert inner == [1, 1]  # no threads inside threads
+
+
+def test_shards_run_with_one_blas_thread_and_restore_it(monkeypatch):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    monkeypatch.setenv(chunks.THREADS_ENV, "2")
+
+    numpy_blas = _numpy_blas_path(threadpoolctl)
+
+    def blas_threads(_=None):
+        return [lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["filepath"] == numpy_blas]
+
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        inside = chunks.for_shards(blas_threads, chunks.batch_shards(64))
+        assert all(n == [1] * len(blas_threads()) for n in inside)
+        assert all(n == 2 for n in blas_threads())
+
+
+def _numpy_blas_path(threadpoolctl):
+    """The BLAS library NumPy itself loaded (other libraries, e.g. PyTorch's, may be loaded by other tests)."""
+    import os
+
+    numpy_dir = os.path.dirname(np.__file__)  # a prefix of the wheels' numpy.libs/ folder too
+    paths = [lib["filepath"] for lib in threadpoolctl.threadpool_info()
+             if lib["user_api"] == "blas" and lib["filepath"].startswith(numpy_dir)]
+    if not paths:
+        pytest.skip("NumPy's BLAS is not one threadpoolctl sees")
+    return paths[0]
+
+
+def test_an_error_in_a_shard_reaches_the_caller(monkeypatch):
+    monkeypatch.setenv(chunks.THREADS_ENV, "2")
+
+    def fail_on_second(shard):
+        if shard.start:
+            raise ValueError("shard failed")
+        return shard
+
+    with pytest.raises(ValueError, match="shard failed"):
+        chunks.for_shards(fail_on_second, chunks.batch_shards(64))
+
+
+def test_backward_checks_the_batch_of_dlogits():
+    model = small_model()
+    model.forward(np.zeros((4, 8, 8, 3)))
+    with pytest.raises(ValueError, match="4 images"):
+        model.backward(np.zeros((3, 3)))
