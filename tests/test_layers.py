@@ -259,3 +259,10 @@ def test_layer_norm_backward_in_place_equals_out_of_place(rng):
     assert got[0] is dout
     for a, b in zip(got, expected, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_layer_norm_evaluation_pass_gives_same_output_and_keeps_no_cache(rng):
+    x, scale, bias = rng.standard_normal((70, 1000)), rng.standard_normal(1000), rng.standard_normal(1000)
+    out, cache = layer_norm_forward(x, scale, bias, train=False)
+    assert cache is None
+    np.testing.assert_array_equal(out, layer_norm_forward(x, scale, bias)[0])

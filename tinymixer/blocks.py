@@ -118,11 +118,11 @@ def mixer_block_forward(x: Array, params: dict[str, Array], gelu: str = "tanh", 
     ``token_mixing/Dense_{0,1}/*``, ``LayerNorm_1/*``, ``channel_mixing/Dense_{0,1}/*``.  Returns y (B, S, C)
     and the cache (``train=False``: an evaluation pass, whose cache cannot be used for a backward).
     """
-    y, ln0_cache = layer_norm_forward(x, params["LayerNorm_0/scale"], params["LayerNorm_0/bias"])  # 1. (B, S, C)
+    y, ln0_cache = layer_norm_forward(x, params["LayerNorm_0/scale"], params["LayerNorm_0/bias"], train=train)  # 1.
     y, token_cache = token_mixing_forward(y, subtree(params, "token_mixing"), gelu, train)  # 2. (B, S, C)
     u = y
     u += x  # 3. residual (B, S, C), in the branch output's memory
-    y, ln1_cache = layer_norm_forward(u, params["LayerNorm_1/scale"], params["LayerNorm_1/bias"])  # 4. (B, S, C)
+    y, ln1_cache = layer_norm_forward(u, params["LayerNorm_1/scale"], params["LayerNorm_1/bias"], train=train)  # 4.
     y, channel_cache = channel_mixing_forward(y, subtree(params, "channel_mixing"), gelu, train)  # 5. (B, S, C)
     y += u  # 6. residual (B, S, C)
     return y, (ln0_cache, token_cache, ln1_cache, channel_cache)

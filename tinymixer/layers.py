@@ -192,20 +192,23 @@ def _multiply_block(a: Array, b: Array, out: Array) -> None:
 LAYER_NORM_EPS = 1e-6  # the official Mixer's (Flax's default)
 
 
-def layer_norm_forward(x: Array, scale: Array, bias: Array, eps: float = LAYER_NORM_EPS) -> tuple[Array, tuple]:
+def layer_norm_forward(x: Array, scale: Array, bias: Array, eps: float = LAYER_NORM_EPS, train: bool = True
+                       ) -> tuple[Array, tuple | None]:
     """``out = (x - mean(x)) / sqrt(var(x) + eps) * scale + bias``, statistics over the last axis.
 
     Inputs: x (..., C), scale (C,), bias (C,).  Returns out (..., C) and the cache (xhat, rstd, scale) where
-    ``xhat`` is the normalised input and ``rstd = 1 / sqrt(var + eps)`` (..., 1). The means over the C channels
-    are matrix-vector products with a vector of 1/C (one BLAS call each, faster than a NumPy reduction).
+    ``xhat`` is the normalised input and ``rstd = 1 / sqrt(var + eps)`` (..., 1); with ``train=False`` no cache
+    (None) and xhat is never stored (normalised in out's memory). The means over the C channels are
+    matrix-vector products with a vector of 1/C (one BLAS call each, faster than a NumPy reduction).
     """
     xp = array_module(x)
-    xhat, out = xp.empty(x.shape, x.dtype), xp.empty(x.shape, x.dtype)
+    out = xp.empty(x.shape, x.dtype)
+    xhat = xp.empty(x.shape, x.dtype) if train else out
     rstd = xp.empty((*x.shape[:-1], 1), x.dtype)
     mean_weights = xp.full(x.shape[-1], 1.0 / x.shape[-1], dtype=x.dtype)
     for_row_blocks(partial(_layer_norm_forward_block, scale=scale, bias=bias, eps=eps, mean_weights=mean_weights),
                    rows(x), rows(xhat), rows(rstd), rows(out))
-    return out, (xhat, rstd, scale)
+    return out, ((xhat, rstd, scale) if train else None)
 
 
 def _layer_norm_forward_block(x: Array, xhat: Array, rstd: Array, out: Array, scale: Array, bias: Array,
@@ -213,13 +216,14 @@ def _layer_norm_forward_block(x: Array, xhat: Array, rstd: Array, out: Array, sc
     xp = array_module(x)
     mean = x @ mean_weights  # (rows,)
     xp.subtract(x, mean[:, None], out=xhat)  # x - mean
-    xp.multiply(xhat, xhat, out=out)  # out's memory as scratch
-    var = out @ mean_weights  # (rows,), biased, as in every LayerNorm
+    squares = scratch("layer_norm", x)
+    xp.multiply(xhat, xhat, out=squares)
+    var = squares @ mean_weights  # (rows,), biased, as in every LayerNorm
     var += eps
     xp.sqrt(var, out=var)
     xp.divide(1.0, var[:, None], out=rstd)  # 1 / sqrt(var + eps)
     xhat *= rstd
-    xp.multiply(xhat, scale, out=out)
+    xp.multiply(xhat, scale, out=out)  # in place when xhat is out (train=False)
     out += bias
 
 

@@ -251,7 +251,8 @@ class MlpMixer:
             x, cache = mixer_block_forward(x, subtree(p, f"MixerBlock_{i}"), self.gelu, train)  # 2. (B, S, C)
             if train:
                 block_caches.append(cache)
-        x, ln_cache = layer_norm_forward(x, p["pre_head_layer_norm/scale"], p["pre_head_layer_norm/bias"])  # 3.
+        x, ln_cache = layer_norm_forward(x, p["pre_head_layer_norm/scale"], p["pre_head_layer_norm/bias"],
+                                         train=train)  # 3.
         x, pool_cache = mean_pool_forward(x)  # 4. (B, C)
         logits, head_cache = dense_forward(x, p["head/kernel"], p["head/bias"])  # 5. (B, K)
         return logits, ((stem_cache, block_caches, ln_cache, pool_cache, head_cache) if train else None)
