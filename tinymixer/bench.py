@@ -254,6 +254,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
     import tinymixer as tm
+    from tinymixer.chunks import batch_shards
 
     tm.set_backend(args.backend)
     use_torch = not args.no_torch
@@ -268,7 +269,8 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
                             "torch": __import__("torch").__version__ if use_torch else None,
                             "gemm_gflops": _gemm_gflops(np), "blas": _blas_description(),
                             "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
-                            "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT")}
+                            "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT"),
+                            "batch_shards": len(batch_shards(args.batch_size, tm.get_backend()))}
     results = []
     for config in args.configs:
         r = measure(config, args.batch_size, args.image_size, args.repeats, use_torch)
@@ -348,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
                 r[f"{framework}_train_peak_mb"] = json.loads(mem.stdout) if mem.returncode == 0 else None
         machine = runs[-1]["machine"]
         print(f"threads {threads}: backend {machine['backend']}, numpy {machine['numpy']}, torch {machine['torch']}, "
-              f"BLAS {machine['blas']}, float32 GEMM {machine['gemm_gflops']:.0f} GFLOP/s"
+              f"BLAS {machine['blas']}, float32 GEMM {machine['gemm_gflops']:.0f} GFLOP/s, "
+              f"batch in {machine['batch_shards']} shard(s)"
               + f", OPENBLAS_THREAD_TIMEOUT={machine['openblas_thread_timeout']}"
               + (f", OPENBLAS_CORETYPE={machine['openblas_coretype']}" if machine["openblas_coretype"] else ""))
     print()
