@@ -32,7 +32,8 @@ def dense_forward(x: Array, w: Array, b: Array | None, axis: int = -1) -> tuple[
       matrix multiply (one BLAS GEMM call).
     - ``axis=-2``: x (..., D_in, C) -> out (..., D_out, C), ``out[n] = w^T @ x[n] + b[:, None]`` for every
       leading index n: the same map applied to every column. This is token mixing on a (B, S, C) table without
-      transposing it: a stacked matrix multiply, as fast here as the 2-D GEMM and no (B, C, S) copy in and out.
+      transposing it: a stacked matrix multiply (tiny/4: 1.0 ms, against 1.75 ms for a transposed copy and one
+      2-D GEMM).
 
     w (D_in, D_out), b (D_out,) or None (the caller adds the bias itself, fused into its next elementwise pass:
     see ``gelu_forward``).  Returns out and the cache (x, as (N, D_in) for ``axis=-1``; w; the axis; x's shape).
