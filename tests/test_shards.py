@@ -100,3 +100,4 @@ def test_backward_checks_the_batch_of_dlogits():
     model.forward(np.zeros((4, 8, 8, 3)))
     with pytest.raises(ValueError, match="4 images"):
         model.backward(np.zeros((3, 3)))
+    model.backward(np.zeros((4, 3)))  # the caches survived the mistake

@@ -268,9 +268,9 @@ class MlpMixer:
             raise RuntimeError("backward() needs a preceding forward(images, train=True); the last forward was an "
                                "evaluation pass (train=False) or there was none")
         shards, caches = self._cache
-        self._cache = None  # free the activations as soon as backward is done with them
         if dlogits.shape[0] != shards[-1].stop:
             raise ValueError(f"dlogits has {dlogits.shape[0]} rows but the last forward saw {shards[-1].stop} images")
+        self._cache = None  # free the activations as soon as backward is done with them
         results = for_shards(lambda i: self._backward_shard(dlogits[shards[i]], caches[i]), list(range(len(shards))))
         grads = results[0][1]
         for _, shard_grads in results[1:]:
