@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 import tinymixer as tm
 from tinymixer.checkpoint import CheckpointError, load_checkpoint, load_model, load_params_into, save_checkpoint
+from tinymixer.chunks import batch_shards
 from tinymixer.data import (
     CIFAR10_MD5,
     CIFAR10_URL,
@@ -135,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     model = tm.MlpMixer.from_name(args.config, num_classes=data.num_classes, image_size=(h, w), in_channels=c,
                                   seed=args.seed, dtype=args.dtype, **overrides)
     optimizer = tm.SGD(momentum=args.momentum, weight_decay=args.weight_decay)
+    shards = len(batch_shards(args.batch_size, model.xp))  # how a step spreads over the cores (see chunks.py)
     steps_per_epoch = len(data.train_labels) // args.batch_size
     if steps_per_epoch == 0:
         raise SystemExit(f"error: {len(data.train_labels)} training images is less than one batch of "
@@ -157,12 +159,17 @@ def main(argv: list[str] | None = None) -> int:
             if name in before and before[name] != str(getattr(args, name)):
                 print(f"note: --{name.replace('_', '-')} is {getattr(args, name)} now, {before[name]} in the run "
                       f"being resumed: the schedule or the data order changes from here on")
+        if meta.get("shards", shards) != shards:
+            print(f"note: the batch was cut into {meta['shards']} shard(s) (one per thread) in the run being resumed "
+                  f"and {shards} now: the weights will differ from an uninterrupted run in the last bits")
     print(f"MLP-Mixer {args.config}: {model.num_params():,} parameters, {model.flops_per_image() / 1e6:.1f} MFLOPs "
           f"per image (forward); {len(data.train_labels)} training and {len(data.test_labels)} test images "
-          f"{h}x{w}x{c}, {data.num_classes} classes; backend {tm.backend_name()}, {args.dtype}")
+          f"{h}x{w}x{c}, {data.num_classes} classes; backend {tm.backend_name()}, {args.dtype}, batch in {shards} "
+          f"shard(s) (one per thread; TINYMIXER_THREADS sets it)")
 
     def save(reason: str) -> None:
-        meta = {"model": model.config(), "state": state, "args": {k: str(v) for k, v in vars(args).items()}}
+        meta = {"model": model.config(), "state": state, "args": {k: str(v) for k, v in vars(args).items()},
+                "shards": shards}
         save_checkpoint(checkpoint_path, model.params, optimizer.state, meta)
         tqdm.write(f"checkpoint ({reason}): {checkpoint_path}")
 

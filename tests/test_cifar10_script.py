@@ -164,3 +164,14 @@ def test_resume_with_other_model_options_is_refused(tmp_path, digits):
     assert cifar10.main(base + ["--epochs", "1"]) == 0
     with pytest.raises(CheckpointError, match="same --config"):
         cifar10.main(base + ["--epochs", "2", "--resume", "--config", "tiny/4"])
+
+
+def test_resume_on_another_number_of_threads_says_so(tmp_path, digits, capsys, monkeypatch):
+    # the batch's shards follow the thread count; resuming with another count changes the last bits, and says so
+    base = ["--data-dir", str(digits), "--limit-train", "64", "--out", str(tmp_path)] + DIGITS_ARGS
+    monkeypatch.setenv("TINYMIXER_THREADS", "2")
+    assert cifar10.main(base + ["--epochs", "1"]) == 0
+    assert "batch in 2 shard(s)" in capsys.readouterr().out
+    monkeypatch.setenv("TINYMIXER_THREADS", "1")
+    assert cifar10.main(base + ["--epochs", "2", "--resume"]) == 0
+    assert "2 shard(s) (one per thread) in the run being resumed and 1 now" in capsys.readouterr().out
