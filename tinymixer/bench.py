@@ -13,6 +13,8 @@ libraries see them when they load); it measures, per model size:
   resident memory above the process's memory before the model existed (Linux: the VmHWM counter);
 - PyTorch: the identical network (nn.Conv2d stem, LayerNorm, Linear, tanh GELU) with the same weights, whose
   logits are checked against tinymixer's before anything is timed.
+tinymixer runs as users get it: with several threads the batch is cut into one shard per thread
+(``chunks.for_shards``); the header line of each thread count says into how many.
 
 Timing is a benchmark, never a test assertion. Note: some machines set OPENBLAS_CORETYPE to force an old GEMM
 kernel; run with ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE`` to measure what users get. The kernel that
