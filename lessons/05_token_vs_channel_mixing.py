@@ -10,7 +10,9 @@
 # - channel mixing: $Y_{s,*} = W_4\,\mathrm{GELU}(W_3 U_{s,*})$ for every token s — one MLP of width D_C applied
 #   to each row, the same weights for all S rows.
 #
-# In code, token mixing is: swap the two axes, apply the MLP to the last axis, swap back.
+# In code both are the same `mlp_block_forward`: channel mixing along the last axis, token mixing along axis -2
+# (the tokens), as `W1ᵀ @ x[b]` for each image b. The official code swaps the two axes, applies the MLP to the
+# last axis and swaps back: the same numbers (checked below), but two copies of the table.
 
 # %%
 import inspect
@@ -43,6 +45,8 @@ x = rng.standard_normal((1, S, C))  # one image: S tokens x C channels
 u, token_cache = token_mixing_forward(x, token_params)
 y, channel_cache = channel_mixing_forward(x, channel_params)
 print("table", x.shape, "-> token mixing", u.shape, "| channel mixing", y.shape)
+via_swap = blocks.mlp_block_forward(x.swapaxes(1, 2), token_params)[0].swapaxes(1, 2)  # the official code's way
+print(f"token mixing on axis -2 vs swap-MLP-swap: largest difference {np.abs(u - via_swap).max():.1e}")
 
 # %% [markdown]
 # ## Weight sharing, checked
