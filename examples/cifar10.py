@@ -26,12 +26,12 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # before NumPy loads OpenBLAS: see tinymixer/__init__.py
-
+# isort: off
+import tinymixer as tm  # before NumPy loads its BLAS: see tinymixer/_blas_threads.py
+# isort: on
 import numpy as np
 from tqdm import tqdm
 
-import tinymixer as tm
 from tinymixer.checkpoint import CheckpointError, load_checkpoint, load_model, load_params_into, save_checkpoint
 from tinymixer.chunks import batch_shards
 from tinymixer.data import (

@@ -59,16 +59,42 @@ def test_no_module_but_backend_imports_cupy():
     assert offenders == []
 
 
-def test_import_asks_openblas_threads_to_sleep_but_keeps_a_user_setting():
+@pytest.mark.parametrize("name", ["OPENBLAS_THREAD_TIMEOUT", "KMP_BLOCKTIME"])
+def test_import_asks_blas_threads_to_sleep_but_keeps_a_user_setting(name):
     import os
     import subprocess
     import sys
 
-    code = "import os, tinymixer; print(os.environ['OPENBLAS_THREAD_TIMEOUT'])"
-    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
-    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip() == "4"
-    env["OPENBLAS_THREAD_TIMEOUT"] = "20"
-    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip() == "20"
+    def value_after_import(env):
+        code = f"import os, tinymixer; print(os.environ[{name!r}])"
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip()
+
+    env = {k: v for k, v in os.environ.items() if k != name}
+    assert value_after_import(env) == tm.BLAS_THREADS_SLEEP_AT_ONCE[name]
+    assert value_after_import(env | {name: "20"}) == "20"
+
+
+@pytest.mark.parametrize("program", ["import tinymixer", "examples/cifar10.py"])
+def test_blas_thread_settings_are_in_place_before_numpy_loads(program):
+    """The settings only work if set before NumPy loads its BLAS: neither ``import tinymixer`` nor the CIFAR-10
+    program may import NumPy before tinymixer has set them."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    if program.endswith(".py"):
+        path = pathlib.Path(__file__).resolve().parents[1] / program
+        program = f"import runpy; runpy.run_path({str(path)!r}, run_name='imported')"
+    code = ("import sys, builtins; real = builtins.__import__\n"
+            "def spy(name, *a, **k):\n"
+            "    if name == 'numpy' and 'numpy' not in sys.modules:\n"
+            "        import os; print('KMP_BLOCKTIME' in os.environ and 'OPENBLAS_THREAD_TIMEOUT' in os.environ)\n"
+            "    return real(name, *a, **k)\n"
+            f"builtins.__import__ = spy\n{program}\n")
+    env = {k: v for k, v in os.environ.items() if k not in tm.BLAS_THREADS_SLEEP_AT_ONCE}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.split() == ["True"], out.stdout + out.stderr
 
 
 def test_keep_freed_host_memory_on_glibc():

@@ -5,12 +5,7 @@ Every forward and backward pass is written by hand and proven by finite-differen
 
 import os as _os
 
-# OpenBLAS's worker threads keep spinning for about 2^28 cycles after every call before they sleep; between the
-# Mixer's many matrix multiplies that spinning occupies the cores that the elementwise work (chunks.py) needs:
-# measured 10-20% of a 2-thread training step. Ask them to sleep at once. This only takes effect if NumPy has not
-# loaded OpenBLAS yet (import tinymixer first, or set the variable in the shell); a value already set is kept.
-_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
-
+from ._blas_threads import BLAS_THREADS_SLEEP_AT_ONCE  # first: before anything loads NumPy
 from .backend import (
     array_module,
     backend_name,
@@ -38,5 +33,5 @@ __all__ = [
     "SGD", "clip_by_global_norm", "global_norm", "warmup_cosine",
     "check_gradients", "directional_check", "numerical_gradient", "rel_error",
     "array_module", "backend_name", "get_backend", "set_backend", "synchronize", "to_device", "to_host",
-    "keep_freed_host_memory",
+    "keep_freed_host_memory", "BLAS_THREADS_SLEEP_AT_ONCE",
 ]

@@ -271,7 +271,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
                             "torch": __import__("torch").__version__ if use_torch else None,
                             "gemm_gflops": _gemm_gflops(np), "blas": _blas_description(),
                             "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
-                            "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT"),
+                            "blas_thread_sleep": {k: os.environ.get(k) for k in tm.BLAS_THREADS_SLEEP_AT_ONCE},
                             "batch_shards": len(batch_shards(args.batch_size, tm.get_backend()))}
     results = []
     for config in args.configs:
@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for threads in args.threads:
         env = dict(os.environ, **{v: str(threads) for v in THREAD_VARIABLES})
-        env.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # as `import tinymixer` sets it (see tinymixer/__init__.py)
+        # (this process imported tinymixer, which put BLAS_THREADS_SLEEP_AT_ONCE in os.environ: the workers inherit it)
         command = [sys.executable, "-m", "tinymixer.bench", "--worker", "--threads", str(threads), "--configs",
                    *args.configs, "--batch-size", str(args.batch_size), "--image-size", str(args.image_size),
                    "--repeats", str(args.repeats), "--backend", args.backend] + (["--no-torch"] * args.no_torch)
@@ -354,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"threads {threads}: backend {machine['backend']}, numpy {machine['numpy']}, torch {machine['torch']}, "
               f"BLAS {machine['blas']}, float32 GEMM {machine['gemm_gflops']:.0f} GFLOP/s, "
               f"batch in {machine['batch_shards']} shard(s)"
-              + f", OPENBLAS_THREAD_TIMEOUT={machine['openblas_thread_timeout']}"
+              + "".join(f", {k}={v}" for k, v in machine["blas_thread_sleep"].items())
               + (f", OPENBLAS_CORETYPE={machine['openblas_coretype']}" if machine["openblas_coretype"] else ""))
     print()
     print(_format_table(runs))
