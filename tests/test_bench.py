@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
-from tinymixer import bench
+from tinymixer import BLAS_THREADS_SLEEP_AT_ONCE, bench
 
 
 def test_measure_checks_pytorch_computes_the_same_network():
@@ -26,3 +27,7 @@ def test_command_line_end_to_end(tmp_path, capsys):
     assert "micro/4 | 1 |" in table and "float32 GEMM" in table
     runs = json.loads(out.read_text())
     assert runs[0]["results"][0]["config"] == "micro/4" and runs[0]["machine"]["threads"] == 1
+    # the worker ran with the BLAS threads told to sleep (as `import tinymixer` set it here), and says so
+    settings = {name: os.environ[name] for name in BLAS_THREADS_SLEEP_AT_ONCE}
+    assert runs[0]["machine"]["blas_thread_sleep"] == settings
+    assert all(f"{name}={value}" in table for name, value in settings.items())

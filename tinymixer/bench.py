@@ -288,8 +288,9 @@ def _blas_description() -> str:
     except ImportError:
         return "unknown (pip install threadpoolctl to see it)"
     blas = [i for i in threadpool_info() if i.get("user_api") == "blas"]
-    return "; ".join(f"{b.get('internal_api')} {b.get('version')} kernel {b.get('architecture')} "
-                     f"threads {b.get('num_threads')}" for b in blas) or "none found"
+    return "; ".join(" ".join([str(b.get("internal_api")), str(b.get("version"))]
+                              + [f"{key} {b[key]}" for key in ("architecture", "threading_layer") if b.get(key)]
+                              + [f"threads {b.get('num_threads')}"]) for b in blas) or "none found"
 
 
 # ----------------------------------------------------------------------------------------------------------------
