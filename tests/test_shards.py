@@ -76,11 +76,41 @@ def _numpy_blas_path(threadpoolctl):
     import os
 
     numpy_dir = os.path.dirname(np.__file__)  # a prefix of the wheels' numpy.libs/ folder too
-    paths = [lib["filepath"] for lib in threadpoolctl.threadpool_info()
-             if lib["user_api"] == "blas" and lib["filepath"].startswith(numpy_dir)]
+    blas = [lib for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
+    paths = [lib["filepath"] for lib in blas if lib["filepath"].startswith(numpy_dir)]
+    if not paths:  # a NumPy built against a BLAS outside it (conda's, with MKL): the one its build names
+        name = np.show_config(mode="dicts")["Build Dependencies"]["blas"]["name"]  # e.g. "mkl-sdl"
+        paths = [lib["filepath"] for lib in blas if lib["internal_api"] in name]
     if not paths:
         pytest.skip("NumPy's BLAS is not one threadpoolctl sees")
     return paths[0]
+
+
+def test_shard_threads_set_their_own_count_of_a_per_thread_blas(monkeypatch):
+    """MKL's thread count is per thread: the limit for_shards sets in the calling thread does not reach the
+    shards' threads, so each pool thread must set its own, to one, and the calling thread's stays as it was."""
+    import threading
+
+    calls = []
+
+    class PerThreadBlas:  # stands in for threadpoolctl's MKL controller
+        def set_num_threads(self, n):
+            calls.append((threading.get_ident(), n))
+
+    monkeypatch.setattr(chunks, "_thread_local_blas_libraries", lambda: [PerThreadBlas()])
+    monkeypatch.setattr(chunks, "_pool", None)  # fresh pool threads, which have not set theirs yet
+    monkeypatch.setattr(chunks, "_pool_threads", 0)
+    monkeypatch.setenv(chunks.THREADS_ENV, "2")
+    both_running = threading.Barrier(2, timeout=10)  # the two shards meet, so they run on two threads
+
+    def shard_thread(shard):
+        both_running.wait()
+        return threading.get_ident()
+
+    for _ in range(3):
+        shard_threads = chunks.for_shards(shard_thread, chunks.batch_shards(64))
+        assert len(set(shard_threads)) == 2 and threading.get_ident() not in shard_threads
+    assert sorted(calls) == sorted((ident, 1) for ident in shard_threads)  # once per thread, not per call
 
 
 def test_an_error_in_a_shard_reaches_the_caller(monkeypatch):
