@@ -79,8 +79,11 @@ def _numpy_blas_path(threadpoolctl):
     blas = [lib for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
     paths = [lib["filepath"] for lib in blas if lib["filepath"].startswith(numpy_dir)]
     if not paths:  # a NumPy built against a BLAS outside it (conda's, with MKL): the one its build names
-        name = np.show_config(mode="dicts")["Build Dependencies"]["blas"]["name"]  # e.g. "mkl-sdl"
-        paths = [lib["filepath"] for lib in blas if lib["internal_api"] in name]
+        try:
+            name = np.show_config(mode="dicts")["Build Dependencies"]["blas"]["name"]  # e.g. "mkl-sdl"
+        except (TypeError, KeyError):  # a NumPy older than its build-info dicts
+            name = ""
+        paths = [lib["filepath"] for lib in blas if name and lib["internal_api"] in name]
     if not paths:
         pytest.skip("NumPy's BLAS is not one threadpoolctl sees")
     return paths[0]
