@@ -31,3 +31,11 @@ def test_command_line_end_to_end(tmp_path, capsys):
     settings = {name: os.environ[name] for name in BLAS_THREADS_SLEEP_AT_ONCE}
     assert runs[0]["machine"]["blas_thread_sleep"] == settings
     assert all(f"{name}={value}" in table for name, value in settings.items())
+
+
+def test_a_ratio_between_different_blas_libraries_is_flagged():
+    machine = {"backend": "numpy", "torch_blas": "mkl", "blas_libraries": ["openblas"]}
+    assert "different BLAS libraries" in bench._different_blas_note(machine)
+    assert bench._different_blas_note(machine | {"blas_libraries": ["mkl"]}) is None  # like with like
+    assert bench._different_blas_note(machine | {"backend": "cupy"}) is None  # the GPU: cuBLAS on both sides
+    assert bench._different_blas_note(machine | {"torch_blas": None}) is None  # no PyTorch, nothing to compare

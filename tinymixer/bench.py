@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -270,6 +271,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     info: dict[str, Any] = {"threads": args.threads[0], "backend": tm.backend_name(), "numpy": np.__version__,
                             "torch": __import__("torch").__version__ if use_torch else None,
                             "gemm_gflops": _gemm_gflops(np), "blas": _blas_description(),
+                            "blas_libraries": _blas_libraries(), "torch_blas": _torch_blas() if use_torch else None,
                             "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
                             "blas_thread_sleep": {k: os.environ.get(k) for k in tm.BLAS_THREADS_SLEEP_AT_ONCE},
                             "batch_shards": len(batch_shards(args.batch_size, tm.get_backend()))}
@@ -279,6 +281,33 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         r["fraction_of_gemm_peak"] = r["tinymixer_train_gflops"] / info["gemm_gflops"]
         results.append(r | {"threads": args.threads[0]})
     return {"machine": info, "results": results}
+
+
+def _blas_libraries() -> list[str]:
+    """The BLAS libraries loaded, by threadpoolctl's names ("openblas", "mkl", ...); empty if it can't tell."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return []
+    return sorted({str(b.get("internal_api")) for b in threadpool_info() if b.get("user_api") == "blas"})
+
+
+def _torch_blas() -> str | None:
+    """The BLAS PyTorch's CPU build calls (its build configuration's BLAS_INFO: "mkl" for the PyPI wheels)."""
+    import torch
+
+    found = re.search(r"BLAS_INFO=(\w+)", torch.__config__.show())
+    return found.group(1) if found else None
+
+
+def _different_blas_note(machine: dict[str, Any]) -> str | None:
+    """A warning when tinymixer's NumPy and PyTorch call different BLAS libraries: the ratio then measures the two
+    libraries' matrix multiplies as much as the code around them."""
+    torch_blas, ours = machine.get("torch_blas"), machine.get("blas_libraries") or []
+    if machine.get("backend") != "numpy" or not torch_blas or not ours or torch_blas in ours:
+        return None
+    return (f"note: NumPy calls {'/'.join(ours)} and PyTorch calls {torch_blas}: different BLAS libraries, so the "
+            "ratios include the difference between their matrix multiplies (README, Performance)")
 
 
 def _blas_description() -> str:
@@ -357,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
               f"batch in {machine['batch_shards']} shard(s)"
               + "".join(f", {k}={v}" for k, v in machine["blas_thread_sleep"].items())
               + (f", OPENBLAS_CORETYPE={machine['openblas_coretype']}" if machine["openblas_coretype"] else ""))
+    note = _different_blas_note(runs[0]["machine"])
+    if note:
+        print(note)
     print()
     print(_format_table(runs))
     print("\nratio = tinymixer time / PyTorch time (below 1: tinymixer is faster); medians of", args.repeats,
