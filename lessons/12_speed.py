@@ -108,6 +108,24 @@ save_figure(fig, "12_time_per_component")
 # two shards that go through the whole network on a thread each (`chunks.for_shards`), which made a two-thread
 # step 25% faster than two-thread matrix multiplies on the whole batch.
 #
+# ## Which BLAS does the matrix multiplies?
+# Two thirds of the step is the BLAS library's, so which library NumPy loaded matters as much as anything in this
+# repository. NumPy's wheels bring OpenBLAS; PyTorch's bring Intel's MKL. On the development machine, the same
+# tinymixer step with a NumPy built against MKL took 722 ms instead of 824 ms, and went from level with PyTorch to
+# faster than it (README, "Performance"). `threadpoolctl` tells which library is loaded:
+
+# %%
+try:
+    from threadpoolctl import threadpool_info
+
+    for library in threadpool_info():
+        if library["user_api"] == "blas":
+            print(f"BLAS: {library['internal_api']} {library['version']}, {library['num_threads']} thread(s), "
+                  f"{library.get('architecture') or library.get('threading_layer') or ''}")
+except ImportError:
+    print("pip install threadpoolctl to see which BLAS NumPy loaded")
+
+# %% [markdown]
 # ## NumPy and CuPy
 # The same code runs on a GPU when CuPy is installed and a GPU is usable (`tm.set_backend("cupy")`).
 
@@ -119,5 +137,7 @@ print("CuPy:", "usable — rerun with TINYMIXER_BACKEND=cupy to compare" if cupy
 # ## Exercises
 # 1. The dense share dominates. Compute the GFLOP/s of one large `x @ w` alone and compare with the step's.
 # 2. Which elementwise operations could be fused to save passes over memory? Count the passes in `gelu_forward`.
-# 3. Set `TINYMIXER_THREADS=1` before starting Python and time a step on a multi-core machine: one shard, with
+# 3. Time `x @ w` for one channel-mixing shape ((B*S, C) @ (C, D_C)) with your NumPy and with PyTorch
+#    (`torch.from_numpy(x) @ torch.from_numpy(w)`): the difference is the two BLAS libraries, not Python.
+# 4. Set `TINYMIXER_THREADS=1` before starting Python and time a step on a multi-core machine: one shard, with
 #    BLAS on all cores. How much slower is it, and which components scale with the cores, which don't?
