@@ -116,6 +116,19 @@ def test_shard_threads_set_their_own_count_of_a_per_thread_blas(monkeypatch):
     assert sorted(calls) == sorted((ident, 1) for ident in shard_threads)  # once per thread, not per call
 
 
+def test_which_blas_libraries_keep_a_per_thread_count(monkeypatch):
+    from types import SimpleNamespace as Library
+
+    libraries = [Library(internal_api="openblas", threading_layer="pthreads"),  # NumPy's wheels: one global count
+                 Library(internal_api="openblas", threading_layer="openmp"),  # per thread, as OpenMP's setting
+                 Library(internal_api="mkl", threading_layer="intel"),  # MKL_Set_Num_Threads_Local
+                 Library(internal_api="blis", threading_layer="pthreads")]
+    monkeypatch.setattr(chunks, "_blas_controller_or_none", lambda: Library(lib_controllers=libraries))
+    assert chunks._thread_local_blas_libraries() == libraries[1:3]
+    monkeypatch.setattr(chunks, "_blas_controller_or_none", lambda: None)  # no threadpoolctl
+    assert chunks._thread_local_blas_libraries() == []
+
+
 def test_an_error_in_a_shard_reaches_the_caller(monkeypatch):
     monkeypatch.setenv(chunks.THREADS_ENV, "2")
 

@@ -167,17 +167,23 @@ def _blas_threads(limit: int) -> Any:
 
 def _thread_local_blas_libraries() -> list[Any]:
     """The loaded BLAS libraries whose thread count is a per-thread setting: MKL (threadpoolctl sets it with
-    MKL_Set_Num_Threads_Local). OpenBLAS's setting is global, and ``_blas_threads`` in the calling thread covers it."""
+    MKL_Set_Num_Threads_Local) and OpenBLAS built on OpenMP (some Linux distributions' NumPy: its count follows
+    the calling thread's OpenMP setting). The pthreads OpenBLAS of NumPy's wheels has one global setting, which
+    ``_blas_threads`` in the calling thread covers."""
     controller = _blas_controller_or_none()
-    return [] if controller is None else controller.select(internal_api="mkl").lib_controllers
+    if controller is None:
+        return []
+    return [library for library in controller.lib_controllers
+            if library.internal_api == "mkl"
+            or (library.internal_api == "openblas" and getattr(library, "threading_layer", None) == "openmp")]
 
 
 def _one_blas_thread_on_this_thread() -> None:
     """Hold this pool thread's own BLAS thread count at one, once for the thread's life (the pool's threads are
-    tinymixer's, and each already is one of the cores the work is split over). Needed for MKL: the limit that
-    ``for_shards`` sets in the calling thread does not reach other threads, so without this each shard ran
-    two-thread matrix multiplies on two cores (measured with an MKL-linked NumPy, two-thread tiny/4 training step:
-    441-469 ms before, 391-394 ms after)."""
+    tinymixer's, and each already is one of the cores the work is split over). Needed for the per-thread BLAS
+    libraries: the limit that ``for_shards`` sets in the calling thread does not reach other threads, so without
+    this each shard ran two-thread matrix multiplies on two cores. Measured, two-thread tiny/4 training step:
+    with an MKL-linked NumPy 441-469 ms before, 391-394 ms after; with Debian's OpenMP OpenBLAS 712-719 -> 433-438."""
     if getattr(_worker, "one_blas_thread", False):
         return
     _worker.one_blas_thread = True
