@@ -283,13 +283,18 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     return {"machine": info, "results": results}
 
 
-def _blas_libraries() -> list[str]:
-    """The BLAS libraries loaded, by threadpoolctl's names ("openblas", "mkl", ...); empty if it can't tell."""
+def _loaded_blas() -> list[dict[str, Any]] | None:
+    """threadpoolctl's records of the BLAS libraries loaded in this process, or None without threadpoolctl."""
     try:
         from threadpoolctl import threadpool_info
     except ImportError:
-        return []
-    return sorted({str(b.get("internal_api")) for b in threadpool_info() if b.get("user_api") == "blas"})
+        return None
+    return [info for info in threadpool_info() if info.get("user_api") == "blas"]
+
+
+def _blas_libraries() -> list[str]:
+    """The BLAS libraries loaded, by threadpoolctl's names ("openblas", "mkl", ...); empty if it can't tell."""
+    return sorted({str(b.get("internal_api")) for b in _loaded_blas() or []})
 
 
 def _torch_blas() -> str | None:
@@ -312,11 +317,9 @@ def _different_blas_note(machine: dict[str, Any]) -> str | None:
 
 def _blas_description() -> str:
     """Which BLAS library, kernel and thread count actually loaded (needs threadpoolctl, as numpy.show_runtime)."""
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
+    blas = _loaded_blas()
+    if blas is None:
         return "unknown (pip install threadpoolctl to see it)"
-    blas = [i for i in threadpool_info() if i.get("user_api") == "blas"]
     return "; ".join(" ".join([str(b.get("internal_api")), str(b.get("version"))]
                               + [f"{key} {b[key]}" for key in ("architecture", "threading_layer") if b.get(key)]
                               + [f"threads {b.get('num_threads')}"]) for b in blas) or "none found"

@@ -183,7 +183,7 @@ def _one_blas_thread_on_this_thread() -> None:
     tinymixer's, and each already is one of the cores the work is split over). Needed for the per-thread BLAS
     libraries: the limit that ``for_shards`` sets in the calling thread does not reach other threads, so without
     this each shard ran two-thread matrix multiplies on two cores. Measured, two-thread tiny/4 training step:
-    with an MKL-linked NumPy 441-469 ms before, 391-394 ms after; with Debian's OpenMP OpenBLAS 712-719 -> 433-438."""
+    with an MKL-linked NumPy 441-469 ms before, 391-394 ms after; with Debian's OpenMP OpenBLAS 712-719 -> 428-438."""
     if getattr(_worker, "one_blas_thread", False):
         return
     _worker.one_blas_thread = True
