@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -103,3 +106,18 @@ def test_keep_freed_host_memory_on_glibc():
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt is glibc's")
     assert tm.keep_freed_host_memory() is True
+
+
+@pytest.mark.parametrize(("env", "kept"), [({}, True), ({"TINYMIXER_KEEP_FREED_MEMORY": "0"}, False),
+                                           ({"TINYMIXER_KEEP_FREED_MEMORY": "1"}, True),
+                                           ({"TINYMIXER_KEEP_MALLOC": "1"}, False)])  # the old, backwards name
+def test_keep_freed_memory_variable_says_what_it_does(env, kept):
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TINYMIXER_KEEP")}
+    out = subprocess.run([sys.executable, "-c", "import tinymixer; print(tinymixer.KEEPS_FREED_MEMORY)"],
+                         env={**clean, **env}, capture_output=True, text=True)
+    assert out.stdout.split() == [str(kept)], out.stdout + out.stderr
+    assert ("renamed" in out.stderr) == ("TINYMIXER_KEEP_MALLOC" in env)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import numpy as np
 import pytest
 
@@ -36,12 +39,40 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert path.read_bytes() == before and list(tmp_path.iterdir()) == [path]  # no temporary file left
 
 
-@pytest.mark.parametrize("damage", [lambda b: b[: len(b) // 2], lambda b: b"not a zip at all", lambda b: b""])
+@pytest.mark.parametrize("damage", [lambda b: b[: len(b) // 2], lambda b: b[:100], lambda b: b""])
 def test_damaged_checkpoint_is_a_clear_error(tmp_path, damage):
     path = save_checkpoint(tmp_path / "c.npz", {"w": np.ones(1000)})
     path.write_bytes(damage(path.read_bytes()))
-    with pytest.raises(CheckpointError, match=r"c.npz is unreadable.*truncated or corrupted"):
+    with pytest.raises(CheckpointError, match=r"c.npz is (unreadable|empty).*truncated or corrupted"):
         load_checkpoint(path)
+
+
+def test_a_folder_or_a_text_file_is_named_for_what_it_is(tmp_path):
+    """A run folder is not 'corrupted' (the old message advised deleting it), nor is a text file 'pickled data'."""
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(CheckpointError, match=r"run is a folder; a checkpoint is a .npz file$"):
+        load_model(run)
+    save_checkpoint(run / "checkpoint.npz", {"w": np.ones(3)})
+    with pytest.raises(CheckpointError, match=r"run is a folder.*did you mean .*run/checkpoint.npz\?"):
+        load_model(run)
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with pytest.raises(CheckpointError, match=r"notes.txt is not a checkpoint: .*not one \(it starts with b'hell'\)"):
+        load_checkpoint(text)
+
+
+def test_checkpoints_honour_the_umask(tmp_path):
+    """Atomic writes go through mkstemp (mode 0600); the finished file gets the mode open() would give it."""
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path / "c.npz", {"w": np.ones(3)})
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+        os.umask(0o027)
+        save_checkpoint(path, {"w": np.ones(3)})
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    finally:
+        os.umask(old)
 
 
 def test_missing_checkpoint_and_mismatched_model(tmp_path):

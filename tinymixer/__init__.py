@@ -22,9 +22,15 @@ from .model import SIZES, MixerSize, MlpMixer, describe_size
 from .optim import SGD, clip_by_global_norm, global_norm, warmup_cosine
 
 # Keep freed host memory for the next step instead of page-faulting it in again (8-10% of a step; see the
-# function). TINYMIXER_KEEP_MALLOC=1 leaves the allocator as it is.
-if not _os.environ.get("TINYMIXER_KEEP_MALLOC"):
-    keep_freed_host_memory()
+# function). TINYMIXER_KEEP_FREED_MEMORY=0 leaves the allocator as it is (and the process's memory can shrink).
+# Its old name, TINYMIXER_KEEP_MALLOC=1, read backwards (it meant "do not keep"); it is still honoured, with a note.
+if _os.environ.get("TINYMIXER_KEEP_MALLOC"):
+    import warnings as _warnings
+
+    _warnings.warn("TINYMIXER_KEEP_MALLOC is renamed: use TINYMIXER_KEEP_FREED_MEMORY=0 to leave glibc's malloc as "
+                   "it is", FutureWarning, stacklevel=2)
+    _os.environ.setdefault("TINYMIXER_KEEP_FREED_MEMORY", "0")
+KEEPS_FREED_MEMORY = _os.environ.get("TINYMIXER_KEEP_FREED_MEMORY", "1") != "0" and keep_freed_host_memory()
 
 __version__ = "0.1.0"
 
@@ -33,5 +39,5 @@ __all__ = [
     "SGD", "clip_by_global_norm", "global_norm", "warmup_cosine",
     "check_gradients", "directional_check", "numerical_gradient", "rel_error",
     "array_module", "backend_name", "get_backend", "set_backend", "synchronize", "to_device", "to_host",
-    "keep_freed_host_memory", "BLAS_THREADS_SLEEP_AT_ONCE",
+    "keep_freed_host_memory", "KEEPS_FREED_MEMORY", "BLAS_THREADS_SLEEP_AT_ONCE",
 ]

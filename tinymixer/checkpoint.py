@@ -5,14 +5,12 @@ so ``np.load`` of our file looks like an official one; the optimiser's state und
 training state (step, epoch, model configuration, metrics so far) as JSON text under ``__meta__``.
 
 Writing goes to a temporary file in the same folder, which is flushed to disk and then renamed over the old
-file: a crash or Ctrl-C while writing leaves the previous checkpoint intact.
+file (``files.atomic_open``): a crash or Ctrl-C while writing leaves the previous checkpoint intact.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .backend import to_host
+from .files import atomic_open
 
 META_KEY = "__meta__"
 OPTIMIZER_PREFIX = "optimizer/"
@@ -38,16 +37,8 @@ def save_checkpoint(path: Path | str, params: dict[str, Any], optimizer_state: d
     for name, value in (optimizer_state or {}).items():
         arrays[OPTIMIZER_PREFIX + name] = to_host(value)
     arrays[META_KEY] = np.array(json.dumps(meta or {}))
-    fd, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)  # atomic on POSIX and Windows
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as f:
+        np.savez(f, **arrays)
     return path
 
 
@@ -55,15 +46,28 @@ def load_checkpoint(path: Path | str) -> tuple[dict[str, np.ndarray], dict[str, 
     """Read a checkpoint: (params, optimizer_state, meta), all on the host. Official Mixer ``.npz`` files load
     too (with empty optimiser state and meta). A missing, truncated or corrupted file raises CheckpointError."""
     path = Path(path)
+    if path.is_dir():
+        inside = path / "checkpoint.npz"
+        hint = f"; did you mean {inside}?" if inside.exists() else ""
+        raise CheckpointError(f"{path} is a folder; a checkpoint is a .npz file{hint}")
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    with open(path, "rb") as f:
+        start = f.read(4)
+    if not start:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): it is truncated or corrupted; it cannot be "
+                              f"used. Copy it again or choose another checkpoint.")
+    if start != b"PK\x03\x04":  # every .npz is a zip archive, and every zip archive starts so
+        raise CheckpointError(f"{path} is not a checkpoint: a checkpoint is a .npz (zip) file, and this file is not "
+                              f"one (it starts with {start!r})")
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}  # reading every array surfaces any damage now
     except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as exc:
         raise CheckpointError(
-            f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); it is truncated or corrupted. "
-            f"Delete it and resume from an earlier checkpoint, or start afresh."
+            f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}): the file is truncated or corrupted "
+            f"(a copy or a disk that ran out of space while it was written?). It cannot be used; copy it again or "
+            f"choose another checkpoint."
         ) from exc
     meta_text = arrays.pop(META_KEY, None)
     try:

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .files import atomic_open
+
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"  # published with the archive
 ARCHIVE_NAME = "cifar-10-python.tar.gz"
@@ -92,25 +94,21 @@ def download(url: str, dest: Path, md5: str | None = None, progress: bool = True
     file that looks complete."""
     from tqdm import tqdm
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {dest.name}",
-                      disable=not progress) as bar:
-                for chunk in iter(lambda: response.read(1 << 20), b""):
-                    out.write(chunk)
-                    bar.update(len(chunk))
-        if total is not None and tmp.stat().st_size != total:
-            raise DataError(f"download of {url} stopped after {tmp.stat().st_size} of {total} bytes; try again")
-        if md5 is not None and (got := md5sum(tmp)) != md5:
+    with atomic_open(dest, suffix=".part") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+        total = int(response.headers.get("Content-Length") or 0) or None
+        size, digest = 0, hashlib.md5()
+        with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {dest.name}",
+                  disable=not progress) as bar:
+            for chunk in iter(lambda: response.read(1 << 20), b""):
+                out.write(chunk)
+                size += len(chunk)
+                digest.update(chunk)
+                bar.update(len(chunk))
+        if total is not None and size != total:
+            raise DataError(f"download of {url} stopped after {size} of {total} bytes; try again")
+        if md5 is not None and (got := digest.hexdigest()) != md5:
             raise DataError(f"downloaded {url} but its MD5 is {got}, expected {md5}: the file is corrupt; try again")
-        os.replace(tmp, dest)
-        return dest
-    finally:
-        tmp.unlink(missing_ok=True)
+    return dest
 
 
 def _missing_data_message(data_dir: Path, why: str) -> str:
