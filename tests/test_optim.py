@@ -85,3 +85,17 @@ def test_warmup_cosine_end_lr_and_no_warmup():
     assert tm.warmup_cosine(0, 0.5, 100) == 0.5
     with pytest.raises(ValueError, match="warmup_steps"):
         tm.warmup_cosine(0, 1.0, total_steps=10, warmup_steps=20)
+
+
+@pytest.mark.parametrize(("spec", "steps"), [("5%", 50), ("0%", 0), ("100%", 1000), ("2ep", 200), ("0.5ep", 50),
+                                             ("1 epochs", 100), ("200", 200), (30, 30)])
+def test_warmup_in_steps_epochs_or_a_fraction_of_the_run(spec, steps):
+    assert tm.warmup_steps(spec, total_steps=1000, steps_per_epoch=100) == steps
+
+
+@pytest.mark.parametrize(("spec", "message"), [("2000", "longer than the whole run"), ("11ep", "longer than"),
+                                               ("-5", "negative"), ("150%", "not understood"),
+                                               ("abc", "not understood"), ("5 %%", "not understood")])
+def test_a_warmup_that_does_not_fit_is_an_error_not_silently_capped(spec, message):
+    with pytest.raises(ValueError, match=message):
+        tm.warmup_steps(spec, total_steps=1000, steps_per_epoch=100)

@@ -17,6 +17,7 @@ import hashlib
 import os
 import pickle
 import shutil
+import sys
 import tarfile
 import tempfile
 import urllib.error
@@ -151,6 +152,53 @@ def ensure_cifar10(data_dir: Path | str | None = None, url: str = CIFAR10_URL, m
     return folder
 
 
+def is_cifar_folder(folder: Path | str) -> bool:
+    """Whether ``folder`` holds a data set in the CIFAR layout (``batches.meta`` beside its batches)."""
+    return (Path(folder) / "batches.meta").is_file()
+
+
+def find_data(data_dir: Path | str | None = None, download: bool | None = None, url: str = CIFAR10_URL,
+              md5: str = CIFAR10_MD5, progress: bool = True) -> Path:
+    """The CIFAR-layout folder to train on.
+
+    ``data_dir`` given (the user pointed at it): it must be a CIFAR-layout folder itself, or hold one (as
+    ``cifar-10-batches-py/`` or as its only CIFAR-layout subfolder), or hold the CIFAR-10 archive, which is then
+    extracted. Nothing is downloaded into it unless ``download`` is True: a folder of the user's is never filled
+    with CIFAR-10 by surprise. Otherwise a DataError says what was looked for and what is there.
+
+    ``data_dir`` None: the cache (``default_data_dir()``), where CIFAR-10 is downloaded once unless ``download``
+    is False.
+    """
+    if data_dir is None:
+        return ensure_cifar10(default_data_dir(), url, md5, download_ok=download is not False, progress=progress)
+    data_dir = Path(data_dir).expanduser()
+    if is_cifar_folder(data_dir):
+        return data_dir
+    if data_dir.is_file():
+        raise DataError(f"--data-dir {data_dir} is a file; give the folder that holds the data set (a folder with "
+                        f"batches.meta, data_batch_1.. and test_batch, or its parent)")
+    if is_cifar_folder(data_dir / FOLDER_NAME):
+        return data_dir / FOLDER_NAME
+    inside = sorted(p for p in data_dir.iterdir() if p.is_dir() and is_cifar_folder(p)) if data_dir.is_dir() else []
+    if len(inside) == 1:
+        return inside[0]
+    if len(inside) > 1:
+        raise DataError(f"{data_dir} holds several data sets ({', '.join(p.name for p in inside)}); point --data-dir "
+                        f"at the one to use")
+    if (data_dir / ARCHIVE_NAME).exists() or download:
+        return ensure_cifar10(data_dir, url, md5, download_ok=bool(download), progress=progress)
+    if not data_dir.exists():
+        found = "it does not exist"
+    else:
+        names = sorted(p.name + ("/" if p.is_dir() else "") for p in data_dir.iterdir())
+        found = f"it holds {', '.join(names[:8])}{', ...' if len(names) > 8 else ''}" if names else "it is empty"
+        if any(n.startswith(("data_batch_", "test_batch")) for n in names):
+            found += " (batches without batches.meta: the class names and image shape are missing)"
+    raise DataError(f"no data set in {data_dir}: {found}. --data-dir takes a folder in the CIFAR layout "
+                    f"(batches.meta, data_batch_1.., test_batch; `python -m tinymixer.data` makes one from NumPy "
+                    f"arrays) or its parent. To download CIFAR-10 into it, add --download.")
+
+
 def _extract(archive: Path, data_dir: Path) -> None:
     """Extract into a temporary folder, then rename: a half-extracted folder never looks complete."""
     tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=data_dir))
@@ -243,6 +291,80 @@ def save_folder(folder: Path | str, dataset: Dataset, train_batches: int = 5) ->
     return folder
 
 
+def as_images(images: np.ndarray, name: str = "images") -> np.ndarray:
+    """Images as uint8 (N, H, W, C), or a DataError that says how to fix them.
+
+    Accepted: (N, H, W) grey or (N, H, W, C) arrays, of uint8, of integers in 0..255, or of floats in [0, 1]
+    (scaled by 255) or in [0, 255] (rounded)."""
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]  # grey images: one channel
+    if images.ndim != 4:
+        raise DataError(f"{name} must be (N, H, W) or (N, H, W, C), got shape {images.shape}")
+    if images.shape[1] in (1, 3) and images.shape[3] not in (1, 3):
+        raise DataError(f"{name} have shape {images.shape}: channels first? Transpose to (N, H, W, C): "
+                        f"np.transpose({name}, (0, 2, 3, 1))")
+    if images.dtype == np.uint8:
+        return np.ascontiguousarray(images)
+    if images.dtype.kind in "iu":
+        if images.size and (images.min() < 0 or images.max() > 255):
+            raise DataError(f"{name} are integers from {images.min()} to {images.max()}; 8-bit pixels are 0..255")
+        return images.astype(np.uint8)
+    if images.dtype.kind == "f":
+        if not np.isfinite(images).all():
+            raise DataError(f"{name} contain NaN or inf values")
+        low, high = (float(images.min()), float(images.max())) if images.size else (0.0, 0.0)
+        if low < 0 or high > 255:
+            raise DataError(f"{name} are floats from {low:g} to {high:g}; give pixels in [0, 1] or [0, 255] (undo "
+                            f"any normalisation first)")
+        scale = 255.0 if high <= 1.0 else 1.0
+        return np.round(images * scale).astype(np.uint8)
+    raise DataError(f"{name} have dtype {images.dtype}; give uint8 pixels (or integers 0..255, or floats in [0, 1])")
+
+
+def as_labels(labels: np.ndarray, num: int, name: str = "labels") -> np.ndarray:
+    """Labels as int64 (N,) class indices, or a DataError."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1 or len(labels) != num:
+        raise DataError(f"{name} must be one class index per image ({num},), got shape {labels.shape}")
+    if labels.dtype.kind not in "iu":
+        raise DataError(f"{name} must be integer class indices 0..K-1, got dtype {labels.dtype} (for names, map them "
+                        f"to indices and give the names as class_names)")
+    if num and labels.min() < 0:
+        raise DataError(f"{name} must be class indices 0..K-1, got {labels.min()}")
+    return labels.astype(np.int64)
+
+
+def dataset_from_arrays(train_images: np.ndarray, train_labels: np.ndarray, test_images: np.ndarray,
+                        test_labels: np.ndarray, class_names: list[str] | None = None) -> Dataset:
+    """A Dataset from NumPy arrays, each checked (see ``as_images`` for the pixel formats accepted)."""
+    train_x, test_x = as_images(train_images, "training images"), as_images(test_images, "test images")
+    if train_x.shape[1:] != test_x.shape[1:]:
+        raise DataError(f"training images are {train_x.shape[1:]} (H, W, C) but test images {test_x.shape[1:]}")
+    train_y = as_labels(train_labels, len(train_x), "training labels")
+    test_y = as_labels(test_labels, len(test_x), "test labels")
+    num_classes = int(max(train_y.max(initial=-1), test_y.max(initial=-1))) + 1
+    names = [str(i) for i in range(num_classes)] if class_names is None else [str(n) for n in class_names]
+    if len(names) < num_classes:
+        raise DataError(f"the labels go up to {num_classes - 1} but only {len(names)} class names were given")
+    if len(train_x) == 0 or len(test_x) == 0:
+        raise DataError("both the training and the test set need at least one image")
+    return Dataset(train_x, train_y, test_x, test_y, names)
+
+
+def split_arrays(images: np.ndarray, labels: np.ndarray, test_size: int, seed: int = 0
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Hold out ``test_size`` random images (seeded) as the test set: (train_x, train_y, test_x, test_y)."""
+    if not 0 < test_size < len(labels):
+        raise DataError(f"the test set size must be between 1 and {len(labels) - 1} (there are {len(labels)} "
+                        f"images), got {test_size}")
+    order = np.random.default_rng(seed).permutation(len(labels))
+    test, train = order[:test_size], order[test_size:]
+    return images[train], labels[train], images[test], labels[test]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Batches, scaling, augmentation
 
@@ -326,3 +448,65 @@ def synthetic_shapes(num: int, size: int = 16, seed: int = 0, noise: float = 0.1
         picture = np.where(mask[..., None], foreground, background) + noise * rng.standard_normal((size, size, 3))
         images[i] = np.clip(picture * 255, 0, 255).astype(np.uint8)
     return images, labels
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# python -m tinymixer.data: NumPy arrays -> a CIFAR-layout folder that examples/cifar10.py trains on
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Convert NumPy arrays saved with ``np.savez`` into a CIFAR-layout folder."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m tinymixer.data", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Write NumPy arrays as a CIFAR-layout data folder that examples/cifar10.py --data-dir trains on. "
+                    "ARRAYS is an .npz file (np.savez) holding either x_train, y_train, x_test, y_test, or images "
+                    "and labels (then --test-size images are held out at random as the test set); optionally "
+                    "class_names. Images: (N, H, W) or (N, H, W, C), uint8 or integers 0..255 or floats in [0, 1].")
+    parser.add_argument("arrays", type=Path, help="the .npz file")
+    parser.add_argument("folder", type=Path, help="the folder to write (created; must not hold a data set yet)")
+    parser.add_argument("--test-size", type=int, default=None,
+                        help="with images/labels: how many images to hold out as the test set (default: 20%%)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random test split")
+    parser.add_argument("--classes", help="comma-separated class names (default: class_names in the file, else "
+                                          "0, 1, 2, ...)")
+    args = parser.parse_args(argv)
+    try:
+        dataset = _dataset_from_npz(args.arrays, args.test_size, args.seed, args.classes)
+        if is_cifar_folder(args.folder):
+            raise DataError(f"{args.folder} already holds a data set; choose another folder or delete it first")
+        save_folder(args.folder, dataset)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    h, w, c = dataset.image_shape
+    print(f"wrote {args.folder}: {len(dataset.train_labels)} training and {len(dataset.test_labels)} test images, "
+          f"{h}x{w}x{c}, {dataset.num_classes} classes ({', '.join(dataset.class_names[:10])}"
+          f"{', ...' if dataset.num_classes > 10 else ''})\n"
+          f"train on it: python examples/cifar10.py --data-dir {args.folder}")
+    return 0
+
+
+def _dataset_from_npz(path: Path, test_size: int | None, seed: int, classes: str | None) -> Dataset:
+    if not path.is_file():
+        raise DataError(f"{path} does not exist or is not a file")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"cannot read {path} as an .npz file ({exc}); save the arrays with np.savez") from exc
+    names = classes.split(",") if classes else arrays.get("class_names")
+    if {"x_train", "y_train", "x_test", "y_test"} <= arrays.keys():
+        parts = arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"]
+    elif {"images", "labels"} <= arrays.keys():
+        images, labels = arrays["images"], arrays["labels"]
+        size = test_size if test_size is not None else max(1, round(0.2 * len(labels)))
+        parts = split_arrays(images, labels, size, seed)
+    else:
+        raise DataError(f"{path} holds {sorted(arrays)}; expected x_train, y_train, x_test, y_test or images, labels")
+    return dataset_from_arrays(*parts, class_names=None if names is None else [str(n) for n in names])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,6 +7,7 @@ number. Parameters, gradients and state are dicts name -> array, updated in plac
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from .backend import array_module
@@ -93,3 +94,34 @@ def warmup_cosine(step: int, base_lr: float, total_steps: int, warmup_steps: int
         return base_lr * step / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return end_lr + (base_lr - end_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def warmup_steps(spec: str | int, total_steps: int, steps_per_epoch: int) -> int:
+    """The length of the warm-up in steps, from ``spec`` given in one of three units:
+
+        "5%"     a fraction of the whole run (the default of examples/cifar10.py: it scales with the run, so a
+                 short run is not all warm-up)
+        "2ep"    epochs (rounded to whole steps)
+        "200"    steps (an int works too)
+
+    A warm-up longer than the run is an error, not silently shortened."""
+    text = str(spec).strip().lower()
+    try:
+        if text.endswith("%"):
+            fraction = float(text[:-1]) / 100
+            if not 0 <= fraction <= 1:
+                raise ValueError
+            steps = round(fraction * total_steps)
+        elif match := re.fullmatch(r"(.+?)\s*(ep|epoch|epochs)", text):
+            steps = round(float(match[1]) * steps_per_epoch)
+        else:
+            steps = int(text)
+    except ValueError:
+        raise ValueError(f"warm-up {spec!r} is not understood: give steps (200), epochs (2ep) or a percentage of the "
+                         f"run (5%), none of them negative") from None
+    if steps < 0:
+        raise ValueError(f"warm-up {spec!r} is negative")
+    if steps > total_steps:
+        raise ValueError(f"a warm-up of {spec} ({steps} steps) is longer than the whole run ({total_steps} steps); "
+                         f"give it as a percentage of the run (e.g. 5%) or in epochs (e.g. 1ep)")
+    return steps
