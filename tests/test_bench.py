@@ -39,3 +39,118 @@ def test_a_ratio_between_different_blas_libraries_is_flagged():
     assert bench._different_blas_note(machine | {"blas_libraries": ["mkl"]}) is None  # like with like
     assert bench._different_blas_note(machine | {"backend": "cupy"}) is None  # the GPU: cuBLAS on both sides
     assert bench._different_blas_note(machine | {"torch_blas": None}) is None  # no PyTorch, nothing to compare
+
+
+# -- stability: pure functions on made-up timings (nothing is timed here) -----------------------------------------
+
+STEADY = [100.0, 101.0, 99.0, 102.0, 100.0, 98.0, 101.0]  # ms: a quiet machine, 4% from fastest to slowest
+
+
+def fake_run(threads, gemm, **samples):
+    """One worker's output as ``bench.worker`` returns it, with the given samples (ms) for micro/4."""
+    samples = {q: samples.get(q, STEADY) for q in bench.TIMED}
+    result = {"config": "micro/4", "threads": threads, "samples_ms": samples, "fraction_of_gemm_peak": 0.5,
+              "tinymixer_train_gflops": 50.0}
+    result |= {f"{q}_ms": sorted(v)[len(v) // 2] for q, v in samples.items()}
+    result |= {f"{k}_ratio": result[f"tinymixer_{k}_ms"] / result[f"pytorch_{k}_ms"] for k in ("train", "infer")}
+    machine = {"threads": threads, "gemm_gflops_samples": gemm, "gemm_gflops": max(gemm)}
+    return {"machine": machine, "results": [result]}
+
+
+def test_relative_spread():
+    assert bench.relative_spread(STEADY) < bench.SPREAD_LIMIT
+    assert bench.relative_spread(STEADY[:-1] + [250.0]) > bench.SPREAD_LIMIT  # one wild repeat
+    assert bench.relative_spread([100.0]) is None  # one repeat: nothing to judge
+    assert bench.relative_spread([100.0, 100.0]) == 0
+
+
+def test_gemm_scaling_is_a_fraction_of_linear():
+    assert bench.gemm_scaling({1: 150.0, 2: 300.0}) == {2: 1.0}
+    assert bench.gemm_scaling({1: 150.0, 2: 285.0, 4: 450.0}) == pytest.approx({2: 0.95, 4: 0.75})
+    assert bench.gemm_scaling({1: 78.0, 2: 59.0})[2] < 0.5  # 2 threads slower than 1
+    assert bench.gemm_scaling({2: 300.0}) == {}
+
+
+def test_steady_timings_pass():
+    runs = [fake_run(1, [150, 152, 149, 151, 150]), fake_run(2, [298, 301, 296, 300, 299])]
+    assert bench.assess_stability(runs) == []
+    assert all(r["stability"]["stable"] for run in runs for r in run["results"])
+    table = bench._format_table(runs)
+    assert "!" not in table and "unstable" not in table and "1.00" in table
+
+
+def test_one_wild_repeat_voids_its_ratio_only():
+    runs = [fake_run(1, [150, 152, 149, 151, 150], pytorch_train=STEADY[:-1] + [250.0])]
+    notes = bench.assess_stability(runs)
+    stability = runs[0]["results"][0]["stability"]
+    assert not stability["stable"] and list(stability["unstable"]) == ["pytorch_train"]
+    assert stability["spreads"]["pytorch_train"] == pytest.approx(1.52)
+    assert len(notes) == 1 and "PyTorch train step" in notes[0] and "152%" in notes[0] and "limit 20%" in notes[0]
+    row = bench._format_table(runs).splitlines()[-1].split(" | ")
+    assert row[3] == "100!" and row[4] == "unstable"  # the PyTorch train time is marked, its ratio withheld
+    assert row[7] == "1.00"  # inference was steady: its ratio stands
+    json.dumps(runs)  # the verdicts go into --json as they are
+
+
+def test_a_gemm_probe_slower_on_two_threads_than_on_one_voids_those_ratios():
+    runs = [fake_run(1, [78, 77, 72, 75, 72]), fake_run(2, [55, 59, 44, 51, 43])]  # measured on a shared machine
+    notes = bench.assess_stability(runs)
+    assert runs[0]["results"][0]["stability"]["stable"]
+    unstable = runs[1]["results"][0]["stability"]["unstable"]
+    assert set(unstable) == {"gemm_scaling", "gemm_spread"}
+    assert runs[1]["machine"]["gemm_scaling"] == pytest.approx(59 / 78 / 2)
+    assert any("0.38 of linear" in note and "GEMM 59 GFLOP/s against 78 on 1" in note for note in notes)
+    one, two = (line.split(" | ") for line in bench._format_table(runs).splitlines()[-2:])
+    assert one[4] == "1.00" and one[7] == "1.00"
+    assert two[1] == "2!" and two[4] == two[7] == "unstable" and two[10].endswith("!")
+
+
+def test_a_step_much_slower_on_more_threads_is_flagged():
+    # the reported case: PyTorch's step 105 ms on 1 thread, 1569 ms on 2 (steady repeats, a GEMM probe that scaled)
+    runs = [fake_run(1, [150.0] * 5, pytorch_train=[105.0] * 7),
+            fake_run(2, [300.0] * 5, pytorch_train=[1569.0, 1570.0, 1568.0, 1569.0, 1571.0, 1567.0, 1569.0])]
+    notes = bench.assess_stability(runs)
+    assert list(runs[1]["results"][0]["stability"]["unstable"]) == ["pytorch_train"]
+    assert notes == ["micro/4, 2 threads, PyTorch train step: 1569 ms, 14.94x its 105 ms on 1 (limit 1.5x): more "
+                     "threads were slower, so they competed with other work"]
+
+
+# -- the command line ---------------------------------------------------------------------------------------------
+
+def test_help_shows_the_program_and_every_default(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")  # no line breaks inside the defaults
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: python -m tinymixer.bench ")
+    for default in ["(default: ['tiny/4', 'small/4'])", "(default: 128)", "(default: 32)", "(default: [1, 2])",
+                    "(default: 7)", "(default: numpy)", "(default: False)", "(default: None)"]:
+        assert default in text
+    assert text.count("(default:") == 8  # every option but --help
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--threads", "0"], "argument --threads: must be at least 1, got 0"),
+    (["--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
+    (["--repeats", "x"], "argument --repeats: not an integer: 'x'"),
+    (["--configs", "tiny/5"], "argument --configs: invalid choice: 'tiny/5'"),
+    (["--image-size", "30"], "--image-size 30 is not a multiple of tiny/4's patch size 4"),
+])
+def test_a_bad_option_is_one_line_and_exit_code_2(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(args)
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"python -m tinymixer.bench: error: {message}")
+    assert captured.err.count("\n") == 1
+
+
+def test_a_bad_option_from_the_shell_has_no_traceback():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "tinymixer.bench", "--threads", "0"], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr

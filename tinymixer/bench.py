@@ -16,6 +16,12 @@ libraries see them when they load); it measures, per model size:
 tinymixer runs as users get it: with several threads the batch is cut into one shard per thread
 (``chunks.for_shards``); the header line of each thread count says into how many.
 
+Every timing is judged before it is shown (``assess_stability``): when the repeats of a timing spread over more
+than 20% of their median, when the same work took 1.5x longer on more threads than on fewer, or when the GEMM
+probe on N threads ran below 0.75 of N times its rate on fewer (the cores were not free), the timing gets a "!"
+and a footnote that says which check failed and by how much, and a ratio resting on it reads "unstable" instead of
+a number. The spreads and verdicts are in the JSON (``stability`` of each result, ``gemm_*`` of each machine).
+
 Timing is a benchmark, never a test assertion. Note: some machines set OPENBLAS_CORETYPE to force an old GEMM
 kernel; run with ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE`` to measure what users get. The kernel that
 actually ran is printed.
@@ -31,7 +37,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -61,12 +67,14 @@ def _median_ms(samples: list[float]) -> float:
     return 1000 * samples[len(samples) // 2]
 
 
-def _gemm_gflops(np: Any, n: int = 2048) -> float:
+def _gemm_gflops(np: Any, n: int = 2048, repeats: int = 5) -> list[float]:
+    """The machine's float32 GEMM rate: GFLOP/s of each of ``repeats`` n x n x n matrix multiplies (after one
+    warm-up). The best is the rate reported; their spread and how the rate grows with threads say whether the
+    cores were free while the benchmark ran (``assess_stability``)."""
     a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
     b, out = a.copy(), np.empty_like(a)
     np.matmul(a, b, out=out)
-    best = min(_timed(lambda: np.matmul(a, b, out=out)) for _ in range(5))
-    return 2 * n**3 / best / 1e9
+    return [2 * n**3 / _timed(lambda: np.matmul(a, b, out=out)) / 1e9 for _ in range(repeats)]
 
 
 def _timed(fn: Any) -> float:
@@ -207,6 +215,7 @@ def measure(config: str, batch_size: int, image_size: int, repeats: int, use_tor
     for key, values in samples.items():
         result[f"{key}_ms"] = _median_ms(values)
         result[f"{key}_spread_ms"] = 1000 * (max(values) - min(values))
+    result["samples_ms"] = {key: [1000 * v for v in values] for key, values in samples.items()}
     result["tinymixer_train_images_per_s"] = batch_size / (result["tinymixer_train_ms"] / 1000)
     result["tinymixer_train_gflops"] = flops_step / (result["tinymixer_train_ms"] / 1000) / 1e9
     if use_torch:
@@ -270,11 +279,12 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
             use_torch = False
     info: dict[str, Any] = {"threads": args.threads[0], "backend": tm.backend_name(), "numpy": np.__version__,
                             "torch": __import__("torch").__version__ if use_torch else None,
-                            "gemm_gflops": _gemm_gflops(np), "blas": _blas_description(),
+                            "gemm_gflops_samples": _gemm_gflops(np), "blas": _blas_description(),
                             "blas_libraries": _blas_libraries(), "torch_blas": _torch_blas() if use_torch else None,
                             "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
                             "blas_thread_sleep": {k: os.environ.get(k) for k in tm.BLAS_THREADS_SLEEP_AT_ONCE},
                             "batch_shards": len(batch_shards(args.batch_size, tm.get_backend()))}
+    info["gemm_gflops"] = max(info["gemm_gflops_samples"])
     results = []
     for config in args.configs:
         r = measure(config, args.batch_size, args.image_size, args.repeats, use_torch)
@@ -326,38 +336,231 @@ def _blas_description() -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Can the timings be trusted? Pure functions of the recorded samples (the tests give them made-up ones).
+
+# A timed quantity is unstable when its repeats spread over more than this fraction of their median:
+# (max - min) / median. The table is read for differences of 1-10% between tinymixer and PyTorch (README,
+# Performance). Noise spread evenly over 20% of the median gives a median of 7 a standard deviation of 3%, and
+# the ratio of two such medians about 5%: as large as what is measured. A 2-core machine shared with other work
+# measured spreads of 31-139% for steps of 150-5000 ms.
+SPREAD_LIMIT = 0.20
+# The GEMM probe on N threads should run near N/M times its rate on M < N threads: a large matrix multiply
+# scales almost linearly on free cores (from 1 to 2 threads: 0.92-1.01 of linear with OpenBLAS on the
+# development machine). Below 0.75 of linear the threads did not get a free core each -- other work on the
+# machine, or SMT siblings of one core -- and nothing timed on them compares cleanly (the shared machine: 0.38).
+GEMM_SCALING_LIMIT = 0.75
+# The same work taking this many times longer on more threads than on fewer: the threads competed with other
+# work (a reported run: PyTorch's step 1569 ms on 2 threads against 105 ms on 1, a "ratio" of 0.07).
+SLOWDOWN_LIMIT = 1.5
+
+TIMED = {"tinymixer_train": "tinymixer train step", "pytorch_train": "PyTorch train step",
+         "tinymixer_infer": "tinymixer inference", "pytorch_infer": "PyTorch inference"}
+
+
+def relative_spread(samples: list[float]) -> float | None:
+    """(max - min) / median of repeated measurements of one quantity (times or rates); None for fewer than two.
+
+    0 for identical repeats. One repeat far off the others makes it large although the median hardly moves:
+    that repeat says the machine was doing other work during the measurement, so it is flagged all the same."""
+    if len(samples) < 2:
+        return None
+    ordered = sorted(samples)
+    return (ordered[-1] - ordered[0]) / ordered[len(ordered) // 2]
+
+
+def gemm_scaling(gflops_by_threads: dict[int, float]) -> dict[int, float]:
+    """For each thread count but the smallest, the GEMM rate's gain over the smallest count's rate as a fraction
+    of linear scaling: (rate_N / rate_M) / (N / M). 1.0 is linear; below M/N more threads were slower."""
+    if not gflops_by_threads:
+        return {}
+    fewest = min(gflops_by_threads)
+    base = gflops_by_threads[fewest]
+    return {n: (rate / base) / (n / fewest) for n, rate in gflops_by_threads.items() if n != fewest}
+
+
+def _where(threads: int, config: str | None = None) -> str:
+    return (f"{config}, " if config else "") + f"{threads} thread{'s' * (threads != 1)}"
+
+
+def assess_stability(runs: list[dict[str, Any]], spread_limit: float = SPREAD_LIMIT,
+                     scaling_limit: float = GEMM_SCALING_LIMIT, slowdown_limit: float = SLOWDOWN_LIMIT) -> list[str]:
+    """Judge every timing of the benchmark's runs (one run per thread count, as ``worker`` returns them).
+
+    Adds to each run's ``machine``: ``gemm_spread``, ``gemm_scaling`` (``gemm_scaling``'s number; None for the
+    fewest threads) and the limits. Adds to each result ``stability = {"stable", "spreads", "unstable"}``:
+    ``spreads`` maps each timed quantity to ``relative_spread`` of its repeats; ``unstable`` maps what failed a
+    check to the reasons why: a timed quantity (its spread, or a slowdown with more threads), ``gemm_scaling``
+    (the cores were not free: every ratio of the row is void) or ``gemm_spread`` (the "of GEMM" share is
+    doubtful). Returns the reasons as footnotes for the table, each once."""
+    machines = {run["machine"]["threads"]: run["machine"] for run in runs}
+    scaling = gemm_scaling({n: m["gemm_gflops"] for n, m in machines.items()})
+    machine_problems: dict[int, dict[str, list[str]]] = {}
+    for threads, m in machines.items():
+        m["gemm_spread"] = relative_spread(m.get("gemm_gflops_samples", []))
+        m["gemm_scaling"] = scaling.get(threads)
+        m["stability_limits"] = {"spread": spread_limit, "gemm_scaling": scaling_limit, "slowdown": slowdown_limit}
+        problems = machine_problems[threads] = {}
+        if m["gemm_scaling"] is not None and m["gemm_scaling"] < scaling_limit:
+            fewest = min(machines)
+            problems["gemm_scaling"] = [
+                f"{threads} threads: float32 GEMM {m['gemm_gflops']:.0f} GFLOP/s against "
+                f"{machines[fewest]['gemm_gflops']:.0f} on {fewest}, {m['gemm_scaling']:.2f} of linear scaling "
+                f"(limit {scaling_limit}): the threads did not get a free core each (other work on the machine, or "
+                f"SMT siblings); no ratio on {threads} threads is reported"]
+        if m["gemm_spread"] is not None and m["gemm_spread"] > spread_limit:
+            problems["gemm_spread"] = [
+                f"{_where(threads)}: the GEMM probe's {len(m['gemm_gflops_samples'])} repeats spread over "
+                f"{100 * m['gemm_spread']:.0f}% of their median (limit {100 * spread_limit:.0f}%), so the 'of GEMM' "
+                "share is doubtful"]
+    medians = {(r["config"], run["machine"]["threads"], q): r[f"{q}_ms"] for run in runs for r in run["results"]
+               for q in TIMED if r.get(f"{q}_ms") is not None}
+    notes: list[str] = []
+    for run in runs:
+        threads = run["machine"]["threads"]
+        for r in run["results"]:
+            samples = r.get("samples_ms", {})
+            spreads = {q: relative_spread(values) for q, values in samples.items()}
+            unstable: dict[str, list[str]] = {}
+            for q, spread in spreads.items():
+                if spread is not None and spread > spread_limit:
+                    unstable.setdefault(q, []).append(
+                        f"{_where(threads, r['config'])}, {TIMED.get(q, q)}: its {len(samples[q])} repeats spread "
+                        f"over {100 * spread:.0f}% of their median (limit {100 * spread_limit:.0f}%)")
+            for (config, fewer, q), before in medians.items():
+                now = medians.get((r["config"], threads, q))
+                if config == r["config"] and fewer < threads and now is not None and now > slowdown_limit * before:
+                    unstable.setdefault(q, []).append(
+                        f"{_where(threads, config)}, {TIMED[q]}: {now:.0f} ms, {now / before:.2f}x its {before:.0f} ms "
+                        f"on {fewer} (limit {slowdown_limit}x): more threads were slower, so they competed with other "
+                        "work")
+            unstable.update(machine_problems[threads])
+            r["stability"] = {"stable": not unstable, "spreads": spreads, "unstable": unstable}
+            notes += [text for reasons in unstable.values() for text in reasons if text not in notes]
+    return notes
+
+
+def ratio_is_void(result: dict[str, Any], kind: str) -> bool:
+    """Whether the ``kind`` ("train" or "infer") ratio of an assessed result rests on an unstable timing."""
+    unstable = result.get("stability", {}).get("unstable", {})
+    return any(key in unstable for key in (f"tinymixer_{kind}", f"pytorch_{kind}", "gemm_scaling"))
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # The driver: one worker process per thread count, then a table
 
 
 def _format_table(runs: list[dict[str, Any]]) -> str:
+    """The results as a table; a timing that failed a stability check has a "!", a ratio resting on one reads
+    "unstable" (``assess_stability`` must have run)."""
     header = ("size", "thr", "train ms", "torch ms", "ratio", "infer ms", "torch ms", "ratio", "img/s", "GFLOP/s",
               "of GEMM", "peak MB", "torch MB")
     lines = [" | ".join(header), " | ".join("-" * len(h) for h in header)]
     for run in runs:
         for r in run["results"]:
-            def get(key: str, fmt: str, r: dict = r) -> str:
-                return format(r[key], fmt) if r.get(key) is not None else "-"
+            unstable = r.get("stability", {}).get("unstable", {})
+
+            def get(key: str, fmt: str, r: dict = r, unstable: dict = unstable) -> str:
+                if r.get(key) is None:
+                    return "-"
+                flag = "!" if key.removesuffix("_ms") in unstable else ""
+                return format(r[key], fmt) + flag
+
+            def ratio(kind: str, r: dict = r) -> str:
+                return "unstable" if r.get(f"{kind}_ratio") is not None and ratio_is_void(r, kind) \
+                    else get(f"{kind}_ratio", ".2f")
+
+            of_gemm = f"{100 * r['fraction_of_gemm_peak']:.0f}%" + (
+                "!" if {"gemm_spread", "gemm_scaling", "tinymixer_train"} & set(unstable) else "")
             lines.append(" | ".join([
-                r["config"], str(r["threads"]), get("tinymixer_train_ms", ".0f"), get("pytorch_train_ms", ".0f"),
-                get("train_ratio", ".2f"), get("tinymixer_infer_ms", ".0f"), get("pytorch_infer_ms", ".0f"),
-                get("infer_ratio", ".2f"), get("tinymixer_train_images_per_s", ".0f"),
-                get("tinymixer_train_gflops", ".0f"), f"{100 * r['fraction_of_gemm_peak']:.0f}%",
+                r["config"], str(r["threads"]) + ("!" if "gemm_scaling" in unstable else ""),
+                get("tinymixer_train_ms", ".0f"), get("pytorch_train_ms", ".0f"), ratio("train"),
+                get("tinymixer_infer_ms", ".0f"), get("pytorch_infer_ms", ".0f"), ratio("infer"),
+                get("tinymixer_train_images_per_s", ".0f"), get("tinymixer_train_gflops", ".0f"), of_gemm,
                 get("tinymixer_train_peak_mb", ".0f"), get("pytorch_train_peak_mb", ".0f")]))
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--configs", nargs="+", default=["tiny/4", "small/4"])
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--repeats", type=int, default=7, help="timed repetitions (the median is reported)")
-    p.add_argument("--backend", default="numpy", choices=["numpy", "cupy", "auto"])
+def _legend(repeats: int) -> str:
+    """What the table's columns are, printed under it."""
+    return "\n".join([
+        f"ratio = tinymixer time / PyTorch time (below 1: tinymixer is faster); times are medians of {repeats} "
+        "interleaved runs",
+        "GFLOP/s = the model's matrix-multiply FLOPs in one training step (3x the forward's) / tinymixer's median "
+        "step time",
+        "of GEMM = that rate as a share of this machine's float32 GEMM rate on as many threads (best of 5 2048^3 "
+        "matrix multiplies, in the header line): the part of the matrix multiplies' best speed the whole step reaches",
+        "peak MB = peak resident memory of model + optimiser + 3 training steps, each framework in a process of its "
+        "own",
+        f"! = a timing failed a stability check (below); \"unstable\" = a ratio not reported because one of its "
+        f"timings did (limits: spread of the repeats {100 * SPREAD_LIMIT:.0f}% of their median, GEMM scaling "
+        f"{GEMM_SCALING_LIMIT} of linear, {SLOWDOWN_LIMIT}x slower with more threads)",
+    ])
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (then exit code 2), usage left to --help."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help with every default shown, and the examples' lines kept as written."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _parser() -> _Parser:
+    from .model import SIZES
+
+    p = _Parser(prog="python -m tinymixer.bench", description=__doc__.split("\n\n")[0],
+                epilog="examples:\n" + __doc__.split("\n\n")[1].rstrip(), formatter_class=_HelpFormatter)
+    p.add_argument("--configs", nargs="+", default=["tiny/4", "small/4"], choices=list(SIZES), metavar="SIZE",
+                   help=f"model sizes to time, of: {', '.join(SIZES)}")
+    p.add_argument("--batch-size", type=_positive_int, default=128, help="images per training step")
+    p.add_argument("--image-size", type=_positive_int, default=32,
+                   help="image height and width in pixels (a multiple of every size's patch size)")
+    p.add_argument("--threads", type=_positive_int, nargs="+", default=[1, 2],
+                   help="thread counts to measure, each in a fresh process")
+    p.add_argument("--repeats", type=_positive_int, default=7,
+                   help="timed repetitions of each step (the median is reported, their spread judged)")
+    p.add_argument("--backend", default="numpy", choices=["numpy", "cupy", "auto"], help="tinymixer's array backend")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
-    p.add_argument("--json", type=Path, help="also write all results to this JSON file")
+    p.add_argument("--json", type=Path, help="also write all results, samples and stability verdicts to this file")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--memory-of", help=argparse.SUPPRESS)
+    return p
+
+
+def _check_args(p: _Parser, args: argparse.Namespace) -> None:
+    """Refuse, before anything runs, the option values that would only fail inside a worker."""
+    from . import set_backend
+    from .model import SIZES
+
+    for config in args.configs:
+        patch = SIZES[config].patch_size
+        if args.image_size % patch:
+            p.error(f"--image-size {args.image_size} is not a multiple of {config}'s patch size {patch}")
+    if args.json is not None and not args.json.parent.is_dir():
+        p.error(f"--json {args.json}: folder {args.json.parent} does not exist")
+    if args.backend == "cupy":
+        try:
+            set_backend("cupy")
+        except RuntimeError as exc:
+            p.error(f"--backend cupy: {exc}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark from the command line (``python -m tinymixer.bench --help``); returns the exit code."""
+    p = _parser()
     args = p.parse_args(argv)
     if args.memory_of:
         print(json.dumps(memory_worker(args.configs[0], args.memory_of, args.batch_size, args.image_size)))
@@ -365,6 +568,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         print(json.dumps(worker(args)))
         return 0
+    _check_args(p, args)
     runs = []
     for threads in args.threads:
         env = dict(os.environ, **{v: str(threads) for v in THREAD_VARIABLES})
@@ -392,10 +596,14 @@ def main(argv: list[str] | None = None) -> int:
     note = _different_blas_note(runs[0]["machine"])
     if note:
         print(note)
+    footnotes = assess_stability(runs)
     print()
     print(_format_table(runs))
-    print("\nratio = tinymixer time / PyTorch time (below 1: tinymixer is faster); medians of", args.repeats,
-          "interleaved runs; peak MB = peak resident memory of model + optimiser + 3 training steps")
+    print()
+    print(_legend(args.repeats))
+    if footnotes:
+        print("\nUnstable timings (the machine was busy with other work? rerun on a quiet machine):")
+        print("\n".join(f"! {text}" for text in footnotes))
     if args.json:
         args.json.write_text(json.dumps(runs, indent=2))
         print(f"results: {args.json}")
