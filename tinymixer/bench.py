@@ -279,7 +279,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
             use_torch = False
     info: dict[str, Any] = {"threads": args.threads[0], "backend": tm.backend_name(), "numpy": np.__version__,
                             "torch": __import__("torch").__version__ if use_torch else None,
-                            "gemm_gflops_samples": _gemm_gflops(np), "blas": _blas_description(),
+                            "gemm_gflops_samples": _gemm_gflops(np), "blas": blas_description(),
                             "blas_libraries": _blas_libraries(), "torch_blas": _torch_blas() if use_torch else None,
                             "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
                             "blas_thread_sleep": {k: os.environ.get(k) for k in tm.BLAS_THREADS_SLEEP_AT_ONCE},
@@ -325,7 +325,7 @@ def _different_blas_note(machine: dict[str, Any]) -> str | None:
             "ratios include the difference between their matrix multiplies (README, Performance)")
 
 
-def _blas_description() -> str:
+def blas_description() -> str:
     """Which BLAS library, kernel and thread count actually loaded (needs threadpoolctl, as numpy.show_runtime)."""
     blas = _loaded_blas()
     if blas is None:
