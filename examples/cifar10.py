@@ -1,28 +1,31 @@
 """Train an MLP-Mixer from scratch on CIFAR-10 with NumPy (or CuPy on a GPU), every gradient written by hand.
 
     python examples/cifar10.py                          # download CIFAR-10 once, train, evaluate, plot
-    python examples/cifar10.py --resume                 # continue the run in --out exactly where it stopped
-    python examples/cifar10.py --evaluate runs/cifar10/checkpoint.npz   # accuracy + confusion matrix only
-    python examples/cifar10.py --help                   # every option
+    python examples/cifar10.py --data-dir mydata        # your own data: a CIFAR-layout folder (or its parent)
+    python examples/cifar10.py --resume --out runs/x    # continue the run in runs/x exactly where it stopped
+    python examples/cifar10.py --evaluate runs/x/checkpoint.npz   # accuracy + confusion matrix only
+    python examples/cifar10.py --help                   # every option, with its default
 
 The recipe is the paper's fine-tuning recipe: SGD with momentum 0.9, gradient clipping at global norm 1, a linear
 warm-up then cosine decay of the learning rate, no weight decay. Images are scaled to [-1, 1] as in the official
-input pipeline, and augmented with the standard random crop (4-pixel zero padding) and horizontal flip.
+input pipeline, and augmented with the standard random crop (zero padding of 1/8 of the image) and horizontal flip.
 
-Any folder in the CIFAR "python version" layout works (--data-dir): the image size and the classes are read from
-its files. Everything the run produces goes to --out: metrics.json, learning_curves.png, confusion_matrix.png and
-checkpoint.npz (rewritten atomically after every epoch, and on Ctrl-C).
+Any folder in the CIFAR "python version" layout works (--data-dir; `python -m tinymixer.data` makes one from NumPy
+arrays): the image size, channels and classes are read from its files. Everything the run produces goes to --out:
+checkpoint.npz (rewritten atomically after every epoch, and on Ctrl-C), best.npz (the best epoch so far),
+metrics.json, metrics.csv, learning_curves.png and confusion_matrix.png. A new run never replaces a finished one
+(--resume continues it, --overwrite replaces it). --resume needs no other option: the run's options are in its
+checkpoint; an option given again overrides the remembered one, with a note.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
-import os
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -41,135 +44,385 @@ from tinymixer.data import (
     DataError,
     Dataset,
     augment,
-    ensure_cifar10,
+    find_data,
     load_folder,
     mixup,
     normalize,
 )
 from tinymixer.evaluate import confusion_matrix, evaluate, format_confusion_matrix
+from tinymixer.files import atomic_open
 from tinymixer.plots import plot_confusion_matrix, plot_learning_curves
 from tinymixer.train import train_step
 
+# The options a checkpoint remembers, restored by --resume (the rest belong to one invocation: --out, --resume,
+# --backend, progress and logging). The model's shape is remembered as the model itself (meta["model"]).
+REMEMBERED = ["config", "patch_size", "dtype", "data_dir", "data_url", "data_md5", "validation", "limit_train",
+              "limit_test", "epochs", "batch_size", "lr", "warmup", "clip", "momentum", "weight_decay",
+              "label_smoothing", "mixup", "crop_padding", "flip", "seed"]
+MODEL_OPTIONS = ["config", "patch_size", "dtype"]
+MIN_TOKENS = 16  # the automatic patch size keeps at least a 4 x 4 grid of tokens for token mixing to mix
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--config", default="micro/4", choices=list(tm.SIZES), help="model size (default micro/4)")
-    p.add_argument("--patch-size", type=int, help="override the size's patch size")
-    p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.05, help="peak learning rate")
-    p.add_argument("--warmup", type=int, default=200, help="linear warm-up steps")
-    p.add_argument("--clip", type=float, default=1.0, help="clip gradients at this global norm (0: off)")
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=0.0, help="decoupled weight decay (the recipe: 0)")
-    p.add_argument("--label-smoothing", type=float, default=0.0)
-    p.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0: off)")
-    p.add_argument("--crop-padding", type=int, default=4, help="random-crop padding in pixels (0: no crop)")
-    p.add_argument("--no-flip", action="store_true", help="no horizontal flips (e.g. for digits)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument("--backend", default="auto", choices=["auto", "numpy", "cupy"])
-    p.add_argument("--data-dir", type=Path, help=f"data folder (default ${DATA_DIR_ENV} or ~/.cache/tinymixer)")
-    p.add_argument("--no-download", action="store_true", help="never touch the network")
-    p.add_argument("--data-url", default=CIFAR10_URL, help="where to download the archive from (e.g. a mirror)")
-    p.add_argument("--data-md5", default=CIFAR10_MD5, help="the MD5 the downloaded archive must have")
-    p.add_argument("--validation", type=int, default=0, help="hold out N training images and report on them "
-                                                             "instead of the test set")
-    p.add_argument("--limit-train", type=int, help="use only the first N training images (quick runs)")
-    p.add_argument("--limit-test", type=int, help="evaluate on only the first N test images")
-    p.add_argument("--out", type=Path, default=Path("runs/cifar10"), help="run directory")
-    p.add_argument("--resume", nargs="?", const="auto", metavar="CHECKPOINT",
-                   help="continue from CHECKPOINT (default: --out/checkpoint.npz)")
-    p.add_argument("--stop-after-epoch", type=int, metavar="N", help="stop (with a checkpoint) after epoch N, keeping "
-                                                                     "the schedule of --epochs; --resume continues")
-    p.add_argument("--evaluate", type=Path, metavar="CHECKPOINT", help="only evaluate this checkpoint on the test set")
-    p.add_argument("--log-every", type=int, default=10, help="steps between progress-bar updates (each reads the "
-                                                              "loss back from the device)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return p.parse_args(argv)
+
+# ----------------------------------------------------------------------------------------------------------------
+# Options: parsed, checked up front, remembered by the checkpoint
+
+
+class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows every default, except the empty ones (None, and False for on/off flags)."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=120)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return action.help if action.default in (None, False) else super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit code 2 (argparse's default prints the whole usage)
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def fail(message: str) -> None:
+    """A bad option or combination of options found after parsing: one line on stderr, exit code 2."""
+    print(f"cifar10.py: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def number(kind: type, low: float, high: float | None = None, low_open: bool = False):
+    """An argparse type: a ``kind`` (int or float) in [low, high] (or (low, high] when ``low_open``)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            kind_name = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {kind_name}") from None
+        too_low = value < low or (low_open and value == low)
+        if not math.isfinite(value) or too_low or (high is not None and value > high):
+            bounds = f"{'>' if low_open else '>='} {low}" + (f" and <= {high}" if high is not None else "")
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
+        return value
+    return parse
+
+
+def int_or_auto(text: str) -> int | str:
+    return "auto" if text == "auto" else number(int, 0)(text)
+
+
+def warmup_spec(text: str) -> str:
+    try:
+        tm.warmup_steps(text, total_steps=10**9, steps_per_epoch=1)  # the syntax only; the length is checked later
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="cifar10.py", description=__doc__.split("\n\n")[0],
+               formatter_class=HelpWithDefaults)
+    pos, whole, chance = number(int, 1), number(int, 0), number(float, 0, 1)
+    model = p.add_argument_group("model")
+    model.add_argument("--config", default="micro/4", choices=list(tm.SIZES), metavar="SIZE",
+                       help=f"model size, one of {', '.join(tm.SIZES)}")
+    model.add_argument("--patch-size", type=int_or_auto, metavar="P", default="auto",
+                       help=f"patch size; auto: the size's, or smaller where it would leave fewer than {MIN_TOKENS} "
+                            f"tokens (patch 2 on 8x8 images)")
+    model.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="floating-point type")
+
+    data = p.add_argument_group("data")
+    data.add_argument("--data-dir", type=Path, metavar="DIR",
+                      help=f"a CIFAR-layout folder or its parent (default: CIFAR-10 in ${DATA_DIR_ENV} or "
+                           f"~/.cache/tinymixer, downloaded once)")
+    data.add_argument("--download", action="store_true", help="download CIFAR-10 into --data-dir if it is not there")
+    data.add_argument("--no-download", action="store_true", help="never touch the network")
+    data.add_argument("--data-url", default=CIFAR10_URL, help="where to download the archive from (e.g. a mirror)")
+    data.add_argument("--data-md5", default=CIFAR10_MD5, help="the MD5 the downloaded archive must have")
+    data.add_argument("--validation", type=whole, metavar="N", default=0,
+                      help="hold out N training images and evaluate on them instead of the test set (0: off)")
+    data.add_argument("--limit-train", type=pos, metavar="N",
+                      help="use only the first N training images (quick runs)")
+    data.add_argument("--limit-test", type=pos, metavar="N",
+                      help="evaluate on only the first N test (or validation) images")
+
+    train = p.add_argument_group("training (the paper's fine-tuning recipe)")
+    train.add_argument("--epochs", type=pos, metavar="N", default=15, help="epochs to train")
+    train.add_argument("--batch-size", type=pos, metavar="N", default=128, help="images per step")
+    train.add_argument("--lr", type=number(float, 0, low_open=True), default=0.05, help="peak learning rate")
+    train.add_argument("--warmup", type=warmup_spec, metavar="SPEC", default="5%",
+                       help="linear warm-up: a percentage of the run (5%%), epochs (2ep) or steps (200)")
+    train.add_argument("--clip", type=number(float, 0), metavar="NORM", default=1.0,
+                       help="clip gradients at this global norm (0: off)")
+    train.add_argument("--momentum", type=number(float, 0, 1), default=0.9, help="SGD momentum")
+    train.add_argument("--weight-decay", type=number(float, 0), default=0.0, help="decoupled weight decay")
+    train.add_argument("--label-smoothing", type=chance, default=0.0, help="label smoothing")
+    train.add_argument("--mixup", type=number(float, 0), metavar="ALPHA", default=0.0, help="mixup alpha (0: off)")
+    train.add_argument("--crop-padding", type=int_or_auto, metavar="PIXELS", default="auto",
+                       help="random-crop padding in pixels; auto: 1/8 of the image side (4 on 32x32); 0: no crop")
+    train.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
+                       help="random horizontal flips (--no-flip e.g. for digits)")
+    train.add_argument("--seed", type=int, default=0, help="seed of the weights, the data order and augmentation")
+
+    run = p.add_argument_group("the run")
+    run.add_argument("--out", type=Path, metavar="DIR", default=Path("runs/cifar10"), help="run folder")
+    run.add_argument("--resume", nargs="?", const="auto", metavar="CHECKPOINT",
+                     help="continue the run in --out (or from CHECKPOINT) with its remembered options")
+    run.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds a run (replacing it)")
+    run.add_argument("--stop-after-epoch", type=pos, metavar="N",
+                     help="stop (with a checkpoint) after epoch N, keeping the schedule of --epochs")
+    run.add_argument("--evaluate", type=Path, metavar="CHECKPOINT",
+                     help="only evaluate CHECKPOINT (on the test set, or --validation N's split); output goes beside "
+                          "it, or to --out when given")
+    run.add_argument("--backend", default="auto", choices=["auto", "numpy", "cupy"], help="array library")
+    run.add_argument("--log-every", type=pos, metavar="N", default=10,
+                     help="steps between progress-bar updates (each reads the loss back from the device)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, set[str]]:
+    """The options, and which of them were given on the command line (not defaults)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.download and args.no_download:
+        parser.error("--download and --no-download contradict each other")
+    unset = object()
+    parser.set_defaults(**{name: unset for name in vars(args)})
+    given = {name for name, value in vars(parser.parse_args(argv)).items() if value is not unset}
+    return args, given
+
+
+def remembered_argv(options: dict) -> list[str]:
+    """A checkpoint's remembered options as command-line words (older checkpoints kept every value as text)."""
+    options = dict(options)
+    if "no_flip" in options:  # before --flip/--no-flip
+        options["flip"] = options.pop("no_flip") in (False, "False")
+    words = []
+    for name in REMEMBERED:
+        value, flag = options.get(name), "--" + name.replace("_", "-")
+        if value in (None, "None"):
+            continue
+        if name == "flip":
+            words.append("--flip" if value in (True, "True") else "--no-flip")
+        else:
+            words.append(f"{flag}={value}")
+    return words
+
+
+def with_remembered_options(meta: dict, argv: list[str], given: set[str], verb: str) -> argparse.Namespace:
+    """The options of the run a checkpoint holds, overridden by those given now (each change noted)."""
+    saved = meta.get("options") or meta.get("args") or {}
+    before, _ = parse_args(remembered_argv(saved))
+    args, _ = parse_args(remembered_argv(saved) + argv)
+    for name in sorted(given & set(REMEMBERED)):
+        old, new = getattr(before, name), getattr(args, name)
+        if old != new:
+            flag = "--" + name.replace("_", "-")
+            if name in MODEL_OPTIONS and verb == "resumed":
+                fail(f"the run being resumed was trained with {flag} {old}; {flag} {new} cannot change it (leave "
+                     f"model options out on --resume: they are remembered), or start a new run with another --out")
+            print(f"note: {flag} is {new} now, {old} in the run being {verb}")
+    return args
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data and model
 
 
 def load_data(args: argparse.Namespace) -> Dataset:
-    folder = ensure_cifar10(args.data_dir, url=args.data_url, md5=args.data_md5, download_ok=not args.no_download,
-                            progress=not args.no_progress)
+    folder = find_data(args.data_dir, download=False if args.no_download else (True if args.download else None),
+                       url=args.data_url, md5=args.data_md5, progress=not args.no_progress)
     data = load_folder(folder)
+    h, w, c = data.image_shape
+    print(f"data: {folder} ({len(data.train_labels)} training and {len(data.test_labels)} test images, {h}x{w}x{c}, "
+          f"{data.num_classes} classes)")
     if args.validation:
+        if args.validation >= len(data.train_labels):
+            fail(f"--validation {args.validation} holds out every training image (there are "
+                 f"{len(data.train_labels)}); hold out fewer")
         data = data.split_validation(args.validation, seed=args.seed)
     n, m = args.limit_train, args.limit_test  # None keeps everything
     return Dataset(data.train_images[:n], data.train_labels[:n], data.test_images[:m], data.test_labels[:m],
                    data.class_names)
 
 
-def evaluate_only(args: argparse.Namespace) -> int:
-    """--evaluate: rebuild the model from the checkpoint, report accuracy and the confusion matrix."""
+def auto_patch_size(size_patch: int, h: int, w: int) -> int:
+    """The size's patch size if it tiles the image into at least MIN_TOKENS patches, else the largest smaller one
+    that does (so that an 8x8 image is not cut into 4 tokens)."""
+    fits = [p for p in range(size_patch, 0, -1) if h % p == 0 and w % p == 0 and (h // p) * (w // p) >= MIN_TOKENS]
+    return fits[0] if fits else 1
+
+
+def build_model(args: argparse.Namespace, data: Dataset) -> tm.MlpMixer:
+    h, w, c = data.image_shape
+    patch = args.patch_size
+    if patch == "auto":
+        size_patch = tm.SIZES[args.config].patch_size
+        patch = auto_patch_size(size_patch, h, w)
+        if patch != size_patch:
+            print(f"note: patch size {patch}: {args.config}'s {size_patch} would leave "
+                  f"{(h // size_patch) * (w // size_patch) if h % size_patch == w % size_patch == 0 else 'no whole'}"
+                  f" tokens on {h}x{w} images (--patch-size sets it)")
+    try:
+        return tm.MlpMixer.from_name(args.config, num_classes=data.num_classes, image_size=(h, w), in_channels=c,
+                                     seed=args.seed, dtype=args.dtype, patch_size=patch)
+    except ValueError as exc:
+        fail(f"--patch-size {patch}: {exc}")
+
+
+def check_fits(model: tm.MlpMixer, data: Dataset, what: str) -> None:
+    h, w = model.image_size
+    if data.image_shape != (h, w, model.in_channels) or data.num_classes != model.num_classes:
+        hd, wd, cd = data.image_shape
+        fail(f"{what} takes {h}x{w}x{model.in_channels} images of {model.num_classes} classes, but the data has "
+             f"{hd}x{wd}x{cd} images of {data.num_classes} classes: is --data-dir the data it was trained on?")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# --evaluate
+
+
+def evaluate_only(args: argparse.Namespace, argv: list[str], given: set[str]) -> int:
+    """--evaluate: rebuild the model from the checkpoint, report accuracy and the confusion matrix. The data's
+    location comes from the checkpoint unless given; the test set is used unless --validation N is given."""
+    meta = load_checkpoint(args.evaluate)[2]
     model = load_model(args.evaluate)
+    if meta.get("options") or meta.get("args"):
+        args = with_remembered_options(meta, argv, given, "evaluated")
+        if "validation" not in given:
+            args.validation = 0
+        if "limit_test" not in given:
+            args.limit_test = None
     data = load_data(args)
+    check_fits(model, data, f"the model in {args.evaluate}")
+    split = "validation" if args.validation else "test"
     result = evaluate(model, data.test_images, data.test_labels, args.batch_size)
     counts = confusion_matrix(data.test_labels, result["predictions"], data.num_classes)
-    print(f"test accuracy {100 * result['accuracy']:.2f}%  loss {result['loss']:.4f}  ({len(data.test_labels)} images)")
+    print(f"{split} accuracy {100 * result['accuracy']:.2f}%  loss {result['loss']:.4f}  "
+          f"({len(data.test_labels)} images)")
     print(format_confusion_matrix(counts, data.class_names))
-    args.out.mkdir(parents=True, exist_ok=True)
-    print("confusion matrix:", plot_confusion_matrix(counts, data.class_names, args.out / "confusion_matrix.png"))
+    out = args.out if "out" in given else args.evaluate.parent
+    out.mkdir(parents=True, exist_ok=True)
+    print("confusion matrix:", plot_confusion_matrix(counts, data.class_names, out / f"confusion_matrix_{split}.png",
+                                                     title=f"{split} set"))
     return 0
 
 
-def write_json_atomically(path: Path, obj: object) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+# ----------------------------------------------------------------------------------------------------------------
+# Outputs
+
+
+def write_metrics(out: Path, history: list[dict], summary: dict) -> None:
+    """metrics.json (everything) and metrics.csv (one row per epoch), each replaced atomically."""
+    with atomic_open(out / "metrics.json", "w") as f:
+        json.dump(summary | {"epochs": history}, f, indent=2)
+    with atomic_open(out / "metrics.csv", "w") as f:
+        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    tm.set_backend(args.backend)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, given = parse_args(argv)
+    try:
+        tm.set_backend(args.backend)
+    except (RuntimeError, ValueError) as exc:
+        fail(f"--backend {args.backend}: {exc}")
     if args.evaluate:
-        return evaluate_only(args)
-    data = load_data(args)
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    checkpoint_path = out / "checkpoint.npz"
+        return evaluate_only(args, argv, given)
 
-    # --- the model, the optimiser and the training state (fresh, or restored from a checkpoint) ---------------
+    # --- a fresh run, or the run in --out continued with its remembered options -----------------------------------
+    out = args.out
+    checkpoint_path, best_path = out / "checkpoint.npz", out / "best.npz"
+    resumed = None
+    if args.resume:
+        path = checkpoint_path if args.resume == "auto" else Path(args.resume)
+        if args.resume == "auto" and not path.exists():
+            fail(f"--resume: {out} holds no run ({path} does not exist); start one without --resume, or give "
+                 f"--out the run's folder")
+        params, momentum, meta = load_checkpoint(path)
+        args = with_remembered_options(meta, argv, given, "resumed")
+        resumed = path, params, momentum, meta
+    elif checkpoint_path.exists() and not args.overwrite:
+        epoch = load_checkpoint(checkpoint_path)[2].get("state", {}).get("epoch", "?")
+        fail(f"{out} already holds a run (checkpoint.npz, {epoch} epoch(s) trained). Continue it with --resume "
+             f"--out {out}, choose another --out, or pass --overwrite to replace it")
+    data = load_data(args)
+    split = "validation" if args.validation else "test"  # what the evaluation set is, named so everywhere
+
+    if resumed:
+        path, params, momentum, meta = resumed
+        model = tm.MlpMixer(**meta["model"])
+        check_fits(model, data, f"the run in {path}")
+        load_params_into(model, params, path)
+    else:
+        model = build_model(args, data)
     h, w, c = data.image_shape
-    overrides = {"patch_size": args.patch_size} if args.patch_size else {}
-    model = tm.MlpMixer.from_name(args.config, num_classes=data.num_classes, image_size=(h, w), in_channels=c,
-                                  seed=args.seed, dtype=args.dtype, **overrides)
+    crop = round(min(h, w) / 8) if args.crop_padding == "auto" else args.crop_padding
     optimizer = tm.SGD(momentum=args.momentum, weight_decay=args.weight_decay)
     shards = len(batch_shards(args.batch_size, model.xp))  # how a step spreads over the cores (see chunks.py)
     steps_per_epoch = len(data.train_labels) // args.batch_size
     if steps_per_epoch == 0:
-        raise SystemExit(f"error: {len(data.train_labels)} training images is less than one batch of "
-                         f"{args.batch_size}; lower --batch-size")
+        fail(f"{len(data.train_labels)} training images is less than one batch of {args.batch_size}; lower "
+             f"--batch-size")
     total_steps = args.epochs * steps_per_epoch
-    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "history": [],
+    try:
+        warmup = tm.warmup_steps(args.warmup, total_steps, steps_per_epoch)
+    except ValueError as exc:
+        fail(f"--warmup: {exc}")
+
+    def lr_at(step: int) -> float:
+        return tm.warmup_cosine(step, args.lr, total_steps, warmup)
+
+    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "history": [], "best": None,
              "running": {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0, "data_seconds": 0.0}}
-    if args.resume:
-        path = checkpoint_path if args.resume == "auto" else Path(args.resume)
-        params, momentum, meta = load_checkpoint(path)
-        if meta.get("model") != model.config():
-            raise CheckpointError(f"{path} was trained with model {meta.get('model')}, but the options now give "
-                                  f"{model.config()}; pass the same --config/--patch-size/--dtype")
-        load_params_into(model, params, path)
+    if resumed:
         optimizer.state = {k: model.xp.asarray(v) for k, v in momentum.items()}
-        state = meta["state"]
+        state = {"best": None} | meta["state"]
+        for record in state["history"]:  # checkpoints before the evaluation split was named called it "test"
+            for key in ("loss", "accuracy"):
+                record.setdefault(f"{split}_{key}", record.pop(f"test_{key}", None))
+        before = meta.get("schedule", {})
+        if state["epoch"] > args.epochs:
+            fail(f"the run being resumed has trained {state['epoch']} epochs already; --epochs {args.epochs} is "
+                 f"fewer (give at least {state['epoch']})")
+        # The schedule counts steps; if the batch size, the data or the number of epochs changed, the run continues
+        # at the same place in its epoch (the same images seen) on the schedule fitted to the new run.
+        old_batch = int(before.get("batch_size", args.batch_size))
+        state["step_in_epoch"] = min(steps_per_epoch, state["step_in_epoch"] * old_batch // args.batch_size)
+        global_step = state["epoch"] * steps_per_epoch + state["step_in_epoch"]
+        now = {"batch_size": args.batch_size, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
+               "warmup_steps": warmup}
+        if before and any(before.get(k) != v for k, v in now.items()) or global_step != state["global_step"]:
+            was = ""
+            if {"lr", "total_steps", "warmup_steps"} <= before.keys():
+                then = tm.warmup_cosine(state["global_step"], before["lr"], before["total_steps"],
+                                        before["warmup_steps"])
+                was = f" (it was {then:.4g})"
+            print(f"note: the schedule is re-fitted to the options now: {args.epochs} epochs of {steps_per_epoch} "
+                  f"steps ({total_steps} steps, {warmup} of warm-up); continuing at step {global_step}, learning rate "
+                  f"{lr_at(global_step):.4g}{was}")
+        state["global_step"] = global_step
         print(f"resumed from {path}: epoch {state['epoch'] + 1}, step {state['global_step']}")
-        before = meta.get("args", {})
-        for name in ("epochs", "batch_size", "lr", "warmup", "seed", "limit_train", "validation"):
-            if name in before and before[name] != str(getattr(args, name)):
-                print(f"note: --{name.replace('_', '-')} is {getattr(args, name)} now, {before[name]} in the run "
-                      f"being resumed: the schedule or the data order changes from here on")
         if meta.get("shards", shards) != shards:
             print(f"note: the batch was cut into {meta['shards']} shard(s) (one per thread) in the run being resumed "
                   f"and {shards} now: the weights will differ from an uninterrupted run in the last bits")
-    print(f"MLP-Mixer {args.config}: {model.num_params():,} parameters, {model.flops_per_image() / 1e6:.1f} MFLOPs "
-          f"per image (forward); {len(data.train_labels)} training and {len(data.test_labels)} test images "
-          f"{h}x{w}x{c}, {data.num_classes} classes; backend {tm.backend_name()}, {args.dtype}, batch in {shards} "
-          f"shard(s) (one per thread; TINYMIXER_THREADS sets it)")
+    print(f"MLP-Mixer {args.config}: {model.num_params():,} parameters, patch {model.patch_size} ({model.num_tokens} "
+          f"tokens), {model.flops_per_image() / 1e6:.1f} MFLOPs per image (forward); {len(data.train_labels)} "
+          f"training and {len(data.test_labels)} {split} images; {args.epochs} epochs of {steps_per_epoch} steps, "
+          f"warm-up {warmup} steps, crop padding {crop}, flip {'on' if args.flip else 'off'}; backend "
+          f"{tm.backend_name()}, {args.dtype}, batch in {shards} shard(s) (one per thread; TINYMIXER_THREADS sets it)")
+    if split == "test" and not resumed:
+        print("note: best.npz is picked by test accuracy, which makes the test set part of model selection; hold "
+              "out a validation split (--validation N) for an honest choice")
+
+    def remembered_options() -> dict:
+        return {name: (str(v) if isinstance(v, Path) else v) for name, v in vars(args).items() if name in REMEMBERED}
 
     def save(reason: str) -> None:
-        meta = {"model": model.config(), "state": state, "args": {k: str(v) for k, v in vars(args).items()},
-                "shards": shards}
+        options = remembered_options()
+        schedule = {"batch_size": args.batch_size, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
+                    "warmup_steps": warmup, "lr": args.lr}
+        meta = {"model": model.config(), "state": state, "options": options, "schedule": schedule, "shards": shards}
         save_checkpoint(checkpoint_path, model.params, optimizer.state, meta)
         tqdm.write(f"checkpoint ({reason}): {checkpoint_path}")
 
@@ -181,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
     previous_handler = signal.signal(signal.SIGINT, on_sigint)
-    test = None  # the last evaluation
+    result = None  # the last evaluation
     try:
         # --- the training loop ---------------------------------------------------------------------------------
         for epoch in range(state["epoch"], args.epochs):
@@ -193,11 +446,12 @@ def main(argv: list[str] | None = None) -> int:
                        initial=state["step_in_epoch"], total=steps_per_epoch, disable=args.no_progress,
                        dynamic_ncols=True, leave=False)
             loss_sum, correct_sum = model.xp.zeros((), np.float64), model.xp.zeros((), np.int64)  # on the device
+            lr = lr_at(state["global_step"])
             for step in bar:
                 t0 = time.perf_counter()
                 rng = np.random.default_rng([args.seed, epoch, step])
                 index = order[step * args.batch_size:(step + 1) * args.batch_size]
-                images = augment(data.train_images[index], rng, args.crop_padding, flip=not args.no_flip)
+                images = augment(data.train_images[index], rng, crop, flip=args.flip)
                 images, labels = normalize(images, model.dtype), data.train_labels[index]
                 t1 = time.perf_counter()
 
@@ -205,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.mixup:
                     images, labels, partner, lam = mixup(images, labels, args.mixup, rng)
                     mix = (partner, lam)
-                lr = tm.warmup_cosine(state["global_step"], args.lr, total_steps, min(args.warmup, total_steps))
+                lr = lr_at(state["global_step"])
                 # forward -> loss -> backward -> clip -> SGD update (tinymixer/train.py, ten lines)
                 loss, logits = train_step(model, optimizer, images, labels, lr, args.clip, args.label_smoothing, mix)
 
@@ -237,38 +491,47 @@ def main(argv: list[str] | None = None) -> int:
                     return 130
             bar.close()
 
-            # --- end of an epoch: evaluate, record, checkpoint, plot -----------------------------------------------
-            test = evaluate(model, data.test_images, data.test_labels, args.batch_size)
-            record = {"epoch": epoch + 1, "train_loss": run["loss"] / run["seen"] * args.batch_size,
-                      "train_accuracy": run["correct"] / run["seen"], "test_loss": test["loss"],
-                      "test_accuracy": test["accuracy"], "lr": lr, "step": state["global_step"],
-                      "wall_time": run["seconds"], "images_per_sec": run["seen"] / run["seconds"],
-                      "data_time_fraction": run["data_seconds"] / run["seconds"]}
+            # --- end of an epoch: evaluate, record, checkpoint (the last and the best), plot ------------------------
+            result = evaluate(model, data.test_images, data.test_labels, args.batch_size)
+            seen, seconds = max(run["seen"], 1), max(run["seconds"], 1e-9)
+            record = {"epoch": epoch + 1, "train_loss": run["loss"] / seen * args.batch_size,
+                      "train_accuracy": run["correct"] / seen, f"{split}_loss": result["loss"],
+                      f"{split}_accuracy": result["accuracy"], "lr": lr, "step": state["global_step"],
+                      "wall_time": run["seconds"], "images_per_sec": run["seen"] / seconds,
+                      "data_time_fraction": run["data_seconds"] / seconds}
             state["history"].append(record)
             state.update(epoch=epoch + 1, step_in_epoch=0,
                          running={"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0, "data_seconds": 0.0})
+            is_best = state["best"] is None or result["accuracy"] > state["best"]["accuracy"]
+            if is_best:
+                state["best"] = {"epoch": epoch + 1, "accuracy": result["accuracy"], "split": split}
             tqdm.write(f"epoch {epoch + 1:3d}  train loss {record['train_loss']:.4f} acc "
-                       f"{100 * record['train_accuracy']:5.2f}%  |  test loss {record['test_loss']:.4f} acc "
-                       f"{100 * record['test_accuracy']:5.2f}%  |  {record['wall_time']:.0f}s, "
-                       f"{record['images_per_sec']:.0f} img/s, data {100 * record['data_time_fraction']:.1f}%")
+                       f"{100 * record['train_accuracy']:5.2f}%  |  {split} loss {result['loss']:.4f} acc "
+                       f"{100 * result['accuracy']:5.2f}%{' (best)' if is_best else ''}  |  lr {lr:.4g}  |  "
+                       f"{record['wall_time']:.0f}s, {record['images_per_sec']:.0f} img/s, data "
+                       f"{100 * record['data_time_fraction']:.1f}%")
+            if is_best:  # the weights alone (no optimiser state): for --evaluate and load_model
+                save_checkpoint(best_path, model.params, None, {"model": model.config(), "best": state["best"],
+                                                                "options": remembered_options()})
             save(f"epoch {epoch + 1}")
-            write_json_atomically(out / "metrics.json", {
+            write_metrics(out, state["history"], {
                 "config": args.config, "model": model.config(), "num_params": model.num_params(),
-                "epochs": state["history"], "test_accuracy": record["test_accuracy"],
-                "evaluated_on": "validation split" if args.validation else "test_batch"})
-            plot_learning_curves(state["history"], out / "learning_curves.png")
+                "evaluated_on": split, f"{split}_accuracy": result["accuracy"], "best": state["best"]})
+            plot_learning_curves(state["history"], out / "learning_curves.png", split=split)
             if args.stop_after_epoch and epoch + 1 >= args.stop_after_epoch and epoch + 1 < args.epochs:
                 print(f"stopped after epoch {epoch + 1} as asked; continue with --resume --out {out}")
                 return 0
     finally:
         signal.signal(signal.SIGINT, previous_handler)
 
-    if test is None:  # resumed a run that had already finished: nothing trained, evaluate what there is
-        test = evaluate(model, data.test_images, data.test_labels, args.batch_size)
-    counts = confusion_matrix(data.test_labels, test["predictions"], data.num_classes)
+    if result is None:  # resumed a run that had already finished: nothing trained, evaluate what there is
+        result = evaluate(model, data.test_images, data.test_labels, args.batch_size)
+    counts = confusion_matrix(data.test_labels, result["predictions"], data.num_classes)
     print(format_confusion_matrix(counts, data.class_names))
-    plot_confusion_matrix(counts, data.class_names, out / "confusion_matrix.png")
-    print(f"final test accuracy {100 * test['accuracy']:.2f}%; metrics, plots and checkpoint in {out}")
+    plot_confusion_matrix(counts, data.class_names, out / "confusion_matrix.png", title=f"{split} set")
+    best = state["best"]
+    best_text = f" (best {100 * best['accuracy']:.2f}% at epoch {best['epoch']}, in best.npz)" if best else ""
+    print(f"final {split} accuracy {100 * result['accuracy']:.2f}%{best_text}; checkpoint, metrics and plots in {out}")
     return 0
 
 

@@ -1,0 +1,259 @@
+"""examples/cifar10.py as a newcomer meets it: own data, runs that are never lost, resume with only --out, honest
+defaults and names, and every bad option a one-line error with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_cifar10_script import DIGITS_ARGS, SCRIPT, cifar10, digits_folder, params_of
+
+from tinymixer.checkpoint import load_checkpoint, load_model
+
+QUICK = ["--limit-train", "256", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> Path:
+    return digits_folder(tmp_path_factory.mktemp("digits"))
+
+
+def run_script(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+# --- 1. own data: --data-dir takes the folder or its parent, says what it found, never downloads into it ---------
+
+
+def test_data_dir_takes_the_folder_itself_or_its_parent(tmp_path, digits, capsys):
+    folder = digits / "cifar-10-batches-py"
+    for i, where in enumerate([digits, folder]):
+        assert cifar10.main(["--data-dir", str(where), "--epochs", "1", "--out", str(tmp_path / str(i))] + QUICK) == 0
+        assert f"data: {folder} (1437 training and 360 test images, 8x8x1, 10 classes)" in capsys.readouterr().out
+
+
+def test_data_dir_without_data_is_an_error_and_nothing_is_downloaded_into_it(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "data_batch_1").write_bytes(b"x")
+    result = run_script("--data-dir", str(mine), "--out", str(tmp_path / "run"), "--data-url", "http://127.0.0.1:9/x")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "no data set in" in result.stderr and "batches without batches.meta" in result.stderr
+    assert "--download" in result.stderr  # says how to download there, if that is what the user wants
+    assert sorted(p.name for p in mine.iterdir()) == ["data_batch_1"]  # untouched: no archive, no partial file
+
+
+def test_arrays_to_folder_converter(tmp_path):
+    rng = np.random.default_rng(0)
+    images, labels = rng.random((50, 6, 6)), rng.integers(0, 3, 50)  # grey floats in [0, 1]
+    np.savez(tmp_path / "a.npz", images=images, labels=labels, class_names=np.array(["a", "b", "c"]))
+    result = subprocess.run([sys.executable, "-m", "tinymixer.data", str(tmp_path / "a.npz"), str(tmp_path / "f"),
+                             "--test-size", "10"], capture_output=True, text=True)
+    assert result.returncode == 0 and "40 training and 10 test images, 6x6x1, 3 classes (a, b, c)" in result.stdout
+    from tinymixer.data import load_folder
+
+    data = load_folder(tmp_path / "f")
+    assert data.train_images.dtype == np.uint8 and data.class_names == ["a", "b", "c"]
+    all_images = np.concatenate([data.train_images, data.test_images])[..., 0]
+    assert sorted(map(bytes, all_images)) == sorted(map(bytes, np.round(images * 255).astype(np.uint8)))
+    channels_first = tmp_path / "b.npz"
+    np.savez(channels_first, images=rng.integers(0, 256, (20, 3, 8, 8)), labels=labels[:20])
+    bad = subprocess.run([sys.executable, "-m", "tinymixer.data", str(channels_first), str(tmp_path / "g")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "channels first? Transpose" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def readme_own_data_commands() -> list[str]:
+    import re
+
+    readme = (SCRIPT.parents[1] / "README.md").read_text()
+    section = readme.split("## Train on your own data", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
+    assert blocks, "README: no bash block in 'Train on your own data'"
+    lines = [line.split("  #")[0].strip() for block in blocks for line in block.splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def test_readme_own_data_section_runs_as_written(tmp_path):
+    """The README's commands, as written, in a fresh folder (the script found at examples/ as in a checkout)."""
+    pytest.importorskip("sklearn")
+    (tmp_path / "examples").symlink_to(SCRIPT.parent)
+    for command in readme_own_data_commands():
+        result = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                                env=dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}"))
+        assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}{result.stderr[-2000:]}"
+    metrics = json.loads(next(tmp_path.glob("runs/*/metrics.json")).read_text())
+    assert metrics["test_accuracy"] > 0.9  # the digits run the README quotes (97% measured; chance is 10%)
+
+
+# --- 2. a finished run is never overwritten; --evaluate writes beside the checkpoint --------------------------------
+
+
+def test_a_new_run_refuses_to_replace_a_finished_one(tmp_path, digits):
+    base = ["--data-dir", str(digits), "--epochs", "1", "--out", str(tmp_path)] + QUICK
+    assert cifar10.main(base) == 0
+    before = (tmp_path / "checkpoint.npz").read_bytes()
+    result = run_script(*base)
+    assert result.returncode == 2 and "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1
+    assert "already holds a run" in result.stderr and "--resume" in result.stderr and "--overwrite" in result.stderr
+    assert (tmp_path / "checkpoint.npz").read_bytes() == before
+    assert cifar10.main(base + ["--overwrite", "--seed", "1"]) == 0
+    assert (tmp_path / "checkpoint.npz").read_bytes() != before
+
+
+def test_evaluate_writes_beside_the_checkpoint(tmp_path, digits, monkeypatch):
+    run = tmp_path / "run"
+    assert cifar10.main(["--data-dir", str(digits), "--epochs", "1", "--out", str(run)] + QUICK) == 0
+    monkeypatch.chdir(tmp_path)  # where runs/cifar10 would have been created
+    assert cifar10.main(["--evaluate", str(run / "best.npz")]) == 0
+    assert (run / "confusion_matrix_test.png").exists() and not (tmp_path / "runs").exists()
+
+
+# --- 3. --resume --out DIR alone continues exactly; changes are noted; the schedule is re-fitted, never 0 ---------
+
+
+def test_resume_with_only_out_continues_exactly(tmp_path, digits):
+    base = ["--data-dir", str(digits), "--epochs", "3", "--limit-train", "256", "--seed", "3"] + DIGITS_ARGS
+    assert cifar10.main(base + ["--out", str(tmp_path / "straight")]) == 0
+    assert cifar10.main(base + ["--out", str(tmp_path / "split"), "--stop-after-epoch", "1"]) == 0
+    resumed = run_script("--resume", "--out", str(tmp_path / "split"), "--no-progress")  # nothing else
+    assert resumed.returncode == 0, resumed.stderr
+    assert "note:" not in resumed.stdout  # nothing changed, nothing to note
+    straight, split = params_of(tmp_path / "straight/checkpoint.npz"), params_of(tmp_path / "split/checkpoint.npz")
+    assert all(np.array_equal(straight[k], split[k]) for k in straight)
+
+
+def test_resume_with_another_batch_size_refits_the_schedule(tmp_path, digits, capsys):
+    out = tmp_path / "run"
+    assert cifar10.main(["--data-dir", str(digits), "--epochs", "4", "--out", str(out), "--stop-after-epoch", "2",
+                         "--batch-size", "16"] + QUICK) == 0
+    assert cifar10.main(["--resume", "--out", str(out), "--batch-size", "64", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "note: --batch-size is 64 now, 16 in the run being resumed" in printed
+    assert "the schedule is re-fitted" in printed and "continuing at step 8, learning rate" in printed
+    history = json.loads((out / "metrics.json").read_text())["epochs"]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert all(h["lr"] > 0 for h in history[:-1])  # the old bug: a whole epoch at learning rate 0.0
+    assert [h["step"] for h in history] == [16, 32, 12, 16]  # 256 images: 16 steps of 16, then 4 of 64
+
+
+def test_resume_refuses_fewer_epochs_than_trained(tmp_path, digits, capsys):
+    out = tmp_path / "run"
+    assert cifar10.main(["--data-dir", str(digits), "--epochs", "2", "--out", str(out)] + QUICK) == 0
+    with pytest.raises(SystemExit) as stop:
+        cifar10.main(["--resume", "--out", str(out), "--epochs", "1"])
+    assert stop.value.code == 2 and "has trained 2 epochs already" in capsys.readouterr().err
+
+
+def test_resume_notes_overrides_and_augmentation_changes(tmp_path, digits, capsys):
+    out = tmp_path / "run"
+    assert cifar10.main(["--data-dir", str(digits), "--epochs", "2", "--out", str(out), "--stop-after-epoch", "1",
+                         "--crop-padding", "0", "--no-flip"] + QUICK) == 0
+    assert cifar10.main(["--resume", "--out", str(out), "--lr", "0.01", "--flip", "--crop-padding", "1"]) == 0
+    printed = capsys.readouterr().out
+    for note in ["--lr is 0.01 now, 0.05", "--flip is True now, False", "--crop-padding is 1 now, 0"]:
+        assert f"note: {note} in the run being resumed" in printed
+
+
+def test_resume_of_a_checkpoint_written_before_options_were_remembered(tmp_path, digits, capsys):
+    """Older checkpoints kept every option as text under 'args' (and --no-flip as no_flip)."""
+    out = tmp_path / "run"
+    assert cifar10.main(["--data-dir", str(digits), "--epochs", "2", "--out", str(out), "--stop-after-epoch", "1",
+                         "--no-flip"] + QUICK) == 0
+    from tinymixer.checkpoint import save_checkpoint
+
+    params, momentum, meta = load_checkpoint(out / "checkpoint.npz")
+    options = meta.pop("options")
+    meta.pop("schedule")
+    meta["args"] = {k: str(v) for k, v in options.items() if k != "flip"} | {"no_flip": "True", "resume": "None"}
+    save_checkpoint(out / "checkpoint.npz", params, momentum, meta)
+    assert cifar10.main(["--resume", "--out", str(out), "--no-progress"]) == 0
+    assert "flip off" in capsys.readouterr().out
+
+
+# --- 4. defaults that learn on small and short runs, shown by --help ------------------------------------------------
+
+
+def test_defaults_fit_small_images_and_short_runs(tmp_path, digits, capsys):
+    assert cifar10.main(["--data-dir", str(digits), "--epochs", "2", "--out", str(tmp_path)] + QUICK) == 0
+    printed = capsys.readouterr().out
+    assert "note: patch size 2: micro/4's 4 would leave 4 tokens on 8x8 images" in printed
+    assert "patch 2 (16 tokens)" in printed and "crop padding 1" in printed
+    assert "2 epochs of 2 steps, warm-up 0 steps" in printed  # 5% of a 4-step run, not "all of it"
+
+
+def test_help_shows_every_default():
+    result = run_script("--help")
+    assert result.returncode == 0 and result.stdout.startswith("usage: cifar10.py")
+    help_text = " ".join(result.stdout.split())
+    for expected in ["(default: micro/4)", "(default: 5%)", "(default: auto)", "(default: 128)", "(default: 0.05)",
+                     "(default: 15)", "(default: runs/cifar10)", "(default: True)", "(default: 1.0)"]:
+        assert expected in help_text, expected
+
+
+# --- 5. the validation split is called validation, everywhere --------------------------------------------------
+
+
+def test_validation_is_named_validation_everywhere(tmp_path, digits, capsys, monkeypatch):
+    calls = []
+    monkeypatch.setattr(cifar10, "plot_learning_curves", lambda history, path, split: calls.append(split))
+    out = tmp_path / "run"
+    assert cifar10.main(["--data-dir", str(digits), "--epochs", "1", "--out", str(out), "--validation", "200"]
+                        + QUICK) == 0
+    printed = capsys.readouterr().out
+    assert "validation loss" in printed and "final validation accuracy" in printed
+    assert "test loss" not in printed and "test accuracy" not in printed and calls == ["validation"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "validation_accuracy" in metrics and "test_accuracy" not in metrics
+    assert "validation_accuracy" in metrics["epochs"][0] and metrics["evaluated_on"] == "validation"
+    assert "validation_accuracy" in (out / "metrics.csv").read_text().splitlines()[0].split(",")
+
+
+# --- 6. bad options: one line, exit code 2, no traceback ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("options", [
+    ["--batch-size", "0"], ["--limit-test", "0"], ["--lr", "-1"], ["--epochs", "0"], ["--warmup", "5x"],
+    ["--momentum", "1.5"], ["--validation", "5000"], ["--patch-size", "3"], ["--limit-train", "10"],
+    ["--warmup", "100ep"], ["--backend", "cupy"], ["--resume"], ["--config", "Z/9"]])
+def test_bad_options_end_in_one_line_and_exit_code_2(tmp_path, digits, options):
+    if options == ["--backend", "cupy"]:
+        from tinymixer.backend import _load_cupy
+
+        if _load_cupy()[0] is not None:
+            pytest.skip("CuPy runs here")
+    result = run_script("--data-dir", str(digits), "--out", str(tmp_path / "run"), "--no-progress", *options)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "run" / "checkpoint.npz").exists()
+
+
+# --- 9 and 12: files a user can share, metrics.csv, the best checkpoint -------------------------------------------
+
+
+def test_outputs_honour_the_umask_and_the_best_checkpoint_is_kept(tmp_path, digits):
+    out = tmp_path / "run"
+    old = os.umask(0o022)
+    try:
+        assert cifar10.main(["--data-dir", str(digits), "--epochs", "3", "--out", str(out)] + QUICK) == 0
+    finally:
+        os.umask(old)
+    for name in ["checkpoint.npz", "best.npz", "metrics.json", "metrics.csv", "learning_curves.png"]:
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o644, name
+    metrics = json.loads((out / "metrics.json").read_text())
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 1 + 3 and rows[0].startswith("epoch,train_loss")
+    best = metrics["best"]
+    assert best["accuracy"] == max(h["test_accuracy"] for h in metrics["epochs"])
+    from tinymixer.data import load_folder
+    from tinymixer.evaluate import evaluate
+
+    data = load_folder(digits / "cifar-10-batches-py")
+    again = evaluate(load_model(out / "best.npz"), data.test_images, data.test_labels)["accuracy"]
+    assert again == best["accuracy"]
