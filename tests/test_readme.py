@@ -21,3 +21,9 @@ def test_readme_starts_with_the_two_commands():
     assert any('pip install -e ".[test]" && python -m pytest' in line for line in first_lines)
     ci = (README.parent / ".ci" / "run").read_text()
     assert 'pip install -e ".[test]" && python -m pytest' in ci  # CI runs exactly the README's test command
+
+
+def test_readme_says_at_the_top_how_to_get_the_cpu_build_of_pytorch():
+    """Without it, `pip install -e ".[test]"` on a machine without a GPU pulls PyTorch's CUDA build (5.8 GB)."""
+    top = "\n".join(README.read_text().splitlines()[:12])
+    assert "pip install torch --index-url https://download.pytorch.org/whl/cpu" in top
