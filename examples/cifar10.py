@@ -35,7 +35,9 @@ import tinymixer as tm  # before NumPy loads its BLAS: see tinymixer/_blas_threa
 import numpy as np
 from tqdm import tqdm
 
-from tinymixer.checkpoint import CheckpointError, load_checkpoint, load_model, load_params_into, save_checkpoint
+from tinymixer import distributed
+from tinymixer.backend import use_device
+from tinymixer.checkpoint import CheckpointError, config_from_params, load_checkpoint, load_params_into, save_checkpoint
 from tinymixer.chunks import batch_shards
 from tinymixer.data import (
     CIFAR10_MD5,
@@ -43,10 +45,11 @@ from tinymixer.data import (
     DATA_DIR_ENV,
     DataError,
     Dataset,
-    augment,
+    apply_augmentation,
+    draw_augmentation,
+    draw_mixup,
     find_data,
     load_folder,
-    mixup,
     normalize,
 )
 from tinymixer.evaluate import confusion_matrix, evaluate, format_confusion_matrix
@@ -83,9 +86,17 @@ class Parser(argparse.ArgumentParser):
 
 
 def fail(message: str) -> None:
-    """A bad option or combination of options found after parsing: one line on stderr, exit code 2."""
-    print(f"cifar10.py: error: {message}", file=sys.stderr)
+    """A bad option or combination of options found after parsing: one line on stderr, exit code 2. (In a
+    data-parallel run every rank finds the same problem; rank 0 says it.)"""
+    if distributed.world().is_root:
+        print(f"cifar10.py: error: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def log(message: str = "") -> None:
+    """Print a line (between progress bars); in a data-parallel run only rank 0 speaks."""
+    if distributed.world().is_root:
+        tqdm.write(message)
 
 
 def number(kind: type, low: float, high: float | None = None, low_open: bool = False):
@@ -219,8 +230,52 @@ def with_remembered_options(meta: dict, argv: list[str], given: set[str], verb: 
             if name in MODEL_OPTIONS and verb == "resumed":
                 fail(f"the run being resumed was trained with {flag} {old}; {flag} {new} cannot change it (leave "
                      f"model options out on --resume: they are remembered), or start a new run with another --out")
-            print(f"note: {flag} is {new} now, {old} in the run being {verb}")
+            log(f"note: {flag} is {new} now, {old} in the run being {verb}")
     return args
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Several processes (mpiexec -n N): rank 0 reads and writes the run's files, every rank trains
+
+
+def on_root(task):
+    """Run ``task`` on rank 0 alone (it reads the run's files, which the other ranks may not see) and give every
+    rank its result; if it fails, every rank stops (rank 0 with its error, the others quietly)."""
+    comm = distributed.world()
+    if comm.size == 1:
+        return task()
+    outcome = None
+    if comm.is_root:
+        try:
+            outcome = ("ok", task())
+        except SystemExit as stop:
+            outcome = ("exit", stop.code)
+        except Exception as error:  # noqa: BLE001 - handed on below
+            outcome = ("error", error)
+    kind, value = comm.broadcast_object(outcome)
+    if kind == "ok":
+        return value
+    if kind == "error" and comm.is_root:
+        raise value
+    raise SystemExit(value if kind == "exit" else 1)
+
+
+def load_model_on_root(path: Path) -> tuple[tm.MlpMixer, dict, dict]:
+    """The model a checkpoint holds and its metadata, on every rank (rank 0 reads the file and broadcasts the
+    weights), and the optimiser state it holds (on rank 0; empty on the others)."""
+    held: dict = {}
+
+    def read() -> tuple[dict, dict]:
+        params, held["optimizer"], meta = load_checkpoint(path)
+        held["params"] = params
+        return dict(meta.get("model") or config_from_params(params, path)), meta
+
+    config, meta = on_root(read)
+    model = tm.MlpMixer(**config)
+    if held:
+        load_params_into(model, held["params"], path)
+    distributed.world().broadcast_(model.params)
+    return model, meta, held.get("optimizer", {})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -228,12 +283,20 @@ def with_remembered_options(meta: dict, argv: list[str], given: set[str], verb: 
 
 
 def load_data(args: argparse.Namespace) -> Dataset:
+    """The data set, with the validation split and limits applied. In a data-parallel run every rank loads it
+    (from the same folder, or a copy at the same path on each machine); rank 0 first, alone, in case CIFAR-10 is
+    to be downloaded or extracted."""
+    comm = distributed.world()
+    if not comm.is_root:
+        comm.barrier()
     folder = find_data(args.data_dir, download=False if args.no_download else (True if args.download else None),
-                       url=args.data_url, md5=args.data_md5, progress=not args.no_progress)
+                       url=args.data_url, md5=args.data_md5, progress=not args.no_progress and comm.is_root)
     data = load_folder(folder)
+    if comm.is_root:
+        comm.barrier()
     h, w, c = data.image_shape
-    print(f"data: {folder} ({len(data.train_labels)} training and {len(data.test_labels)} test images, {h}x{w}x{c}, "
-          f"{data.num_classes} classes)")
+    log(f"data: {folder} ({len(data.train_labels)} training and {len(data.test_labels)} test images, {h}x{w}x{c}, "
+        f"{data.num_classes} classes)")
     if args.validation:
         if args.validation >= len(data.train_labels):
             fail(f"--validation {args.validation} holds out every training image (there are "
@@ -258,7 +321,7 @@ def build_model(args: argparse.Namespace, data: Dataset) -> tm.MlpMixer:
         size_patch = tm.SIZES[args.config].patch_size
         patch = auto_patch_size(size_patch, h, w)
         if patch != size_patch:
-            print(f"note: patch size {patch}: {args.config}'s {size_patch} would leave "
+            log(f"note: patch size {patch}: {args.config}'s {size_patch} would leave "
                   f"{(h // size_patch) * (w // size_patch) if h % size_patch == w % size_patch == 0 else 'no whole'}"
                   f" tokens on {h}x{w} images (--patch-size sets it)")
     try:
@@ -283,8 +346,7 @@ def check_fits(model: tm.MlpMixer, data: Dataset, what: str) -> None:
 def evaluate_only(args: argparse.Namespace, argv: list[str], given: set[str]) -> int:
     """--evaluate: rebuild the model from the checkpoint, report accuracy and the confusion matrix. The data's
     location comes from the checkpoint unless given; the test set is used unless --validation N is given."""
-    meta = load_checkpoint(args.evaluate)[2]
-    model = load_model(args.evaluate)
+    model, meta, _ = load_model_on_root(args.evaluate)
     if meta.get("options") or meta.get("args"):
         args = with_remembered_options(meta, argv, given, "evaluated")
         if "validation" not in given:
@@ -294,7 +356,9 @@ def evaluate_only(args: argparse.Namespace, argv: list[str], given: set[str]) ->
     data = load_data(args)
     check_fits(model, data, f"the model in {args.evaluate}")
     split = "validation" if args.validation else "test"
-    result = evaluate(model, data.test_images, data.test_labels, args.batch_size)
+    result = evaluate(model, data.test_images, data.test_labels, args.batch_size, comm=distributed.world())
+    if not distributed.world().is_root:
+        return 0
     counts = confusion_matrix(data.test_labels, result["predictions"], data.num_classes)
     print(f"{split} accuracy {100 * result['accuracy']:.2f}%  loss {result['loss']:.4f}  "
           f"({len(data.test_labels)} images)")
@@ -323,10 +387,15 @@ def write_metrics(out: Path, history: list[dict], summary: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, given = parse_args(argv)
+    comm = distributed.init()  # one process, or one rank of `mpiexec -n N` (then rank 0 alone speaks and writes)
+    if comm.size > 1 and args.backend != "numpy":
+        use_device(comm.local_rank)  # one GPU per process, before anything is allocated on one
     try:
         tm.set_backend(args.backend)
     except (RuntimeError, ValueError) as exc:
         fail(f"--backend {args.backend}: {exc}")
+    if comm.size > 1 and tm.backend_name() == "cupy":
+        comm.use_nccl()
     if args.evaluate:
         return evaluate_only(args, argv, given)
 
@@ -336,30 +405,36 @@ def main(argv: list[str] | None = None) -> int:
     resumed = None
     if args.resume:
         path = checkpoint_path if args.resume == "auto" else Path(args.resume)
-        if args.resume == "auto" and not path.exists():
+        if args.resume == "auto" and not on_root(path.exists):
             fail(f"--resume: {out} holds no run ({path} does not exist); start one without --resume, or give "
                  f"--out the run's folder")
-        params, momentum, meta = load_checkpoint(path)
+        model, meta, momentum = load_model_on_root(path)
         args = with_remembered_options(meta, argv, given, "resumed")
-        resumed = path, params, momentum, meta
-    elif checkpoint_path.exists() and not args.overwrite:
-        epoch = load_checkpoint(checkpoint_path)[2].get("state", {}).get("epoch", "?")
-        fail(f"{out} already holds a run (checkpoint.npz, {epoch} epoch(s) trained). Continue it with --resume "
-             f"--out {out}, choose another --out, or pass --overwrite to replace it")
+        resumed = path, meta
+    else:
+        def refuse_to_replace_a_run() -> None:
+            if checkpoint_path.exists() and not args.overwrite:
+                epoch = load_checkpoint(checkpoint_path)[2].get("state", {}).get("epoch", "?")
+                fail(f"{out} already holds a run (checkpoint.npz, {epoch} epoch(s) trained). Continue it with "
+                     f"--resume --out {out}, choose another --out, or pass --overwrite to replace it")
+
+        on_root(refuse_to_replace_a_run)
     data = load_data(args)
     split = "validation" if args.validation else "test"  # what the evaluation set is, named so everywhere
 
     if resumed:
-        path, params, momentum, meta = resumed
-        model = tm.MlpMixer(**meta["model"])
         check_fits(model, data, f"the run in {path}")
-        load_params_into(model, params, path)
     else:
         model = build_model(args, data)
+        comm.broadcast_(model.params)  # the same start on every rank (the seed gives it already: made certain)
     h, w, c = data.image_shape
     crop = round(min(h, w) / 8) if args.crop_padding == "auto" else args.crop_padding
     optimizer = tm.SGD(momentum=args.momentum, weight_decay=args.weight_decay)
-    shards = len(batch_shards(args.batch_size, model.xp))  # how a step spreads over the cores (see chunks.py)
+    if comm.size > args.batch_size:
+        fail(f"--batch-size {args.batch_size} is smaller than the {comm.size} processes; each needs at least one "
+             f"image of every batch")
+    rows = distributed.shard_of(args.batch_size, comm)  # this rank's rows of every global batch
+    shards = len(batch_shards(rows.stop - rows.start, model.xp))  # how a step spreads over the cores (chunks.py)
     steps_per_epoch = len(data.train_labels) // args.batch_size
     if steps_per_epoch == 0:
         fail(f"{len(data.train_labels)} training images is less than one batch of {args.batch_size}; lower "
@@ -376,7 +451,10 @@ def main(argv: list[str] | None = None) -> int:
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "history": [], "best": None,
              "running": {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0, "data_seconds": 0.0}}
     if resumed:
-        optimizer.state = {k: model.xp.asarray(v) for k, v in momentum.items()}
+        # the optimiser's state too comes from rank 0 (the other ranks start from zeros of the right shapes)
+        optimizer.state = {k: model.xp.asarray(momentum[k]) if k in momentum else model.xp.zeros_like(v)
+                           for k, v in model.params.items()} if (momentum or not comm.is_root) else {}
+        comm.broadcast_(optimizer.state)
         state = {"best": None} | meta["state"]
         for record in state["history"]:  # checkpoints before the evaluation split was named called it "test"
             for key in ("loss", "accuracy"):
@@ -398,22 +476,25 @@ def main(argv: list[str] | None = None) -> int:
                 then = tm.warmup_cosine(state["global_step"], before["lr"], before["total_steps"],
                                         before["warmup_steps"])
                 was = f" (it was {then:.4g})"
-            print(f"note: the schedule is re-fitted to the options now: {args.epochs} epochs of {steps_per_epoch} "
-                  f"steps ({total_steps} steps, {warmup} of warm-up); continuing at step {global_step}, learning rate "
-                  f"{lr_at(global_step):.4g}{was}")
+            log(f"note: the schedule is re-fitted to the options now: {args.epochs} epochs of {steps_per_epoch} "
+                f"steps ({total_steps} steps, {warmup} of warm-up); continuing at step {global_step}, learning rate "
+                f"{lr_at(global_step):.4g}{was}")
         state["global_step"] = global_step
-        print(f"resumed from {path}: epoch {state['epoch'] + 1}, step {state['global_step']}")
-        if meta.get("shards", shards) != shards:
-            print(f"note: the batch was cut into {meta['shards']} shard(s) (one per thread) in the run being resumed "
-                  f"and {shards} now: the weights will differ from an uninterrupted run in the last bits")
-    print(f"MLP-Mixer {args.config}: {model.num_params():,} parameters, patch {model.patch_size} ({model.num_tokens} "
-          f"tokens), {model.flops_per_image() / 1e6:.1f} MFLOPs per image (forward); {len(data.train_labels)} "
-          f"training and {len(data.test_labels)} {split} images; {args.epochs} epochs of {steps_per_epoch} steps, "
-          f"warm-up {warmup} steps, crop padding {crop}, flip {'on' if args.flip else 'off'}; backend "
-          f"{tm.backend_name()}, {args.dtype}, batch in {shards} shard(s) (one per thread; TINYMIXER_THREADS sets it)")
+        log(f"resumed from {path}: epoch {state['epoch'] + 1}, step {state['global_step']}")
+        layout = (meta.get("processes", 1), meta.get("shards", shards))
+        if layout != (comm.size, shards):
+            log(f"note: the run being resumed ran as {layout[0]} process(es) with the batch in {layout[1]} shard(s) "
+                f"each, and now as {comm.size} with {shards}: the weights will differ from an uninterrupted run in "
+                f"the last bits")
+    log(f"MLP-Mixer {args.config}: {model.num_params():,} parameters, patch {model.patch_size} ({model.num_tokens} "
+        f"tokens), {model.flops_per_image() / 1e6:.1f} MFLOPs per image (forward); {len(data.train_labels)} "
+        f"training and {len(data.test_labels)} {split} images; {args.epochs} epochs of {steps_per_epoch} steps, "
+        f"warm-up {warmup} steps, crop padding {crop}, flip {'on' if args.flip else 'off'}; backend "
+        f"{tm.backend_name()}, {args.dtype}, batch in {shards} shard(s) (one per thread; TINYMIXER_THREADS sets it)"
+        + (f"; {comm.name}, {rows.stop - rows.start} images of each batch on each" if comm.size > 1 else ""))
     if split == "test" and not resumed:
-        print("note: best.npz is picked by test accuracy, which makes the test set part of model selection; hold "
-              "out a validation split (--validation N) for an honest choice")
+        log("note: best.npz is picked by test accuracy, which makes the test set part of model selection; hold "
+            "out a validation split (--validation N) for an honest choice")
 
     def remembered_options() -> dict:
         return {name: (str(v) if isinstance(v, Path) else v) for name, v in vars(args).items() if name in REMEMBERED}
@@ -422,9 +503,11 @@ def main(argv: list[str] | None = None) -> int:
         options = remembered_options()
         schedule = {"batch_size": args.batch_size, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
                     "warmup_steps": warmup, "lr": args.lr}
-        meta = {"model": model.config(), "state": state, "options": options, "schedule": schedule, "shards": shards}
-        save_checkpoint(checkpoint_path, model.params, optimizer.state, meta)
-        tqdm.write(f"checkpoint ({reason}): {checkpoint_path}")
+        meta = {"model": model.config(), "state": state, "options": options, "schedule": schedule, "shards": shards,
+                "processes": comm.size}
+        if comm.is_root:  # every rank holds the same weights and state: rank 0 writes them
+            save_checkpoint(checkpoint_path, model.params, optimizer.state, meta)
+        log(f"checkpoint ({reason}): {checkpoint_path}")
 
     interrupted = False
 
@@ -443,25 +526,35 @@ def main(argv: list[str] | None = None) -> int:
             order = np.random.default_rng([args.seed, epoch]).permutation(len(data.train_labels))
             run = state["running"]
             bar = tqdm(range(state["step_in_epoch"], steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}",
-                       initial=state["step_in_epoch"], total=steps_per_epoch, disable=args.no_progress,
+                       initial=state["step_in_epoch"], total=steps_per_epoch,
+                       disable=args.no_progress or not comm.is_root,
                        dynamic_ncols=True, leave=False)
             loss_sum, correct_sum = model.xp.zeros((), np.float64), model.xp.zeros((), np.int64)  # on the device
             lr = lr_at(state["global_step"])
             for step in bar:
                 t0 = time.perf_counter()
                 rng = np.random.default_rng([args.seed, epoch, step])
-                index = order[step * args.batch_size:(step + 1) * args.batch_size]
-                images = augment(data.train_images[index], rng, crop, flip=args.flip)
-                images, labels = normalize(images, model.dtype), data.train_labels[index]
-                t1 = time.perf_counter()
-
+                index = order[step * args.batch_size:(step + 1) * args.batch_size]  # the global batch
+                # The random crops, flips and mixup partners are drawn for the whole batch; this process augments
+                # only its rows (all of them in a one-process run), so N processes see the one-process batch.
+                draws = draw_augmentation(rng, len(index), crop, args.flip)
+                mine = index[rows]
+                images = normalize(apply_augmentation(data.train_images[mine], draws, rows), model.dtype)
+                labels = data.train_labels[mine]
                 mix = None
                 if args.mixup:
-                    images, labels, partner, lam = mixup(images, labels, args.mixup, rng)
-                    mix = (partner, lam)
+                    lam, partner = draw_mixup(rng, len(index), args.mixup)
+                    theirs = partner[rows]
+                    others = normalize(apply_augmentation(data.train_images[index[theirs]], draws, theirs),
+                                       model.dtype)
+                    images = (lam * images + (1.0 - lam) * others).astype(model.dtype, copy=False)
+                    mix = (data.train_labels[index[theirs]], lam)
+                t1 = time.perf_counter()
+
                 lr = lr_at(state["global_step"])
-                # forward -> loss -> backward -> clip -> SGD update (tinymixer/train.py, ten lines)
-                loss, logits = train_step(model, optimizer, images, labels, lr, args.clip, args.label_smoothing, mix)
+                # forward -> loss -> backward -> (all-reduce) -> clip -> SGD update (tinymixer/train.py)
+                loss, logits = train_step(model, optimizer, images, labels, lr, args.clip, args.label_smoothing, mix,
+                                          comm=comm, global_batch=len(index))
 
                 loss_sum += loss
                 correct_sum += (logits.argmax(axis=1) == model.xp.asarray(labels)).sum()
@@ -470,13 +563,16 @@ def main(argv: list[str] | None = None) -> int:
                 run["seen"] += len(index)
                 run["seconds"] += time.perf_counter() - t0
                 run["data_seconds"] += t1 - t0
+                if comm.size > 1:  # a Ctrl-C may reach some ranks only: all stop at the same step
+                    interrupted = comm.any(interrupted)
 
                 if (step + 1) % args.log_every == 0 or step + 1 == steps_per_epoch or interrupted:
-                    run["loss"] += float(loss_sum)  # the only reads from the device, every --log-every steps
-                    run["correct"] += int(correct_sum)
+                    # the only reads from the device, every --log-every steps (summed over the ranks)
+                    run["loss"] += comm.sum(float(loss_sum))
+                    run["correct"] += comm.sum(int(correct_sum))
                     loss_sum[...], correct_sum[...] = 0, 0
                     if not math.isfinite(run["loss"]):
-                        print(f"\nerror: the loss became {run['loss']} at step {state['global_step']} (epoch "
+                        log(f"\nerror: the loss became {run['loss']} at step {state['global_step']} (epoch "
                               f"{epoch + 1}); stopping without saving this state. The last good checkpoint is "
                               f"{checkpoint_path if checkpoint_path.exists() else 'none'}. Try a lower --lr.")
                         return 3
@@ -486,13 +582,13 @@ def main(argv: list[str] | None = None) -> int:
                 if interrupted:
                     bar.close()
                     save("interrupted")
-                    print(f"interrupted: saved at epoch {epoch + 1}, step {state['global_step']}. Continue with "
+                    log(f"interrupted: saved at epoch {epoch + 1}, step {state['global_step']}. Continue with "
                           f"--resume --out {out}")
                     return 130
             bar.close()
 
             # --- end of an epoch: evaluate, record, checkpoint (the last and the best), plot ------------------------
-            result = evaluate(model, data.test_images, data.test_labels, args.batch_size)
+            result = evaluate(model, data.test_images, data.test_labels, args.batch_size, comm=comm)
             seen, seconds = max(run["seen"], 1), max(run["seconds"], 1e-9)
             record = {"epoch": epoch + 1, "train_loss": run["loss"] / seen * args.batch_size,
                       "train_accuracy": run["correct"] / seen, f"{split}_loss": result["loss"],
@@ -505,27 +601,31 @@ def main(argv: list[str] | None = None) -> int:
             is_best = state["best"] is None or result["accuracy"] > state["best"]["accuracy"]
             if is_best:
                 state["best"] = {"epoch": epoch + 1, "accuracy": result["accuracy"], "split": split}
-            tqdm.write(f"epoch {epoch + 1:3d}  train loss {record['train_loss']:.4f} acc "
-                       f"{100 * record['train_accuracy']:5.2f}%  |  {split} loss {result['loss']:.4f} acc "
-                       f"{100 * result['accuracy']:5.2f}%{' (best)' if is_best else ''}  |  lr {lr:.4g}  |  "
-                       f"{record['wall_time']:.0f}s, {record['images_per_sec']:.0f} img/s, data "
-                       f"{100 * record['data_time_fraction']:.1f}%")
-            if is_best:  # the weights alone (no optimiser state): for --evaluate and load_model
+            log(f"epoch {epoch + 1:3d}  train loss {record['train_loss']:.4f} acc "
+                f"{100 * record['train_accuracy']:5.2f}%  |  {split} loss {result['loss']:.4f} acc "
+                f"{100 * result['accuracy']:5.2f}%{' (best)' if is_best else ''}  |  lr {lr:.4g}  |  "
+                f"{record['wall_time']:.0f}s, {record['images_per_sec']:.0f} img/s, data "
+                f"{100 * record['data_time_fraction']:.1f}%")
+            if is_best and comm.is_root:  # the weights alone (no optimiser state): for --evaluate and load_model
                 save_checkpoint(best_path, model.params, None, {"model": model.config(), "best": state["best"],
                                                                 "options": remembered_options()})
             save(f"epoch {epoch + 1}")
-            write_metrics(out, state["history"], {
-                "config": args.config, "model": model.config(), "num_params": model.num_params(),
-                "evaluated_on": split, f"{split}_accuracy": result["accuracy"], "best": state["best"]})
-            plot_learning_curves(state["history"], out / "learning_curves.png", split=split)
+            if comm.is_root:
+                write_metrics(out, state["history"], {
+                    "config": args.config, "model": model.config(), "num_params": model.num_params(),
+                    "processes": comm.size, "evaluated_on": split, f"{split}_accuracy": result["accuracy"],
+                    "best": state["best"]})
+                plot_learning_curves(state["history"], out / "learning_curves.png", split=split)
             if args.stop_after_epoch and epoch + 1 >= args.stop_after_epoch and epoch + 1 < args.epochs:
-                print(f"stopped after epoch {epoch + 1} as asked; continue with --resume --out {out}")
+                log(f"stopped after epoch {epoch + 1} as asked; continue with --resume --out {out}")
                 return 0
     finally:
         signal.signal(signal.SIGINT, previous_handler)
 
     if result is None:  # resumed a run that had already finished: nothing trained, evaluate what there is
-        result = evaluate(model, data.test_images, data.test_labels, args.batch_size)
+        result = evaluate(model, data.test_images, data.test_labels, args.batch_size, comm=comm)
+    if not comm.is_root:
+        return 0
     counts = confusion_matrix(data.test_labels, result["predictions"], data.num_classes)
     print(format_confusion_matrix(counts, data.class_names))
     plot_confusion_matrix(counts, data.class_names, out / "confusion_matrix.png", title=f"{split} set")
@@ -536,7 +636,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (DataError, CheckpointError) as error:
-        sys.exit(f"error: {error}")
+    # An error ends the program with its message; under mpiexec it also ends every other rank (no rank hangs).
+    distributed.run(main, expected=(DataError, CheckpointError, distributed.DistributedError))

@@ -175,4 +175,4 @@ def test_resume_on_another_number_of_threads_says_so(tmp_path, digits, capsys, m
     assert "batch in 2 shard(s)" in capsys.readouterr().out
     monkeypatch.setenv("TINYMIXER_THREADS", "1")
     assert cifar10.main(base + ["--epochs", "2", "--resume"]) == 0
-    assert "2 shard(s) (one per thread) in the run being resumed and 1 now" in capsys.readouterr().out
+    assert "ran as 1 process(es) with the batch in 2 shard(s) each, and now as 1 with 1" in capsys.readouterr().out

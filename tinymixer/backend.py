@@ -136,6 +136,44 @@ def keep_freed_host_memory() -> bool:
     return bool(ok)
 
 
+def use_device(index: int) -> None:
+    """Make GPU ``index`` (counted on this machine) the current CuPy device, before any array is made: with one
+    process per GPU, each process takes the GPU of its local rank. Does nothing without a GPU."""
+    try:
+        import cupy
+    except Exception:  # no CuPy: nothing to choose
+        return
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception:
+        return
+    if count:
+        cupy.cuda.Device(index % count).use()
+
+
+def nccl_module() -> ModuleType:
+    """CuPy's NCCL bindings (``cupy.cuda.nccl``), for the data-parallel all-reduce of GPU arrays."""
+    cupy, why_not = _load_cupy()
+    if cupy is None:
+        raise RuntimeError(f"NCCL needs CuPy on a GPU, but {why_not}")
+    from cupy.cuda import nccl
+
+    if not nccl.available:
+        raise RuntimeError("this CuPy was built without NCCL; install a CuPy wheel with NCCL (pip install "
+                           "cupy-cuda12x or cupy-cuda13x brings it) or run without NCCL")
+    return nccl
+
+
+def nccl_allreduce_sum_(communicator: Any, buffer: Any) -> Any:
+    """Sum a contiguous GPU array over the ranks of an NCCL communicator, in place, on the current stream: the
+    data stays on the GPU (no host copy, no host synchronisation)."""
+    nccl = nccl_module()
+    kinds = {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64}
+    stream = _cupy.cuda.get_current_stream().ptr
+    communicator.allReduce(buffer.data.ptr, buffer.data.ptr, buffer.size, kinds[buffer.dtype], nccl.NCCL_SUM, stream)
+    return buffer
+
+
 def synchronize() -> None:
     """Wait for all queued GPU work (a no-op on NumPy). Timing code calls this before reading the clock."""
     if _cupy is not None and get_backend() is _cupy:

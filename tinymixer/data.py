@@ -25,6 +25,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -380,17 +381,35 @@ def normalize(images: np.ndarray, dtype: str | np.dtype = np.float32) -> np.ndar
 def augment(images: np.ndarray, rng: np.random.Generator, crop_padding: int = 4, flip: bool = True) -> np.ndarray:
     """The standard CIFAR augmentation on a uint8 batch (B, H, W, C): pad every side with ``crop_padding`` zero
     pixels, take a random H x W crop, and mirror left-right with probability 1/2. Returns a new array."""
-    b, h, w, _ = images.shape
-    out = images.copy()
+    return apply_augmentation(images, draw_augmentation(rng, len(images), crop_padding, flip))
+
+
+def draw_augmentation(rng: np.random.Generator, batch_size: int, crop_padding: int = 4, flip: bool = True
+                      ) -> dict[str, Any]:
+    """The random choices of ``augment`` for a batch: crop offsets ``dy``, ``dx`` (each 0..2p) and which images to
+    ``mirror``. Drawing them for the whole batch, then applying them to some rows (``apply_augmentation``), lets
+    each rank of a data-parallel run augment its share of a global batch exactly as a one-process run would."""
+    draws: dict[str, Any] = {"padding": crop_padding}
     if crop_padding:
-        p = crop_padding
-        padded = np.pad(images, ((0, 0), (p, p), (p, p), (0, 0)))  # (B, H+2p, W+2p, C)
-        dy, dx = rng.integers(0, 2 * p + 1, size=(2, b))
-        rows = dy[:, None] + np.arange(h)  # (B, H)
-        cols = dx[:, None] + np.arange(w)  # (B, W)
-        out = padded[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
+        draws["dy"], draws["dx"] = rng.integers(0, 2 * crop_padding + 1, size=(2, batch_size))
     if flip:
-        mirror = rng.random(b) < 0.5
+        draws["mirror"] = rng.random(batch_size) < 0.5
+    return draws
+
+
+def apply_augmentation(images: np.ndarray, draws: dict[str, Any], rows: Any = slice(None)) -> np.ndarray:
+    """Crop and mirror ``images`` (uint8 (n, H, W, C)) as ``draws`` says for the batch ``rows`` (a slice or
+    index array: which of the batch's images these are; default all). Returns a new array."""
+    n, h, w, _ = images.shape
+    out = images.copy()
+    if "dy" in draws:
+        p, dy, dx = draws["padding"], draws["dy"][rows], draws["dx"][rows]
+        padded = np.pad(images, ((0, 0), (p, p), (p, p), (0, 0)))  # (n, H+2p, W+2p, C)
+        rows_y = dy[:, None] + np.arange(h)  # (n, H)
+        cols_x = dx[:, None] + np.arange(w)  # (n, W)
+        out = padded[np.arange(n)[:, None, None], rows_y[:, :, None], cols_x[:, None, :]]  # (n, H, W, C)
+    if "mirror" in draws:
+        mirror = draws["mirror"][rows]
         out[mirror] = out[mirror, :, ::-1]
     return out
 
@@ -401,10 +420,14 @@ def mixup(images: np.ndarray, labels: np.ndarray, alpha: float, rng: np.random.G
 
     Returns (mixed float images, labels, the partner labels, lam); the loss is
     lam * CE(labels) + (1 - lam) * CE(partner labels)."""
-    lam = float(rng.beta(alpha, alpha))
-    partner = rng.permutation(len(labels))
+    lam, partner = draw_mixup(rng, len(labels), alpha)
     mixed = lam * images + (1.0 - lam) * images[partner]
     return mixed.astype(images.dtype, copy=False), labels, labels[partner], lam
+
+
+def draw_mixup(rng: np.random.Generator, batch_size: int, alpha: float) -> tuple[float, np.ndarray]:
+    """The random choices of ``mixup`` for a batch: the weight lam ~ Beta(alpha, alpha) and each image's partner."""
+    return float(rng.beta(alpha, alpha)), rng.permutation(batch_size)
 
 
 def batches(num: int, batch_size: int, rng: np.random.Generator | None, drop_last: bool = False

@@ -8,6 +8,7 @@ import numpy as np
 
 from .backend import to_host
 from .data import normalize
+from .distributed import shard_of
 from .layers import softmax_cross_entropy
 
 
@@ -23,12 +24,21 @@ def predict_logits(model: Any, images: np.ndarray, batch_size: int = 256) -> np.
     return np.concatenate(outputs) if outputs else np.zeros((0, model.num_classes), model.dtype)
 
 
-def evaluate(model: Any, images: np.ndarray, labels: np.ndarray, batch_size: int = 256) -> dict[str, Any]:
-    """Mean cross-entropy, accuracy and the predicted classes of a labelled set."""
-    logits = predict_logits(model, images, batch_size)
-    loss, _ = softmax_cross_entropy(logits, labels)
+def evaluate(model: Any, images: np.ndarray, labels: np.ndarray, batch_size: int = 256, comm: Any = None
+             ) -> dict[str, Any]:
+    """Mean cross-entropy, accuracy and the predicted classes of a labelled set.
+
+    With ``comm`` (``tinymixer.distributed``, several ranks) each rank predicts its contiguous share of the set,
+    and the loss sums and predictions are combined, so every rank gets the whole set's result."""
+    rows = shard_of(len(labels), comm) if comm is not None else slice(None)
+    logits = predict_logits(model, images[rows], batch_size)
+    loss, _ = softmax_cross_entropy(logits, labels[rows]) if len(logits) else (0.0, None)
     predictions = logits.argmax(axis=1)
-    return {"loss": float(loss), "accuracy": float((predictions == labels).mean()), "predictions": predictions}
+    loss_sum = float(loss) * len(predictions)
+    if comm is not None and comm.size > 1:
+        loss_sum, predictions = comm.sum(loss_sum), comm.gather_rows(predictions)
+    return {"loss": loss_sum / max(1, len(labels)), "accuracy": float((predictions == labels).mean()),
+            "predictions": predictions}
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:

@@ -174,6 +174,7 @@ class MlpMixer:
             k: self.xp.asarray(v, dtype=self.dtype) for k, v in self.init_params(seed).items()
         }
         self.grads: dict[str, Array] = {}
+        self._grad_buffer: Array | None = None
         self._cache: tuple | None = None
 
     @classmethod
@@ -272,11 +273,18 @@ class MlpMixer:
             raise ValueError(f"dlogits has {dlogits.shape[0]} rows but the last forward saw {shards[-1].stop} images")
         self._cache = None  # free the activations as soon as backward is done with them
         results = for_shards(lambda i: self._backward_shard(dlogits[shards[i]], caches[i]), list(range(len(shards))))
-        grads = results[0][1]
-        for _, shard_grads in results[1:]:
-            for name, g in shard_grads.items():
-                grads[name] += g
-        self.grads = {name: grads[name] for name in self.params}  # in the params' order
+        # The gradients go into one contiguous buffer (``grad_buffer``; ``grads`` holds views of it), so that a
+        # data-parallel run all-reduces them in one call with nothing packed or unpacked. With several shards the
+        # buffer receives their sum, which is formed anyway; with one shard it costs one copy of the gradients.
+        self.grad_buffer  # noqa: B018 - allocates the buffer and the views on first use
+        for name, view in self.grads.items():
+            first = results[0][1][name]
+            if len(results) == 1:
+                view[...] = first
+                continue
+            self.xp.add(first, results[1][1][name], out=view)  # shard 0 + shard 1 + ...: a fixed order
+            for _, shard_grads in results[2:]:
+                view += shard_grads[name]
         return results[0][0] if len(shards) == 1 else self.xp.concatenate([r[0] for r in results])
 
     def _backward_shard(self, dlogits: Array, cache: tuple) -> tuple[Array, dict[str, Array]]:
@@ -292,6 +300,18 @@ class MlpMixer:
             grads.update(prefixed(block_grads, f"MixerBlock_{i}"))
         dimages, grads["stem/kernel"], grads["stem/bias"] = stem_backward(dx, stem_cache)  # undoes 1.
         return dimages, grads
+
+    @property
+    def grad_buffer(self) -> Array:
+        """All parameter gradients in one contiguous 1-D array, in ``params`` order; ``grads`` holds views of it
+        (reshaped, same names). Allocated at the first backward and reused: ``backward`` overwrites it."""
+        if self._grad_buffer is None:
+            sizes = [math.prod(p.shape) for p in self.params.values()]
+            self._grad_buffer = self.xp.zeros(sum(sizes), dtype=self.dtype)
+            offsets = np.cumsum([0] + sizes)
+            self.grads = {name: self._grad_buffer[offsets[i]:offsets[i + 1]].reshape(p.shape)
+                          for i, (name, p) in enumerate(self.params.items())}
+        return self._grad_buffer
 
     def __call__(self, images: Array, train: bool = False) -> Array:
         return self.forward(images, train=train)

@@ -16,18 +16,30 @@ from .optim import SGD, clip_by_global_norm, warmup_cosine
 
 
 def train_step(model: Any, optimizer: SGD, images: Any, labels: np.ndarray, lr: float, clip: float = 1.0,
-               label_smoothing: float = 0.0, mix: tuple[np.ndarray, float] | None = None) -> tuple[Any, Any]:
+               label_smoothing: float = 0.0, mix: tuple[np.ndarray, float] | None = None, comm: Any = None,
+               global_batch: int | None = None) -> tuple[Any, Any]:
     """forward -> loss -> backward -> clip the global norm -> update. Returns (loss, logits), both on the device.
 
     ``mix = (partner_labels, lam)`` trains on a mixup batch: the loss is lam * CE(labels) + (1 - lam) * CE(partner).
-    """
+
+    Data parallel (``comm`` from ``tinymixer.distributed`` with several ranks): ``images`` are this rank's share
+    of a batch of ``global_batch`` images. The loss and dL/dlogits are weighted by share / global_batch, so that
+    the gradients summed over the ranks (one all-reduce of ``model.grad_buffer``) are the whole batch's gradient
+    and every rank takes the same step; the returned loss is this rank's part of the batch's mean loss (their sum
+    over the ranks is the batch's loss)."""
     logits = model.forward(images)
     loss, dlogits = softmax_cross_entropy(logits, labels, label_smoothing)
     if mix is not None:
         partner, lam = mix
         loss_b, dlogits_b = softmax_cross_entropy(logits, partner, label_smoothing)
         loss, dlogits = lam * loss + (1.0 - lam) * loss_b, lam * dlogits + (1.0 - lam) * dlogits_b
+    parallel = comm is not None and comm.size > 1
+    if parallel:
+        weight = len(labels) / global_batch
+        loss, dlogits = loss * weight, dlogits * weight
     model.backward(dlogits)
+    if parallel:
+        comm.allreduce_sum_(model.grad_buffer)  # in place, every rank now holds the whole batch's gradient
     if clip:
         clip_by_global_norm(model.grads, clip)
     optimizer.step(model.params, model.grads, lr)
