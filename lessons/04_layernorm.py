@@ -55,13 +55,19 @@ print("without the variance term:", {k: f"{v:.1e}" for k, v in broken.items()})
 assert broken["x"] > 1e-3
 
 # %%
-fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.5))
-for token in range(4):
-    ax1.hist(x[0, token], bins=15, alpha=0.5, label=f"token {token}")
-    ax2.hist(y[0, token], bins=15, alpha=0.5, label=f"token {token}")
-ax1.set(title="channels of 4 tokens before LayerNorm", xlabel="value")
-ax2.set(title="after: every token has mean 0, variance 1", xlabel="value")
-ax1.legend()
+# One panel per token, before and after on the same axis: LayerNorm works on each token on its own.
+bins = np.linspace(min(x[0, :4].min(), y[0, :4].min()), max(x[0, :4].max(), y[0, :4].max()), 31)
+fig, axes = plt.subplots(1, 4, figsize=(14, 3.4), sharex=True, sharey=True)
+for token, ax in enumerate(axes):
+    before, after = x[0, token], y[0, token]
+    ax.hist(before, bins=bins, histtype="step", lw=2, color="gray", label="before")
+    ax.hist(after, bins=bins, alpha=0.6, color="tab:blue", label="after")
+    ax.axvline(0, color="black", lw=0.8, ls=":")
+    ax.set(title=f"token {token}: mean {before.mean():.1f} → {round(after.mean(), 1) + 0.0:.1f}\n"  # + 0.0: no -0.0
+                 f"std {before.std():.1f} → {after.std():.1f}", xlabel="channel value")
+axes[0].set(ylabel=f"channels (of {C})")
+axes[0].legend()
+fig.suptitle("the C channels of 4 tokens, before and after LayerNorm: every token gets mean 0, variance 1")
 save_figure(fig, "04_layernorm")
 
 # %% [markdown]

@@ -15,10 +15,9 @@
 # last axis and swaps back: the same numbers (checked below), but two copies of the table.
 
 # %%
-import inspect
-
 import numpy as np
-from lesson_utils import plt, save_figure
+from lesson_utils import code_after_docstring, plt, save_figure
+from matplotlib.ticker import MaxNLocator
 
 from tinymixer import blocks
 from tinymixer.blocks import (
@@ -28,7 +27,9 @@ from tinymixer.blocks import (
     token_mixing_forward,
 )
 
-print(inspect.getsource(blocks.token_mixing_forward).split('"""')[-1])
+print("In tinymixer/blocks.py, each mixing is one call of the same MLP block, on a different axis:")
+for function in (token_mixing_forward, channel_mixing_forward):
+    print(f"  {function.__name__:22s} {code_after_docstring(function)}")  # the whole code after the docstring
 
 rng = np.random.default_rng(0)
 grid, C, D_S, D_C = 4, 8, 12, 16
@@ -85,15 +86,19 @@ assert np.count_nonzero(see_channel[s0]) == C and np.count_nonzero(np.delete(see
 print(f"output (token {s0}, channel {c0}): token mixing sees all {S} tokens of channel {c0}; "
       f"channel mixing sees all {C} channels of token {s0}")
 
-fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-axes[0].imshow(see_token.T, cmap="viridis", aspect="auto")
-axes[0].set(title="token mixing: |d out / d in|", xlabel="token", ylabel="channel")
-axes[1].imshow(see_channel.T, cmap="viridis", aspect="auto")
-axes[1].set(title="channel mixing: |d out / d in|", xlabel="token", ylabel="channel")
-axes[2].imshow(see_token[:, c0].reshape(grid, grid), cmap="viridis")
-axes[2].set(title=f"token mixing on the {grid}x{grid} patch grid:\nevery patch, at any distance")
-for ax in axes[:2]:
-    ax.scatter([s0], [c0], marker="x", color="red")
+fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), gridspec_kw={"width_ratios": [1.3, 1.3, 1]})
+panels = [(see_token.T, "token mixing: |d out / d in|", "token", "channel", (s0, c0)),
+          (see_channel.T, "channel mixing: |d out / d in|", "token", "channel", (s0, c0)),
+          (see_token[:, c0].reshape(grid, grid), f"token mixing, channel {c0}, on the {grid}x{grid} patch grid:\n"
+           "every patch, at any distance", "patch column", "patch row", (s0 % grid, s0 // grid))]
+for ax, (picture, title, xlabel, ylabel, (col, row)) in zip(axes, panels, strict=True):
+    shown = ax.imshow(picture, cmap="viridis", vmin=0, aspect="auto" if ax is not axes[2] else "equal")
+    ax.scatter([col], [row], marker="x", color="red", label="the output's own position")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # tokens, channels and patches are whole numbers
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.colorbar(shown, ax=ax, label="|d out / d in|")
+axes[0].legend(loc="upper right", fontsize=8)
 save_figure(fig, "05_receptive_fields")
 
 # %% [markdown]

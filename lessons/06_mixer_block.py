@@ -8,18 +8,16 @@
 # $$Y = U + \mathrm{ChannelMixing}(\mathrm{LayerNorm}_1(U)).$$
 
 # %%
-import inspect
-
 import numpy as np
-from lesson_utils import pick, plt, save_figure
+from lesson_utils import pick, plt, print_code, save_figure
 
 import tinymixer as tm
 from tinymixer.blocks import mixer_block_backward, mixer_block_forward, prefixed
 from tinymixer.gradcheck import check_gradients
 
 # The forward numbers its steps; the backward says which step each line undoes.
-print(inspect.getsource(mixer_block_forward).split('"""')[-1])
-print(inspect.getsource(mixer_block_backward).split('"""')[-1])
+print_code(mixer_block_forward)
+print_code(mixer_block_backward)
 
 # %% [markdown]
 # ## The block's gradient check

@@ -8,14 +8,12 @@
 # - learning rate: linear warm-up to the peak, then a cosine decay to zero.
 
 # %%
-import inspect
-
 import numpy as np
-from lesson_utils import plt, save_figure
+from lesson_utils import plt, print_code, save_figure
 
 import tinymixer as tm
 
-print(inspect.getsource(tm.warmup_cosine).split('"""')[-1])
+print_code(tm.warmup_cosine)
 total, warmup = 1000, 100
 lrs = [tm.warmup_cosine(step, 0.1, total, warmup) for step in range(total + 1)]
 assert lrs[0] == 0 and lrs[warmup] == 0.1 and abs(lrs[550] - 0.05) < 1e-12 and lrs[total] == 0

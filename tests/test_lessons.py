@@ -1,15 +1,55 @@
-"""Every lesson runs top to bottom, headless, in quick mode, and writes its figures (a failing lesson fails CI)."""
+"""Every lesson runs top to bottom, headless, in quick mode, and writes its figures (a failing lesson fails CI).
+
+Quick mode must still show each lesson's point, so some tests read what a lesson prints. The notebooks
+lessons/NN_*.ipynb are generated from the scripts; one test keeps them in step, another executes them in a real
+Jupyter kernel.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-LESSONS = sorted((Path(__file__).resolve().parents[1] / "lessons").glob("[0-9][0-9]_*.py"))
+LESSONS_DIR = Path(__file__).resolve().parents[1] / "lessons"
+LESSONS = sorted(LESSONS_DIR.glob("[0-9][0-9]_*.py"))
+
+
+def quick_env(figures: Path) -> dict[str, str]:
+    env = dict(os.environ, TINYMIXER_QUICK="1", TINYMIXER_FIGURES=str(figures), MPLBACKEND="Agg",
+               TINYMIXER_BACKEND="numpy")
+    env.pop("DISPLAY", None)
+    return env
+
+
+@dataclass
+class LessonRun:
+    returncode: int
+    stdout: str
+    stderr: str
+    figures: list[Path]
+
+
+@pytest.fixture(scope="session")
+def run_lesson(tmp_path_factory):
+    """Runs a lesson script in quick mode once per test session and returns what it printed and drew."""
+    done: dict[str, LessonRun] = {}
+
+    def run(stem: str) -> LessonRun:
+        if stem not in done:
+            figures = tmp_path_factory.mktemp(stem)
+            result = subprocess.run([sys.executable, f"{stem}.py"], cwd=LESSONS_DIR, env=quick_env(figures),
+                                    capture_output=True, text=True, timeout=300)
+            done[stem] = LessonRun(result.returncode, result.stdout, result.stderr, sorted(figures.glob("*.png")))
+        return done[stem]
+
+    return run
 
 
 def test_there_are_twelve_lessons():
@@ -17,12 +57,121 @@ def test_there_are_twelve_lessons():
 
 
 @pytest.mark.parametrize("lesson", LESSONS, ids=[p.stem for p in LESSONS])
-def test_lesson_runs_in_quick_mode(lesson, tmp_path):
-    env = dict(os.environ, TINYMIXER_QUICK="1", TINYMIXER_FIGURES=str(tmp_path), MPLBACKEND="Agg",
-               TINYMIXER_BACKEND="numpy")
-    env.pop("DISPLAY", None)
-    result = subprocess.run([sys.executable, str(lesson)], cwd=lesson.parent, env=env, capture_output=True,
-                            text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    figures = list(tmp_path.glob("*.png"))
-    assert figures and all(f.stat().st_size > 5000 for f in figures), figures
+def test_lesson_runs_in_quick_mode(lesson, run_lesson):
+    run = run_lesson(lesson.stem)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert run.figures and all(f.stat().st_size > 5000 for f in run.figures), run.figures
+
+
+def printed_line(stdout: str, start: str) -> str:
+    lines = [line for line in stdout.splitlines() if line.startswith(start)]
+    assert len(lines) == 1, f"expected one line starting with {start!r} in:\n{stdout}"
+    return lines[0]
+
+
+def accuracies(stdout: str, start: str) -> dict[str, float]:
+    """{"train": 99.7, "test": 55.2} from the line '<start> ... train accuracy 99.7%, test accuracy 55.2%'."""
+    found = re.findall(r"(train|test) accuracy\s+(\d+\.\d)%", printed_line(stdout, start))
+    return {kind: float(value) for kind, value in found}
+
+
+def test_lesson_5_opens_with_a_sentence_then_the_two_labelled_lines_of_code(run_lesson):
+    lines = run_lesson("05_token_vs_channel_mixing").stdout.splitlines()
+    assert lines[0].startswith("In tinymixer/blocks.py"), lines[:3]  # not a bare line of source code
+    assert re.fullmatch(r"\s+token_mixing_forward\s+return mlp_block_forward\(.*axis=-2\)", lines[1]), lines[1]
+    assert re.fullmatch(r"\s+channel_mixing_forward\s+return mlp_block_forward\(.*axis=-1\)", lines[2]), lines[2]
+
+
+def chance(stdout: str) -> float:
+    """The chance level in percent, as the lesson prints it: '(chance: 33%)'."""
+    return float(re.search(r"\(chance: (\d+)%\)", stdout).group(1))
+
+
+def test_lesson_9_quick_mode_learns_overfits_and_augmentation_narrows_the_gap(run_lesson):
+    out = run_lesson("09_training").stdout
+    plain, augmented = accuracies(out, "no augmentation"), accuracies(out, "crop + flip")
+    assert min(plain["test"], augmented["test"]) > 1.5 * chance(out), out  # it learns: far above chance
+    assert plain["train"] - plain["test"] > 20, out  # it overfits: a wide train-test gap
+    assert augmented["train"] - augmented["test"] < (plain["train"] - plain["test"]) / 2, out  # augmentation narrows it
+
+
+def test_lesson_10_quick_mode_learns_and_moves_the_weights_away_from_the_initialisation(run_lesson):
+    out = run_lesson("10_looking_inside").stdout
+    assert accuracies(out, "trained:")["train"] > 1.5 * chance(out), out
+    moved = re.search(r"moved (\d+)% of its norm", printed_line(out, "token-mixing kernel"))
+    assert int(moved.group(1)) >= 25, out  # visibly different pictures (about half in full mode)
+
+
+def test_lesson_11_quick_mode_shows_exact_invariance_and_the_global_shuffle_costing_accuracy(run_lesson):
+    out = run_lesson("11_permutation_invariance").stdout
+    original, shuffled = accuracies(out, "original"), accuracies(out, "patches + pixels shuffled")
+    global_shuffle = accuracies(out, "all pixels shuffled")
+    assert original == shuffled, out  # the same model in permuted coordinates: the same accuracies
+    assert original["test"] > 1.5 * chance(out), out  # far above chance, so that the equality means something
+    assert global_shuffle["test"] < original["test"] - 10, out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The notebooks
+
+
+def load_make_notebooks():
+    spec = importlib.util.spec_from_file_location("make_notebooks", LESSONS_DIR / "make_notebooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_generator_cuts_cells_at_the_percent_markers():
+    make_notebooks = load_make_notebooks()
+    script = "# %% [markdown]\n# # Title\n#\n# Some *text*.\n\n# %%\nx = 1\n\n\ny = x\n\n# %%\nprint(y)\n"
+    assert make_notebooks.split_cells(script) == [("markdown", ["# Title", "", "Some *text*."]),
+                                                  ("code", ["x = 1", "", "", "y = x"]),
+                                                  ("code", ["print(y)"])]
+
+
+def test_committed_notebooks_are_what_the_generator_writes_from_the_scripts():
+    make_notebooks = load_make_notebooks()
+    assert [p.stem for p in sorted(LESSONS_DIR.glob("[0-9][0-9]_*.ipynb"))] == [p.stem for p in LESSONS]
+    stale = make_notebooks.stale_notebooks(LESSONS_DIR)
+    assert not stale, (f"notebooks out of date with their scripts: {', '.join(p.name for p in stale)}; "
+                       f"regenerate them with: {make_notebooks.COMMAND}")
+
+
+def notebook_tools():
+    """nbformat and nbclient; under CI (the CI variable set) they are required, elsewhere the test is skipped."""
+    if os.environ.get("CI"):
+        import ipykernel  # noqa: F401 - the kernel the notebooks run in
+        import nbclient
+        import nbformat
+    else:
+        pytest.importorskip("ipykernel")
+        nbclient = pytest.importorskip("nbclient")
+        nbformat = pytest.importorskip("nbformat")
+    return nbclient, nbformat
+
+
+@pytest.mark.parametrize("lesson", LESSONS, ids=[p.stem for p in LESSONS])
+def test_notebook_executes_in_a_jupyter_kernel_in_quick_mode(lesson, tmp_path, monkeypatch):
+    nbclient, nbformat = notebook_tools()
+    # The kernel inherits this process's environment: quick mode, and no MPLBACKEND (as CI sets), so that it uses
+    # Jupyter's inline backend and shows the figures in the cells, as a learner's kernel does.
+    monkeypatch.setenv("TINYMIXER_QUICK", "1")
+    monkeypatch.setenv("TINYMIXER_FIGURES", str(tmp_path))
+    monkeypatch.setenv("TINYMIXER_BACKEND", "numpy")
+    monkeypatch.delenv("MPLBACKEND", raising=False)
+    monkeypatch.delenv("DISPLAY", raising=False)
+    notebook = nbformat.read(lesson.with_suffix(".ipynb"), as_version=4)
+    client = nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
+                                     resources={"metadata": {"path": str(LESSONS_DIR)}})  # cwd: lessons/
+    client.execute()
+
+    code_cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    outputs = [output for cell in code_cells for output in cell.outputs]
+    text = "\n".join(str(output) for output in outputs)
+    assert "PosixPath" not in text
+    stray = [cell.source.splitlines()[-1] for cell in code_cells
+             if any(output.output_type == "execute_result" for output in cell.outputs)]
+    assert not stray, f"cells whose last line displays a value: {stray}"
+    shown = sum("image/png" in output.get("data", {}) for output in outputs)
+    assert shown == len(list(tmp_path.glob("*.png"))) > 0  # every saved figure is also shown in the notebook
