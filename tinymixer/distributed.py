@@ -218,7 +218,10 @@ def run(main: Callable[[], int | None], expected: tuple[type[BaseException], ...
     as mpi4py's ``python -m mpi4py`` runner does), because the other ranks may be waiting for this one in an
     all-reduce and would hang forever. ``main`` returning, or raising SystemExit, ends this rank normally: the
     program's exit codes are decisions every rank takes together (a bad option, Ctrl-C, a NaN loss)."""
-    comm = world()
+    try:
+        comm = init()  # made here, before main runs: an error anywhere in main must reach every rank
+    except DistributedError as error:
+        sys.exit(f"error: {error}")
     try:
         code = main()
     except SystemExit:

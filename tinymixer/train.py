@@ -12,7 +12,7 @@ import numpy as np
 from .data import augment, normalize
 from .evaluate import evaluate
 from .layers import softmax_cross_entropy
-from .optim import SGD, clip_by_global_norm, warmup_cosine
+from .optim import SGD, clip_by_global_norm, warmup_cosine, warmup_steps
 
 
 def train_step(model: Any, optimizer: SGD, images: Any, labels: np.ndarray, lr: float, clip: float = 1.0,
@@ -47,15 +47,19 @@ def train_step(model: Any, optimizer: SGD, images: Any, labels: np.ndarray, lr: 
 
 
 def fit(model: Any, images: np.ndarray, labels: np.ndarray, *, epochs: int, batch_size: int = 64, lr: float = 0.05,
-        warmup: int = 50, clip: float = 1.0, momentum: float = 0.9, crop_padding: int = 0, flip: bool = False,
+        warmup: int | str = "5%", clip: float = 1.0, momentum: float = 0.9, crop_padding: int = 0, flip: bool = False,
         seed: int = 0, test: tuple[np.ndarray, np.ndarray] | None = None) -> list[dict[str, float]]:
     """Train on uint8 images (N, H, W, C) with the paper's recipe (SGD momentum, clipping, warm-up + cosine).
 
+    ``warmup``: steps (50), epochs ("2ep") or a percentage of the run ("5%"); longer than the run is an error.
     Returns one record per epoch: train loss and accuracy, and test loss and accuracy when ``test`` is given.
     """
     optimizer = SGD(momentum=momentum)
-    steps_per_epoch = max(1, len(labels) // batch_size)
+    steps_per_epoch = len(labels) // batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(labels)} images is less than one batch of {batch_size}; lower batch_size")
     total = epochs * steps_per_epoch
+    warmup_length = warmup_steps(warmup, total, steps_per_epoch)
     rng = np.random.default_rng(seed)
     history = []
     for epoch in range(epochs):
@@ -64,7 +68,7 @@ def fit(model: Any, images: np.ndarray, labels: np.ndarray, *, epochs: int, batc
         for step in range(steps_per_epoch):
             index = order[step * batch_size:(step + 1) * batch_size]
             batch = augment(images[index], rng, crop_padding, flip) if (crop_padding or flip) else images[index]
-            lr_now = warmup_cosine(epoch * steps_per_epoch + step, lr, total, min(warmup, total))
+            lr_now = warmup_cosine(epoch * steps_per_epoch + step, lr, total, warmup_length)
             loss, logits = train_step(model, optimizer, normalize(batch, model.dtype), labels[index], lr_now, clip)
             loss_sum += float(loss) * len(index)
             correct += int((logits.argmax(axis=1) == model.xp.asarray(labels[index])).sum())
