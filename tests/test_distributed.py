@@ -201,3 +201,27 @@ def test_ctrl_c_stops_every_rank_at_the_same_step_and_saves(tmp_path, digits):
     meta = load_checkpoint(out / "checkpoint.npz")[2]
     assert 0 < meta["state"]["global_step"] < 30 * (1437 // 32) and meta["state"]["step_in_epoch"] > 0
     assert proc.returncode == 130, output
+
+
+# --- the benchmark and its cost model ----------------------------------------------------------------------------
+
+
+def test_ring_allreduce_cost_model_by_hand():
+    from tinymixer.bench_parallel import ring_allreduce_seconds, scaling_efficiency
+
+    assert ring_allreduce_seconds(1e9, 1, 1e9) == 0.0
+    assert ring_allreduce_seconds(1e9, 2, 1e9) == pytest.approx(1.0)  # 2 (2 - 1) / 2 x 1 GB at 1 GB/s
+    assert ring_allreduce_seconds(1e9, 4, 1e9, latency=1e-3) == pytest.approx(1.5 + 0.006)
+    # 8 images per process at 1 ms each: 8 ms of compute against 8 ms of all-reduce: half the ideal speed-up
+    assert scaling_efficiency(1e-3, 64, 8, nbytes=8e6 * 4 / 7, bandwidth=1e9) == pytest.approx(0.5)
+
+
+@needs_mpi
+def test_parallel_benchmark_runs_every_layout():
+    result = subprocess.run([sys.executable, "-m", "tinymixer.bench_parallel", "--config", "micro/4", "--steps", "1",
+                             "--batch-size", "32"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    from tinymixer.bench_parallel import cores
+
+    assert "| 1 x 1 |" in result.stdout and "N = 512" in result.stdout
+    assert cores() == 1 or f"| {cores()} x 1 |" in result.stdout  # P processes of one thread, through mpiexec
