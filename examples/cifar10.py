@@ -409,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
             fail(f"--resume: {out} holds no run ({path} does not exist); start one without --resume, or give "
                  f"--out the run's folder")
         model, meta, momentum = load_model_on_root(path)
+        if "state" not in meta:
+            fail(f"--resume: {path} holds weights but no training state (best.npz is the best epoch's weights "
+                 f"only); resume from the run's checkpoint.npz, or evaluate it with --evaluate")
         args = with_remembered_options(meta, argv, given, "resumed")
         resumed = path, meta
     else:
@@ -451,9 +454,10 @@ def main(argv: list[str] | None = None) -> int:
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "history": [], "best": None,
              "running": {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0, "data_seconds": 0.0}}
     if resumed:
-        # the optimiser's state too comes from rank 0 (the other ranks start from zeros of the right shapes)
-        optimizer.state = {k: model.xp.asarray(momentum[k]) if k in momentum else model.xp.zeros_like(v)
-                           for k, v in model.params.items()} if (momentum or not comm.is_root) else {}
+        # the optimiser's state too comes from rank 0 (zeros, the state before any step, where it has none)
+        optimizer.state = {k: model.xp.zeros_like(v) for k, v in model.params.items()}
+        for name, value in momentum.items():  # rank 0's (the others got an empty dict)
+            optimizer.state[name][...] = model.xp.asarray(value)
         comm.broadcast_(optimizer.state)
         state = {"best": None} | meta["state"]
         for record in state["history"]:  # checkpoints before the evaluation split was named called it "test"

@@ -257,3 +257,11 @@ def test_outputs_honour_the_umask_and_the_best_checkpoint_is_kept(tmp_path, digi
     data = load_folder(digits / "cifar-10-batches-py")
     again = evaluate(load_model(out / "best.npz"), data.test_images, data.test_labels)["accuracy"]
     assert again == best["accuracy"]
+
+
+def test_resume_from_the_best_weights_alone_is_a_clear_error(tmp_path, digits, capsys):
+    out = tmp_path / "run"
+    assert cifar10.main(["--data-dir", str(digits), "--epochs", "1", "--out", str(out)] + QUICK) == 0
+    with pytest.raises(SystemExit) as stop:
+        cifar10.main(["--resume", str(out / "best.npz"), "--out", str(out)])
+    assert stop.value.code == 2 and "holds weights but no training state" in capsys.readouterr().err
