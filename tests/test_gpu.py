@@ -103,3 +103,25 @@ def test_same_seed_same_model_and_training_step_on_both_backends():
         results.append((loss, {k: tm.to_host(v) for k, v in model.params.items()}))
     assert_close(results[0][0], results[1][0])
     assert_close(results[0][1], results[1][1])
+
+
+def test_nccl_allreduce_on_one_rank_and_a_step_through_it():
+    """Data parallelism's GPU path on one GPU: an MPI communicator of one process, its NCCL communicator, an
+    in-place all-reduce of a GPU buffer (one rank: the sum is the buffer itself), and a training step whose
+    gradient buffer goes through NCCL and comes back unchanged, on the device."""
+    pytest.importorskip("mpi4py")
+    from tinymixer import distributed
+
+    comm = distributed.MpiCommunicator()  # a singleton MPI world: no mpiexec needed
+    comm.use_nccl()
+    buffer = cupy.arange(1000, dtype=cupy.float32)
+    comm.allreduce_sum_(buffer)
+    assert isinstance(buffer, cupy.ndarray) and float(buffer[999]) == 999.0
+    tm.set_backend("cupy")
+    model = tm.MlpMixer.from_name("micro/4", num_classes=10, image_size=32, seed=0)
+    images = cupy.asarray(np.random.default_rng(0).uniform(-1, 1, (16, 32, 32, 3)).astype(np.float32))
+    _, dlogits = tm.softmax_cross_entropy(model.forward(images), np.arange(16) % 10)
+    model.backward(dlogits)
+    before = model.grad_buffer.copy()
+    comm.allreduce_sum_(model.grad_buffer)
+    assert isinstance(model.grad_buffer, cupy.ndarray) and bool((model.grad_buffer == before).all())

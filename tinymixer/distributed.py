@@ -203,6 +203,21 @@ def world() -> SingleProcess:
     return _world if _world is not None else SingleProcess()
 
 
+def status() -> str:
+    """One line for ``python -m tinymixer``: how many processes the launcher started, and whether mpi4py and an
+    ``mpiexec`` are there (found without importing mpi4py, which would start MPI)."""
+    import importlib.util
+    import shutil
+
+    size = launched_size()
+    has_mpi4py = importlib.util.find_spec("mpi4py") is not None
+    where = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    launcher = shutil.which("mpiexec", path=where)
+    return (f"{size} process{'es' * (size != 1)} ({'started by an MPI launcher' if size > 1 else 'no MPI launcher'});"
+            f" mpi4py {'installed' if has_mpi4py else 'not installed (pip install tinymixer[mpi])'}, mpiexec "
+            f"{launcher or 'not found'}")
+
+
 def shard_of(batch_size: int, comm: SingleProcess) -> slice:
     """This rank's rows of a global batch: contiguous, as equal as possible, in rank order (so that the ranks'
     rows, concatenated, are the one-process batch)."""

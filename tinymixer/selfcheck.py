@@ -31,7 +31,7 @@ import numpy as np
 
 import tinymixer as tm
 
-from . import backend, chunks, data
+from . import backend, chunks, data, distributed
 from .bench import blas_description
 from .gradcheck import directional_check
 from .layers import softmax_cross_entropy
@@ -113,6 +113,7 @@ def describe() -> tuple[list[tuple[str, str]], str | None]:
         ("threads", f"{chunks.num_threads()} per step ({cores} usable cores): a batch of 128 images runs as "
                     f"{shards} shard{'s' * (shards != 1)}, one thread each"),
         ("data folder", str(data.default_data_dir())),
+        ("processes", distributed.status()),
     ]
     return info, backend_error
 
