@@ -52,8 +52,8 @@ def run_lesson(tmp_path_factory):
     return run
 
 
-def test_there_are_twelve_lessons():
-    assert len(LESSONS) == 12
+def test_there_are_thirteen_lessons():
+    assert len(LESSONS) == 13
 
 
 @pytest.mark.parametrize("lesson", LESSONS, ids=[p.stem for p in LESSONS])
@@ -109,6 +109,19 @@ def test_lesson_11_quick_mode_shows_exact_invariance_and_the_global_shuffle_cost
     assert original == shuffled, out  # the same model in permuted coordinates: the same accuracies
     assert original["test"] > 1.5 * chance(out), out  # far above chance, so that the equality means something
     assert global_shuffle["test"] < original["test"] - 10, out
+
+
+def test_lesson_13_quick_mode_ranks_add_up_to_one_process_and_the_mean_of_means_does_not(run_lesson):
+    out = run_lesson("13_data_parallel").stdout
+    differences = {split: [float(x) for x in printed_line(out, split).split()[-2:]]  # [weighted sum, mean of means]
+                   for split in ["2 ranks, shard_of", "3 ranks, shard_of", "3 ranks, lopsided"]}
+    assert all(right < 1e-13 for right, _ in differences.values()), out  # the one-process gradient, to rounding
+    assert differences["2 ranks, shard_of"][1] < 1e-13, out  # equal shards: averaging means is the same thing
+    assert min(differences["3 ranks, shard_of"][1], differences["3 ranks, lopsided"][1]) > 1e-3, out  # unequal: wrong
+    after = re.search(r"largest weight difference / largest weight (\S+); the 3 ranks' weights bit-identical: True",
+                      printed_line(out, "after "))
+    assert after and float(after.group(1)) < 1e-13, out
+    assert printed_line(out, "tiny/4 ").split()[1:3] == ["1,132,170", "4.5"], out  # 4 bytes per parameter
 
 
 # ----------------------------------------------------------------------------------------------------------------
