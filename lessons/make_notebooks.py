@@ -1,6 +1,6 @@
 """Write the Jupyter notebooks lessons/NN_*.ipynb from the lesson scripts lessons/NN_*.py.
 
-    python lessons/make_notebooks.py            # (re)write all twelve notebooks
+    python lessons/make_notebooks.py            # (re)write every lesson's notebook
     python lessons/make_notebooks.py --check    # exit 1 if a committed notebook differs from what would be written
 
 The scripts are the source; the notebooks are generated from them and committed without outputs, so that they open
