@@ -245,6 +245,13 @@ class MlpMixer:
 
     def _forward_shard(self, x: Array, train: bool) -> tuple[Array, tuple | None]:
         """The network on one batch (or shard): returns the logits and the caches for ``_backward_shard``."""
+        x, body_cache = self._features_shard(x, train)  # 1.-4. (B, C)
+        logits, head_cache = dense_forward(x, self.params["head/kernel"], self.params["head/bias"])  # 5. (B, K)
+        return logits, ((*body_cache, head_cache) if train else None)
+
+    def _features_shard(self, x: Array, train: bool) -> tuple[Array, tuple | None]:
+        """Steps 1.-4. of the network, everything before the head: the pre-logits (B, C) of one batch (or shard),
+        and the caches of these steps (stem, blocks, LayerNorm, pool) when ``train``."""
         p = self.params
         x, stem_cache = stem_forward(x, p["stem/kernel"], p["stem/bias"])  # 1. (B, S, C)
         block_caches = []
@@ -255,8 +262,23 @@ class MlpMixer:
         x, ln_cache = layer_norm_forward(x, p["pre_head_layer_norm/scale"], p["pre_head_layer_norm/bias"],
                                          train=train)  # 3.
         x, pool_cache = mean_pool_forward(x)  # 4. (B, C)
-        logits, head_cache = dense_forward(x, p["head/kernel"], p["head/bias"])  # 5. (B, K)
-        return logits, ((stem_cache, block_caches, ln_cache, pool_cache, head_cache) if train else None)
+        return x, ((stem_cache, block_caches, ln_cache, pool_cache) if train else None)
+
+    def features(self, images: Array) -> Array:
+        """The pre-logits representation (B, C) of images (B, H, W, in_channels): the last LayerNorm's output
+        averaged over the S tokens, i.e. what the head maps to the logits,
+
+            features = (1/S) sum_s LayerNorm(X_N)[:, s, :]      (B, C);   logits = features @ W_head + b_head
+
+        (the official model's ``pre_logits``; few-shot linear evaluation fits its classifiers on these). An
+        evaluation pass, as ``forward(images, train=False)``: no caches are kept (those of an earlier training
+        forward are dropped too), the batch is cut into shards as in ``forward``, and the result stays on the
+        model's backend (a CuPy array on the GPU)."""
+        x = self._checked_images(images)
+        self._cache = None
+        shards = batch_shards(x.shape[0], self.xp)
+        results = for_shards(lambda rows: self._features_shard(x[rows], train=False)[0], shards)
+        return results[0] if len(shards) == 1 else self.xp.concatenate(results)
 
     def backward(self, dlogits: Array) -> Array:
         """Back-propagate dL/dlogits (B, K) through the last training forward; fills ``self.grads`` (the same
