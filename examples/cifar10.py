@@ -51,18 +51,27 @@ from tinymixer.data import (
     find_data,
     load_folder,
     normalize,
+    resize_batch,
 )
 from tinymixer.evaluate import confusion_matrix, evaluate, format_confusion_matrix
 from tinymixer.files import atomic_open
 from tinymixer.plots import plot_confusion_matrix, plot_learning_curves
+from tinymixer.pretrained import PretrainedError, load_for_finetuning
 from tinymixer.train import train_step
 
 # The options a checkpoint remembers, restored by --resume (the rest belong to one invocation: --out, --resume,
 # --backend, progress and logging). The model's shape is remembered as the model itself (meta["model"]).
-REMEMBERED = ["config", "patch_size", "dtype", "data_dir", "data_url", "data_md5", "validation", "limit_train",
+REMEMBERED = ["config", "patch_size", "dtype", "init", "image_size", "head_only", "accumulate", "recipe", "data_dir",
+              "data_url", "data_md5", "validation", "limit_train",
               "limit_test", "epochs", "batch_size", "lr", "warmup", "clip", "momentum", "weight_decay",
               "label_smoothing", "mixup", "crop_padding", "flip", "seed"]
-MODEL_OPTIONS = ["config", "patch_size", "dtype"]
+MODEL_OPTIONS = ["config", "patch_size", "dtype", "init", "image_size"]
+# Named sets of defaults (--recipe): every option a recipe sets can still be given on its own, and wins.
+RECIPES = {
+    "default": {},  # the defaults below: the paper's fine-tuning recipe, sized for a CPU and small data
+    "paper-finetune": {  # the official fine-tuning hyper-parameters (vit_jax's Mixer fine-tuning configuration)
+        "batch_size": 512, "lr": 0.03, "warmup": "500", "momentum": 0.9, "clip": 1.0, "weight_decay": 0.0},
+}
 MIN_TOKENS = 16  # the automatic patch size keeps at least a 4 x 4 grid of tokens for token mixing to mix
 
 
@@ -139,6 +148,21 @@ def build_parser() -> Parser:
                             f"tokens (patch 2 on 8x8 images)")
     model.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="floating-point type")
 
+    tune = p.add_argument_group("fine-tuning from a checkpoint")
+    tune.add_argument("--init", type=Path, metavar="CHECKPOINT",
+                      help="start from these weights (an official Mixer .npz, or a run's checkpoint): all but the "
+                           "head, a new zero head for the data's classes; the size comes from the checkpoint")
+    tune.add_argument("--image-size", type=pos, metavar="N",
+                      help="resize the images to NxN on the fly (e.g. 224 for an official checkpoint); a grid of "
+                           "patches a whole multiple of the checkpoint's gets the paper's block-diagonal token mixing")
+    tune.add_argument("--head-only", action="store_true", help="train the head alone, the rest frozen")
+    tune.add_argument("--accumulate", type=pos, default=1, metavar="K",
+                      help="split every batch into K parts, one after the other, and add up their gradients: the "
+                           "update of the whole batch with the memory of one part")
+    tune.add_argument("--recipe", choices=list(RECIPES), default="default",
+                      help="a named set of defaults; paper-finetune: batch 512, lr 0.03, 500 warm-up steps, momentum "
+                           "0.9, clipping at 1, no weight decay (options given on their own still win)")
+
     data = p.add_argument_group("data")
     data.add_argument("--data-dir", type=Path, metavar="DIR",
                       help=f"a CIFAR-layout folder or its parent (default: CIFAR-10 in ${DATA_DIR_ENV} or "
@@ -190,8 +214,11 @@ def build_parser() -> Parser:
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, set[str]]:
-    """The options, and which of them were given on the command line (not defaults)."""
+    """The options, and which of them were given on the command line (not defaults). A --recipe's values replace
+    the defaults; options given on the command line win over both."""
     parser = build_parser()
+    args = parser.parse_args(argv)
+    parser.set_defaults(**RECIPES[args.recipe])
     args = parser.parse_args(argv)
     if args.download and args.no_download:
         parser.error("--download and --no-download contradict each other")
@@ -213,6 +240,8 @@ def remembered_argv(options: dict) -> list[str]:
             continue
         if name == "flip":
             words.append("--flip" if value in (True, "True") else "--no-flip")
+        elif name == "head_only":
+            words += ["--head-only"] if value in (True, "True") else []
         else:
             words.append(f"{flag}={value}")
     return words
@@ -315,7 +344,20 @@ def auto_patch_size(size_patch: int, h: int, w: int) -> int:
 
 
 def build_model(args: argparse.Namespace, data: Dataset) -> tm.MlpMixer:
+    """A new model of --config for the data (at --image-size when given), or one started from --init's weights."""
     h, w, c = data.image_shape
+    if args.image_size:
+        h = w = args.image_size
+    if args.init:
+        try:
+            model, notes = load_for_finetuning(args.init, data.num_classes, (h, w), args.dtype, args.seed)
+        except PretrainedError as exc:
+            fail(f"--init {args.init}: {exc}")
+        for note in notes:
+            log(f"note: --init {args.init}: {note}")
+        if model.in_channels != c:
+            fail(f"--init {args.init} takes images of {model.in_channels} channels, the data has {c}")
+        return model
     patch = args.patch_size
     if patch == "auto":
         size_patch = tm.SIZES[args.config].patch_size
@@ -331,10 +373,13 @@ def build_model(args: argparse.Namespace, data: Dataset) -> tm.MlpMixer:
         fail(f"--patch-size {patch}: {exc}")
 
 
-def check_fits(model: tm.MlpMixer, data: Dataset, what: str) -> None:
+def check_fits(model: tm.MlpMixer, data: Dataset, what: str, resized: bool = False) -> None:
+    """The data must be what the model takes (or, ``resized`` to the model's resolution on the fly, its channels
+    and classes must be)."""
     h, w = model.image_size
-    if data.image_shape != (h, w, model.in_channels) or data.num_classes != model.num_classes:
-        hd, wd, cd = data.image_shape
+    hd, wd, cd = data.image_shape
+    if (hd, wd, cd) != (h, w, model.in_channels) and not (resized and cd == model.in_channels) \
+            or data.num_classes != model.num_classes:
         fail(f"{what} takes {h}x{w}x{model.in_channels} images of {model.num_classes} classes, but the data has "
              f"{hd}x{wd}x{cd} images of {data.num_classes} classes: is --data-dir the data it was trained on?")
 
@@ -354,9 +399,10 @@ def evaluate_only(args: argparse.Namespace, argv: list[str], given: set[str]) ->
         if "limit_test" not in given:
             args.limit_test = None
     data = load_data(args)
-    check_fits(model, data, f"the model in {args.evaluate}")
+    check_fits(model, data, f"the model in {args.evaluate}", resized=bool(args.image_size))
     split = "validation" if args.validation else "test"
-    result = evaluate(model, data.test_images, data.test_labels, args.batch_size, comm=distributed.world())
+    result = evaluate(model, data.test_images, data.test_labels, args.batch_size, comm=distributed.world(),
+                      resize=tuple(model.image_size) != data.image_shape[:2])
     if not distributed.world().is_root:
         return 0
     counts = confusion_matrix(data.test_labels, result["predictions"], data.num_classes)
@@ -426,17 +472,21 @@ def main(argv: list[str] | None = None) -> int:
     split = "validation" if args.validation else "test"  # what the evaluation set is, named so everywhere
 
     if resumed:
-        check_fits(model, data, f"the run in {path}")
+        check_fits(model, data, f"the run in {path}", resized=bool(args.image_size))
     else:
         model = build_model(args, data)
         comm.broadcast_(model.params)  # the same start on every rank (the seed gives it already: made certain)
-    h, w, c = data.image_shape
+    h, w = model.image_size  # the images the model takes (the data's, or --image-size's: resized on the fly)
+    resize = (h, w) != data.image_shape[:2]
     crop = round(min(h, w) / 8) if args.crop_padding == "auto" else args.crop_padding
     optimizer = tm.SGD(momentum=args.momentum, weight_decay=args.weight_decay)
     if comm.size > args.batch_size:
         fail(f"--batch-size {args.batch_size} is smaller than the {comm.size} processes; each needs at least one "
              f"image of every batch")
     rows = distributed.shard_of(args.batch_size, comm)  # this rank's rows of every global batch
+    if args.accumulate > rows.stop - rows.start:
+        fail(f"--accumulate {args.accumulate} parts of {rows.stop - rows.start} images (each process's share of a "
+             f"batch of {args.batch_size}): each part needs at least one image; lower --accumulate")
     shards = len(batch_shards(rows.stop - rows.start, model.xp))  # how a step spreads over the cores (chunks.py)
     steps_per_epoch = len(data.train_labels) // args.batch_size
     if steps_per_epoch == 0:
@@ -508,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
         schedule = {"batch_size": args.batch_size, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
                     "warmup_steps": warmup, "lr": args.lr}
         meta = {"model": model.config(), "state": state, "options": options, "schedule": schedule, "shards": shards,
-                "processes": comm.size}
+                "processes": comm.size, "class_names": data.class_names}
         if comm.is_root:  # every rank holds the same weights and state: rank 0 writes them
             save_checkpoint(checkpoint_path, model.params, optimizer.state, meta)
         log(f"checkpoint ({reason}): {checkpoint_path}")
@@ -543,14 +593,15 @@ def main(argv: list[str] | None = None) -> int:
                 # only its rows (all of them in a one-process run), so N processes see the one-process batch.
                 draws = draw_augmentation(rng, len(index), crop, args.flip)
                 mine = index[rows]
-                images = normalize(apply_augmentation(data.train_images[mine], draws, rows), model.dtype)
+                images = resize_batch(data.train_images[mine], (h, w))  # the official pipeline: resize, then crop
+                images = normalize(apply_augmentation(images, draws, rows), model.dtype)
                 labels = data.train_labels[mine]
                 mix = None
                 if args.mixup:
                     lam, partner = draw_mixup(rng, len(index), args.mixup)
                     theirs = partner[rows]
-                    others = normalize(apply_augmentation(data.train_images[index[theirs]], draws, theirs),
-                                       model.dtype)
+                    others = resize_batch(data.train_images[index[theirs]], (h, w))
+                    others = normalize(apply_augmentation(others, draws, theirs), model.dtype)
                     images = (lam * images + (1.0 - lam) * others).astype(model.dtype, copy=False)
                     mix = (data.train_labels[index[theirs]], lam)
                 t1 = time.perf_counter()
@@ -558,7 +609,8 @@ def main(argv: list[str] | None = None) -> int:
                 lr = lr_at(state["global_step"])
                 # forward -> loss -> backward -> (all-reduce) -> clip -> SGD update (tinymixer/train.py)
                 loss, logits = train_step(model, optimizer, images, labels, lr, args.clip, args.label_smoothing, mix,
-                                          comm=comm, global_batch=len(index))
+                                          comm=comm, global_batch=len(index), accumulate=args.accumulate,
+                                          head_only=args.head_only)
 
                 loss_sum += loss
                 correct_sum += (logits.argmax(axis=1) == model.xp.asarray(labels)).sum()
@@ -592,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
             bar.close()
 
             # --- end of an epoch: evaluate, record, checkpoint (the last and the best), plot ------------------------
-            result = evaluate(model, data.test_images, data.test_labels, args.batch_size, comm=comm)
+            result = evaluate(model, data.test_images, data.test_labels, args.batch_size, comm=comm, resize=resize)
             seen, seconds = max(run["seen"], 1), max(run["seconds"], 1e-9)
             record = {"epoch": epoch + 1, "train_loss": run["loss"] / seen * args.batch_size,
                       "train_accuracy": run["correct"] / seen, f"{split}_loss": result["loss"],
@@ -612,7 +664,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{100 * record['data_time_fraction']:.1f}%")
             if is_best and comm.is_root:  # the weights alone (no optimiser state): for --evaluate and load_model
                 save_checkpoint(best_path, model.params, None, {"model": model.config(), "best": state["best"],
-                                                                "options": remembered_options()})
+                                                                "options": remembered_options(),
+                                                                "class_names": data.class_names})
             save(f"epoch {epoch + 1}")
             if comm.is_root:
                 write_metrics(out, state["history"], {
@@ -627,7 +680,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, previous_handler)
 
     if result is None:  # resumed a run that had already finished: nothing trained, evaluate what there is
-        result = evaluate(model, data.test_images, data.test_labels, args.batch_size, comm=comm)
+        result = evaluate(model, data.test_images, data.test_labels, args.batch_size, comm=comm, resize=resize)
     if not comm.is_root:
         return 0
     counts = confusion_matrix(data.test_labels, result["predictions"], data.num_classes)

@@ -161,3 +161,18 @@ def test_validation_split_and_batches():
     seen = np.concatenate(list(D.batches(10, 3, np.random.default_rng(0))))
     assert sorted(seen.tolist()) == list(range(10))
     assert [len(b) for b in D.batches(10, 3, None, drop_last=True)] == [3, 3, 3]
+
+
+def test_resize_batch_matches_pillows_bilinear_on_upscaling_and_keeps_constant_images():
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 8, 6, 3), dtype=np.uint8)
+    resized = D.resize_batch(images, (24, 18))
+    assert resized.shape == (3, 24, 18, 3) and resized.dtype == np.uint8
+    for image, mine in zip(images, resized, strict=True):  # Pillow's bilinear: the same half-pixel sampling
+        theirs = np.asarray(Image.fromarray(image).resize((18, 24), Image.BILINEAR))
+        assert np.abs(mine.astype(int) - theirs).max() <= 1
+    flat = np.full((1, 5, 7, 1), 77, np.uint8)
+    assert (D.resize_batch(flat, (32, 32)) == 77).all()
+    assert D.resize_batch(images, (8, 6)) is images

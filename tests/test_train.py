@@ -38,3 +38,48 @@ def test_fewer_images_than_a_batch_is_an_error():
     images, labels = tiny_data(10)
     with pytest.raises(ValueError, match="less than one batch"):
         fit(tiny_model(), images, labels, epochs=1, batch_size=16)
+
+
+def one_step(model, images, labels, **kwargs):
+    optimizer = tm.SGD(momentum=0.9)
+    return tm.train.train_step(model, optimizer, images, labels, 0.1, 0.0, **kwargs)
+
+
+def float64_model(seed: int = 0):
+    model = tm.MlpMixer(num_classes=3, num_blocks=2, patch_size=4, hidden_dim=8, tokens_mlp_dim=4,
+                        channels_mlp_dim=8, image_size=8, dtype="float64", seed=seed)
+    model.params["head/kernel"][...] = np.random.default_rng(seed).standard_normal((8, 3))  # all gradients live
+    return model
+
+
+@pytest.mark.parametrize("parts", [2, 3, 7])
+def test_gradient_accumulation_gives_the_whole_batch_update(parts):
+    """K parts of a batch (unequal when K does not divide it), their gradients added, one update: the update of
+    the whole batch at once, to float rounding; loss and logits of the whole batch too. No clipping, so a part's
+    gradient of the wrong size would show."""
+    rng = np.random.default_rng(1)
+    images, labels = rng.uniform(-1, 1, (14, 8, 8, 3)), rng.integers(0, 3, 14)
+    whole, accumulated = float64_model(), float64_model()
+    loss_a, logits_a = one_step(whole, images, labels)
+    loss_b, logits_b = one_step(accumulated, images, labels, accumulate=parts)
+    for name in whole.params:
+        np.testing.assert_allclose(accumulated.params[name], whole.params[name], rtol=0, atol=1e-14)
+    assert float(loss_b) == pytest.approx(float(loss_a), abs=1e-14)
+    np.testing.assert_allclose(logits_b, logits_a, rtol=0, atol=1e-14)
+    moved = max(float(np.abs(whole.params[k] - float64_model().params[k]).max()) for k in whole.params)
+    assert moved > 1e-3  # the step did something
+
+
+def test_head_only_updates_the_head_alone_with_the_full_models_head_gradient():
+    rng = np.random.default_rng(2)
+    images, labels = rng.uniform(-1, 1, (6, 8, 8, 3)), rng.integers(0, 3, 6)
+    full, probe = float64_model(), float64_model()
+    before = {k: v.copy() for k, v in probe.params.items()}
+    _, dlogits = tm.softmax_cross_entropy(full.forward(images), labels)
+    full.backward(dlogits)  # the head's gradient of the whole model, for reference
+    one_step(probe, images, labels, head_only=True, accumulate=2)
+    for name in probe.params:
+        if name.startswith("head/"):  # SGD's first step from zero momentum: -lr * gradient
+            np.testing.assert_allclose(probe.params[name], before[name] - 0.1 * full.grads[name], atol=1e-14)
+        else:
+            np.testing.assert_array_equal(probe.params[name], before[name])

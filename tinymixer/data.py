@@ -378,6 +378,40 @@ def normalize(images: np.ndarray, dtype: str | np.dtype = np.float32) -> np.ndar
     return out
 
 
+def _sample_points(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """tf.image.resize's bilinear sampling along one axis (half-pixel centres, float32 as in TensorFlow's kernel):
+    for each output index, the lower and upper input index and the weight of the upper one."""
+    where = (np.arange(n_out, dtype=np.float32) + np.float32(0.5)) * np.float32(n_in / n_out) - np.float32(0.5)
+    floor = np.floor(where)
+    lower = np.maximum(floor, 0).astype(np.intp)
+    upper = np.minimum(np.ceil(where), n_in - 1).astype(np.intp)
+    return lower, upper, (where - floor).astype(np.float32)
+
+
+def bilinear_resize(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``tf.image.resize(images, size)`` (bilinear, no antialiasing, half-pixel centres; the official input
+    pipeline's resize) of (..., H, W, C) images -- one image or a batch: float32 (..., height, width, C). Each output
+    pixel mixes its four nearest input pixels, left-right first, then top-bottom, as TensorFlow's kernel does."""
+    out_h, out_w = size
+    in_h, in_w = images.shape[-3:-1]
+    top_i, bottom_i, y_lerp = _sample_points(in_h, out_h)
+    left_i, right_i, x_lerp = _sample_points(in_w, out_w)
+    x_lerp = x_lerp[:, None]  # (W_out, 1), against (..., H_out, W_out, C)
+    top_rows = np.take(images, top_i, axis=-3).astype(np.float32)  # (..., H_out, W_in, C)
+    bottom_rows = np.take(images, bottom_i, axis=-3).astype(np.float32)
+    top = top_rows[..., left_i, :] + (top_rows[..., right_i, :] - top_rows[..., left_i, :]) * x_lerp
+    bottom = bottom_rows[..., left_i, :] + (bottom_rows[..., right_i, :] - bottom_rows[..., left_i, :]) * x_lerp
+    return top + (bottom - top) * y_lerp[:, None, None]
+
+
+def resize_batch(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A uint8 batch (B, h, w, C) resized to (B, H, W, C) by ``bilinear_resize``, rounded back to uint8 (the same
+    array when it already has that size)."""
+    if tuple(images.shape[1:3]) == tuple(size):
+        return images
+    return np.clip(np.round(bilinear_resize(images, size)), 0, 255).astype(np.uint8)
+
+
 def augment(images: np.ndarray, rng: np.random.Generator, crop_padding: int = 4, flip: bool = True) -> np.ndarray:
     """The standard CIFAR augmentation on a uint8 batch (B, H, W, C): pad every side with ``crop_padding`` zero
     pixels, take a random H x W crop, and mirror left-right with probability 1/2. Returns a new array."""

@@ -7,31 +7,34 @@ from typing import Any
 import numpy as np
 
 from .backend import to_host
-from .data import normalize
+from .data import normalize, resize_batch
 from .distributed import shard_of
 from .layers import softmax_cross_entropy
 
 
-def predict_logits(model: Any, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Logits (N, K) on the host for images (N, H, W, C): uint8 pixels (scaled to [-1, 1] here, batch by batch)
-    or floats already scaled. Evaluation passes keep no caches."""
+def predict_logits(model: Any, images: np.ndarray, batch_size: int = 256, resize: bool = False) -> np.ndarray:
+    """Logits (N, K) on the host for images (N, H, W, C): uint8 pixels (scaled to [-1, 1] here, batch by batch,
+    and with ``resize`` first resized to the model's resolution, as the official evaluation does) or floats
+    already scaled. Evaluation passes keep no caches."""
     outputs = []
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size]
+        if batch.dtype == np.uint8 and resize:
+            batch = resize_batch(batch, model.image_size)
         if batch.dtype == np.uint8:
             batch = normalize(batch, model.dtype)
         outputs.append(to_host(model.forward(batch, train=False)))
     return np.concatenate(outputs) if outputs else np.zeros((0, model.num_classes), model.dtype)
 
 
-def evaluate(model: Any, images: np.ndarray, labels: np.ndarray, batch_size: int = 256, comm: Any = None
-             ) -> dict[str, Any]:
+def evaluate(model: Any, images: np.ndarray, labels: np.ndarray, batch_size: int = 256, comm: Any = None,
+             resize: bool = False) -> dict[str, Any]:
     """Mean cross-entropy, accuracy and the predicted classes of a labelled set.
 
     With ``comm`` (``tinymixer.distributed``, several ranks) each rank predicts its contiguous share of the set,
     and the loss sums and predictions are combined, so every rank gets the whole set's result."""
     rows = shard_of(len(labels), comm) if comm is not None else slice(None)
-    logits = predict_logits(model, images[rows], batch_size)
+    logits = predict_logits(model, images[rows], batch_size, resize)
     loss, _ = softmax_cross_entropy(logits, labels[rows]) if len(logits) else (0.0, None)
     predictions = logits.argmax(axis=1)
     loss_sum = float(loss) * len(predictions)

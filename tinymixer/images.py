@@ -53,7 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import DataError, Dataset, is_cifar_folder, save_folder
+from .data import DataError, Dataset, bilinear_resize, is_cifar_folder, save_folder
 
 WHITE = (255, 255, 255)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
@@ -127,31 +127,6 @@ def _rgb_pixels(image, background: tuple[int, int, int] | None) -> np.ndarray:
 # Resizing as the official evaluation does
 
 
-def _sample_points(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """tf.image.resize's bilinear sampling along one axis (half-pixel centres, float32 as in TensorFlow's kernel):
-    for each output index, the lower and upper input index and the weight of the upper one."""
-    where = (np.arange(n_out, dtype=np.float32) + np.float32(0.5)) * np.float32(n_in / n_out) - np.float32(0.5)
-    floor = np.floor(where)
-    lower = np.maximum(floor, 0).astype(np.intp)
-    upper = np.minimum(np.ceil(where), n_in - 1).astype(np.intp)
-    return lower, upper, (where - floor).astype(np.float32)
-
-
-def bilinear_resize(image: np.ndarray, size: Size) -> np.ndarray:
-    """``tf.image.resize(image, size)`` (bilinear, no antialiasing, half-pixel centres) of an (H, W, C) image:
-    float32 (height, width, C). Each output pixel mixes its four nearest input pixels, left-right first, then
-    top-bottom, as TensorFlow's kernel does."""
-    out_h, out_w = _pair(size)
-    in_h, in_w = image.shape[:2]
-    top_i, bottom_i, y_lerp = _sample_points(in_h, out_h)
-    left_i, right_i, x_lerp = _sample_points(in_w, out_w)
-    x_lerp = x_lerp[None, :, None]
-    top_rows, bottom_rows = image[top_i].astype(np.float32), image[bottom_i].astype(np.float32)
-    top = top_rows[:, left_i] + (top_rows[:, right_i] - top_rows[:, left_i]) * x_lerp
-    bottom = bottom_rows[:, left_i] + (bottom_rows[:, right_i] - bottom_rows[:, left_i]) * x_lerp
-    return top + (bottom - top) * y_lerp[:, None, None]
-
-
 def resize_image(image: np.ndarray, size: Size, crop: bool = False) -> np.ndarray:
     """A uint8 (H, W, C) image resized to ``size`` (an int for square, or (height, width)): uint8.
 
@@ -168,7 +143,7 @@ def resize_image(image: np.ndarray, size: Size, crop: bool = False) -> np.ndarra
     elif image.shape[:2] == (out_h, out_w):
         return np.ascontiguousarray(image, dtype=np.uint8)
     else:
-        resized = bilinear_resize(image, (out_h, out_w))
+        resized = bilinear_resize(image, (out_h, out_w))  # the one implementation, in data.py (batches too)
     return np.clip(np.round(resized), 0, 255).astype(np.uint8)
 
 

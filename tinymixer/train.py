@@ -11,39 +11,89 @@ import numpy as np
 
 from .data import augment, normalize
 from .evaluate import evaluate
-from .layers import softmax_cross_entropy
+from .layers import dense_backward, dense_forward, softmax_cross_entropy
 from .optim import SGD, clip_by_global_norm, warmup_cosine, warmup_steps
+
+HEAD = ("head/kernel", "head/bias")
 
 
 def train_step(model: Any, optimizer: SGD, images: Any, labels: np.ndarray, lr: float, clip: float = 1.0,
                label_smoothing: float = 0.0, mix: tuple[np.ndarray, float] | None = None, comm: Any = None,
-               global_batch: int | None = None) -> tuple[Any, Any]:
+               global_batch: int | None = None, accumulate: int = 1, head_only: bool = False) -> tuple[Any, Any]:
     """forward -> loss -> backward -> clip the global norm -> update. Returns (loss, logits), both on the device.
 
     ``mix = (partner_labels, lam)`` trains on a mixup batch: the loss is lam * CE(labels) + (1 - lam) * CE(partner).
+
+    ``accumulate = K``: the batch goes through forward and backward in K parts (one after the other, so the
+    activations of only one part are in memory at a time) whose gradients are added up before the one update: the
+    same update as the whole batch at once, to float rounding, for a batch that would not fit (one extra buffer
+    of the gradients' size holds the sum).
+
+    ``head_only``: train the head alone, the rest frozen (a linear probe on the model's features): the features
+    are computed in an evaluation pass, only the head's gradients are formed, and only the head is updated.
 
     Data parallel (``comm`` from ``tinymixer.distributed`` with several ranks): ``images`` are this rank's share
     of a batch of ``global_batch`` images. The loss and dL/dlogits are weighted by share / global_batch, so that
     the gradients summed over the ranks (one all-reduce of ``model.grad_buffer``) are the whole batch's gradient
     and every rank takes the same step; the returned loss is this rank's part of the batch's mean loss (their sum
     over the ranks is the batch's loss)."""
-    logits = model.forward(images)
+    batch = global_batch or len(labels)
+    names = list(HEAD) if head_only else list(model.params)
+    buffer = _gradients_of(model, names)  # the part of model.grad_buffer that this step fills and all-reduces
+    total, loss_sum, logits_parts = None, 0.0, []
+    for rows in np.array_split(np.arange(len(labels)), accumulate):
+        part_mix = None if mix is None else (mix[0][rows], mix[1])
+        loss, logits = _forward_backward(model, images[rows], labels[rows], label_smoothing, part_mix,
+                                         len(rows) / batch, head_only)
+        loss_sum, logits_parts = loss_sum + loss, logits_parts + [logits]
+        if accumulate > 1 and total is None:
+            total = buffer.copy()  # the next part's backward overwrites the buffer: keep the sum apart
+        elif accumulate > 1:
+            total += buffer
+    if total is not None:
+        buffer[...] = total
+    if comm is not None and comm.size > 1:
+        comm.allreduce_sum_(buffer)  # in place: every rank now holds the whole batch's gradient
+    params, grads = {k: model.params[k] for k in names}, {k: model.grads[k] for k in names}
+    if clip:
+        clip_by_global_norm(grads, clip)
+    optimizer.step(params, grads, lr)
+    logits = logits_parts[0] if len(logits_parts) == 1 else model.xp.concatenate(logits_parts)
+    return loss_sum, logits
+
+
+def _forward_backward(model: Any, images: Any, labels: np.ndarray, label_smoothing: float,
+                      mix: tuple[np.ndarray, float] | None, weight: float, head_only: bool) -> tuple[Any, Any]:
+    """One forward and backward pass of (part of) a batch whose loss counts with ``weight`` in the batch's mean;
+    fills the model's gradients (the head's alone with ``head_only``). Returns (weighted loss, logits)."""
+    if head_only:
+        features = model.features(images)  # (b, C), an evaluation pass: nothing kept for a backward
+        logits, head_cache = dense_forward(features, model.params["head/kernel"], model.params["head/bias"])
+    else:
+        logits = model.forward(images)
     loss, dlogits = softmax_cross_entropy(logits, labels, label_smoothing)
     if mix is not None:
         partner, lam = mix
         loss_b, dlogits_b = softmax_cross_entropy(logits, partner, label_smoothing)
         loss, dlogits = lam * loss + (1.0 - lam) * loss_b, lam * dlogits + (1.0 - lam) * dlogits_b
-    parallel = comm is not None and comm.size > 1
-    if parallel:
-        weight = len(labels) / global_batch
+    if weight != 1.0:  # a part of the batch (accumulation, or this rank's share): its part of the batch's mean
         loss, dlogits = loss * weight, dlogits * weight
-    model.backward(dlogits)
-    if parallel:
-        comm.allreduce_sum_(model.grad_buffer)  # in place, every rank now holds the whole batch's gradient
-    if clip:
-        clip_by_global_norm(model.grads, clip)
-    optimizer.step(model.params, model.grads, lr)
+    if head_only:
+        _, model.grads["head/kernel"][...], model.grads["head/bias"][...] = dense_backward(dlogits, head_cache)
+    else:
+        model.backward(dlogits)
     return loss, logits
+
+
+def _gradients_of(model: Any, names: list[str]) -> Any:
+    """The contiguous part of ``model.grad_buffer`` that holds the gradients of ``names`` (all of them, or the
+    head's, which come last in the official order)."""
+    buffer = model.grad_buffer
+    if len(names) == len(model.params):
+        return buffer
+    if list(model.params)[-len(names):] != names:
+        raise ValueError(f"{names} are not the last parameters of the model")
+    return buffer[buffer.size - sum(model.params[k].size for k in names):]
 
 
 def fit(model: Any, images: np.ndarray, labels: np.ndarray, *, epochs: int, batch_size: int = 64, lr: float = 0.05,
