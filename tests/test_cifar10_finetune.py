@@ -78,3 +78,19 @@ def test_the_paper_finetune_recipe_sets_its_defaults_and_options_still_win(capsy
     assert (args.batch_size, args.lr, args.warmup, args.momentum, args.clip) == (512, 0.03, "500", 0.9, 1.0)
     args, given = cifar10.parse_args(["--recipe", "paper-finetune", "--lr", "0.01"])
     assert args.lr == 0.01 and args.batch_size == 512 and given == {"recipe", "lr"}
+
+
+def test_init_from_a_file_that_is_no_mixer_is_a_one_line_error(tmp_path, digits):
+    import subprocess
+    import sys
+
+    from test_cifar10_script import SCRIPT
+
+    vit = tmp_path / "ViT-B_16.npz"  # another architecture's checkpoint: no stem, no MixerBlock_*
+    np.savez(vit, **{"embedding/kernel": np.zeros((16, 16, 3, 8)), "Transformer/encoder_norm/scale": np.ones(8)})
+    torn = tmp_path / "torn.npz"
+    torn.write_bytes(vit.read_bytes()[:200])
+    for path, message in [(vit, "not in the Mixer checkpoint layout"), (torn, "truncated or corrupted")]:
+        result = subprocess.run([sys.executable, str(SCRIPT), "--data-dir", str(digits), "--init", str(path),
+                                 "--out", str(tmp_path / "run")] + QUICK, capture_output=True, text=True, timeout=120)
+        assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
