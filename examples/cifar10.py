@@ -39,6 +39,7 @@ from tinymixer import distributed
 from tinymixer.backend import use_device
 from tinymixer.checkpoint import CheckpointError, config_from_params, load_checkpoint, load_params_into, save_checkpoint
 from tinymixer.chunks import batch_shards
+from tinymixer.cli import Parser, number
 from tinymixer.data import (
     CIFAR10_MD5,
     CIFAR10_URL,
@@ -79,21 +80,6 @@ MIN_TOKENS = 16  # the automatic patch size keeps at least a 4 x 4 grid of token
 # Options: parsed, checked up front, remembered by the checkpoint
 
 
-class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
-    """--help shows every default, except the empty ones (None, and False for on/off flags)."""
-
-    def __init__(self, prog: str) -> None:
-        super().__init__(prog, width=120)
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        return action.help if action.default in (None, False) else super()._get_help_string(action)
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit code 2 (argparse's default prints the whole usage)
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def fail(message: str) -> None:
     """A bad option or combination of options found after parsing: one line on stderr, exit code 2. (In a
     data-parallel run every rank finds the same problem; rank 0 says it.)"""
@@ -106,22 +92,6 @@ def log(message: str = "") -> None:
     """Print a line (between progress bars); in a data-parallel run only rank 0 speaks."""
     if distributed.world().is_root:
         tqdm.write(message)
-
-
-def number(kind: type, low: float, high: float | None = None, low_open: bool = False):
-    """An argparse type: a ``kind`` (int or float) in [low, high] (or (low, high] when ``low_open``)."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            kind_name = "an integer" if kind is int else "a number"
-            raise argparse.ArgumentTypeError(f"{text!r} is not {kind_name}") from None
-        too_low = value < low or (low_open and value == low)
-        if not math.isfinite(value) or too_low or (high is not None and value > high):
-            bounds = f"{'>' if low_open else '>='} {low}" + (f" and <= {high}" if high is not None else "")
-            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
-        return value
-    return parse
 
 
 def int_or_auto(text: str) -> int | str:
@@ -137,8 +107,7 @@ def warmup_spec(text: str) -> str:
 
 
 def build_parser() -> Parser:
-    p = Parser(prog="cifar10.py", description=__doc__.split("\n\n")[0],
-               formatter_class=HelpWithDefaults)
+    p = Parser(prog="cifar10.py", description=__doc__.split("\n\n")[0])
     pos, whole, chance = number(int, 1), number(int, 0), number(float, 0, 1)
     model = p.add_argument_group("model")
     model.add_argument("--config", default="micro/4", choices=list(tm.SIZES), metavar="SIZE",

@@ -30,8 +30,6 @@ such a machine; --limit-test N evaluates on the first N test images for a quicke
 
 from __future__ import annotations
 
-import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -43,6 +41,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tinymixer.checkpoint import CheckpointError, load_model
+from tinymixer.cli import Parser, number
 from tinymixer.data import DATA_DIR_ENV, DataError, find_data, load_folder, normalize
 from tinymixer.fewshot import L2, NUM_SEEDS, SHOTS, few_shot_evaluation, few_shot_rows, mean_and_std
 from tinymixer.images import resize_image
@@ -51,42 +50,14 @@ from tinymixer.images import resize_image
 # Options
 
 
-class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
-    """--help shows every default, except the empty ones (None, and False for on/off flags)."""
-
-    def __init__(self, prog: str) -> None:
-        super().__init__(prog, width=120)
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        return action.help if action.default in (None, False) else super()._get_help_string(action)
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit code 2 (argparse's default prints the whole usage)
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def fail(message: str) -> None:
     """A problem found after parsing (a missing file, data that does not fit): one line on stderr, exit code 2."""
     print(f"fewshot.py: error: {message}", file=sys.stderr)
     raise SystemExit(2)
 
 
-def number(kind: type, low: float, low_open: bool = False):
-    """An argparse type: a finite ``kind`` (int or float) >= low (or > low when ``low_open``)."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
-        if not math.isfinite(value) or value < low or (low_open and value == low):
-            raise argparse.ArgumentTypeError(f"must be {'>' if low_open else '>='} {low}, got {text}")
-        return value
-    return parse
-
-
 def build_parser() -> Parser:
-    p = Parser(prog="fewshot.py", description=__doc__.split("\n\n")[0], formatter_class=HelpWithDefaults)
+    p = Parser(prog="fewshot.py", description=__doc__.split("\n\n")[0])
     pos = number(int, 1)
     p.add_argument("--checkpoint", type=Path, required=True, metavar="NPZ",
                    help="an official Mixer .npz (e.g. Mixer-B_16.npz) or a checkpoint of examples/cifar10.py")

@@ -31,6 +31,7 @@ import tinymixer as tm  # before NumPy loads its BLAS: see tinymixer/_blas_threa
 import numpy as np
 
 from tinymixer.checkpoint import META_KEY, CheckpointError, load_model
+from tinymixer.cli import Parser, positive_int
 from tinymixer.data import DataError
 from tinymixer.evaluate import predict_logits
 from tinymixer.images import (
@@ -48,33 +49,8 @@ PROG = "predict.py"
 # Options
 
 
-class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
-    """--help shows every default, except the empty ones (None, and False for on/off flags)."""
-
-    def __init__(self, prog: str) -> None:
-        super().__init__(prog, width=120)
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        return action.help if action.default in (None, False) else super()._get_help_string(action)
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit code 2 (argparse's default prints the whole usage)
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def build_parser() -> Parser:
-    p = Parser(prog=PROG, formatter_class=HelpWithDefaults,
+    p = Parser(prog=PROG,
                description="Print the top classes (softmax probabilities) of each image, or the accuracy on an "
                            "ImageFolder tree, with a trained Mixer: an official checkpoint or one from cifar10.py.")
     p.add_argument("images", nargs="*", type=Path, metavar="IMAGE",
@@ -82,14 +58,14 @@ def build_parser() -> Parser:
     p.add_argument("--checkpoint", type=Path, required=True, metavar="NPZ",
                    help="an official Mixer .npz (e.g. Mixer-B_16.npz) or a checkpoint written by cifar10.py")
     p.add_argument("--labels", type=Path, metavar="FILE", help="class names, one per line in class-index order")
-    p.add_argument("--top", type=positive, metavar="K", default=5, help="how many classes to print per image")
+    p.add_argument("--top", type=positive_int, metavar="K", default=5, help="how many classes to print per image")
     p.add_argument("--crop", action="store_true",
                    help="resize the shorter side and take the centre crop (default: the whole image, as the official "
                         "evaluation)")
     p.add_argument("--image-folder", type=Path, metavar="ROOT",
                    help="report top-1/top-K accuracy on ROOT/<class>/<images>; a class folder is named after one of "
                         "the model's classes, or is its index")
-    p.add_argument("--batch-size", type=positive, metavar="N", default=32, help="images per forward pass")
+    p.add_argument("--batch-size", type=positive_int, metavar="N", default=32, help="images per forward pass")
     p.add_argument("--backend", default="auto", choices=["auto", "numpy", "cupy"], help="array library")
     return p
 

@@ -1,0 +1,49 @@
+"""What the command-line programs share (``examples/*.py``, ``python -m tinymixer...``): ``--help`` that shows
+every default, one-line errors with exit code 2, and option types that check their range up front."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+
+
+class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows every default, except the empty ones (None, and False for on/off flags)."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=120)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return action.help if action.default in (None, False) else super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (argparse's own prints the whole usage first), exit code 2,
+    and whose --help shows the defaults."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpWithDefaults)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def number(kind: type, low: float, high: float | None = None, low_open: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite ``kind`` (int or float) in [low, high] (or (low, high] with ``low_open``)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            kind_name = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {kind_name}") from None
+        too_low = value < low or (low_open and value == low)
+        if not math.isfinite(value) or too_low or (high is not None and value > high):
+            bounds = f"{'>' if low_open else '>='} {low}" + (f" and <= {high}" if high is not None else "")
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
+        return value
+    return parse
+
+
+positive_int = number(int, 1)
