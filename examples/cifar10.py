@@ -26,6 +26,7 @@ import json
 import math
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from tinymixer import distributed
 from tinymixer.backend import use_device
 from tinymixer.checkpoint import CheckpointError, config_from_params, load_checkpoint, load_params_into, save_checkpoint
 from tinymixer.chunks import batch_shards
-from tinymixer.cli import Parser, number
+from tinymixer.cli import Parser, duration, number
 from tinymixer.data import (
     CIFAR10_MD5,
     CIFAR10_URL,
@@ -148,7 +149,10 @@ def build_parser() -> Parser:
                       help="evaluate on only the first N test (or validation) images")
 
     train = p.add_argument_group("training (the paper's fine-tuning recipe)")
-    train.add_argument("--epochs", type=pos, metavar="N", default=15, help="epochs to train")
+    train.add_argument("--epochs", type=pos, default=15, metavar="N", help="epochs to train")
+    train.add_argument("--time-budget", type=duration, metavar="TIME",
+                       help="instead of --epochs: as many epochs as fit in TIME (e.g. 10m, 1.5h), from a measured step "
+                            "time, with the schedule fitted to them")
     train.add_argument("--batch-size", type=pos, metavar="N", default=128, help="images per step")
     train.add_argument("--lr", type=number(float, 0, low_open=True), default=0.05, help="peak learning rate")
     train.add_argument("--warmup", type=warmup_spec, metavar="SPEC", default="5%",
@@ -353,6 +357,40 @@ def check_fits(model: tm.MlpMixer, data: Dataset, what: str, resized: bool = Fal
              f"{hd}x{wd}x{cd} images of {data.num_classes} classes: is --data-dir the data it was trained on?")
 
 
+def epochs_within(budget: float, model: tm.MlpMixer, data: Dataset, args: argparse.Namespace, rows: slice,
+                  size: tuple[int, int], steps_per_epoch: int) -> int:
+    """--time-budget: how many epochs fit in ``budget`` seconds. Three training steps of a model of the same shape
+    (not the one being trained) on a real batch, one evaluation batch, a checkpoint and a plot are timed; an epoch
+    is its steps, its evaluation and what it writes. Rank 0's estimate is everyone's."""
+    probe, optimizer = tm.MlpMixer(**model.config()), tm.SGD(momentum=args.momentum)
+    index = np.arange(args.batch_size)[rows]
+    images = normalize(resize_batch(data.train_images[index], size), probe.dtype)
+    times = []
+    for _ in range(3):  # the first one pays for allocating buffers: the median of the last two counts
+        t0 = time.perf_counter()
+        train_step(probe, optimizer, images, data.train_labels[index], 0.0, args.clip, comm=distributed.world(),
+                   global_batch=args.batch_size, accumulate=args.accumulate, head_only=args.head_only)
+        times.append(time.perf_counter() - t0)
+    step = float(np.median(times[1:]))
+    t0 = time.perf_counter()
+    evaluate(probe, data.test_images[:args.batch_size], data.test_labels[:args.batch_size], args.batch_size,
+             resize=size != data.image_shape[:2])
+    evaluation = (time.perf_counter() - t0) * len(data.test_labels) / min(args.batch_size, len(data.test_labels))
+    t0 = time.perf_counter()  # and what the end of every epoch writes: two checkpoints and the plot
+    with tempfile.TemporaryDirectory() as scratch:
+        save_checkpoint(Path(scratch) / "probe.npz", probe.params, optimizer.state)
+        record = {"epoch": 1, "train_loss": 1.0, "train_accuracy": 0.5, "test_loss": 1.0, "test_accuracy": 0.5,
+                  "lr": 0.1}
+        plot_learning_curves([record, record | {"epoch": 2}], Path(scratch) / "probe.png")
+    writing = (time.perf_counter() - t0) * 2
+    epoch = steps_per_epoch * step * 1.05 + evaluation + writing  # 5% for loading and augmenting the data
+    epochs = distributed.world().broadcast_object(max(1, int(budget // epoch)))
+    log(f"time budget {budget:.0f} s: a step takes {step:.2f} s, an epoch about {epoch:.0f} s with its evaluation: "
+        f"{epochs} epoch(s)" + (" (one epoch takes longer than the budget: --limit-train shortens it)"
+                                if epoch > budget else ""))
+    return epochs
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # --evaluate
 
@@ -461,6 +499,11 @@ def main(argv: list[str] | None = None) -> int:
     if steps_per_epoch == 0:
         fail(f"{len(data.train_labels)} training images is less than one batch of {args.batch_size}; lower "
              f"--batch-size")
+    if args.time_budget:
+        if resumed:
+            fail("--time-budget sets the length of a new run; a resumed run keeps its schedule (give --epochs to "
+                 "change it)")
+        args.epochs = epochs_within(args.time_budget, model, data, args, rows, (h, w), steps_per_epoch)
     total_steps = args.epochs * steps_per_epoch
     try:
         warmup = tm.warmup_steps(args.warmup, total_steps, steps_per_epoch)

@@ -265,3 +265,20 @@ def test_resume_from_the_best_weights_alone_is_a_clear_error(tmp_path, digits, c
     with pytest.raises(SystemExit) as stop:
         cifar10.main(["--resume", str(out / "best.npz"), "--out", str(out)])
     assert stop.value.code == 2 and "holds weights but no training state" in capsys.readouterr().err
+
+
+def test_a_time_budget_sets_the_epochs_from_a_measured_step(tmp_path, digits, capsys):
+    import re
+
+    out = tmp_path / "run"
+    assert cifar10.main(["--data-dir", str(digits), "--time-budget", "4s", "--out", str(out)] + QUICK) == 0
+    printed = capsys.readouterr().out
+    found = re.search(r"time budget 4 s: a step takes [0-9.]+ s, an epoch about [0-9]+ s with its evaluation: "
+                      r"(\d+) epoch\(s\)", printed)
+    assert found, printed
+    epochs = json.loads((out / "metrics.json").read_text())["epochs"]
+    assert len(epochs) == int(found[1]) >= 1
+    assert epochs[-1]["lr"] > 0 and f"{len(epochs)} epochs of 2 steps" in printed  # the schedule fits the budget
+    with pytest.raises(SystemExit) as stop:
+        cifar10.main(["--resume", "--out", str(out), "--time-budget", "4s"])
+    assert stop.value.code == 2 and "keeps its schedule" in capsys.readouterr().err

@@ -47,3 +47,16 @@ def number(kind: type, low: float, high: float | None = None, low_open: bool = F
 
 
 positive_int = number(int, 1)
+
+
+def duration(text: str) -> float:
+    """An argparse type: a duration in seconds from "90s", "10m", "1.5h" or a bare number of seconds (> 0)."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    number_part, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        seconds = float(number_part) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration: give e.g. 90s, 10m or 1.5h") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise argparse.ArgumentTypeError(f"a duration must be positive, got {text}")
+    return seconds
