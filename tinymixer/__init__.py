@@ -19,7 +19,19 @@ from .backend import (
 from .gradcheck import check_gradients, directional_check, numerical_gradient, rel_error
 from .layers import softmax_cross_entropy
 from .model import SIZES, MixerSize, MlpMixer, describe_size
-from .optim import SGD, clip_by_global_norm, global_norm, warmup_cosine, warmup_steps
+from .optim import (
+    SCHEDULES,
+    SGD,
+    Adam,
+    AdamW,
+    clip_by_global_norm,
+    decay_mask,
+    global_norm,
+    schedule,
+    warmup_cosine,
+    warmup_linear_decay,
+    warmup_steps,
+)
 
 # Keep freed host memory for the next step instead of page-faulting it in again (8-10% of a step; see the
 # function). TINYMIXER_KEEP_FREED_MEMORY=0 leaves the allocator as it is (and the process's memory can shrink).
@@ -36,7 +48,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MlpMixer", "MixerSize", "SIZES", "describe_size", "softmax_cross_entropy",
-    "SGD", "clip_by_global_norm", "global_norm", "warmup_cosine", "warmup_steps",
+    "SGD", "Adam", "AdamW", "decay_mask", "clip_by_global_norm", "global_norm",
+    "warmup_cosine", "warmup_linear_decay", "schedule", "SCHEDULES", "warmup_steps",
     "check_gradients", "directional_check", "numerical_gradient", "rel_error",
     "array_module", "backend_name", "get_backend", "set_backend", "synchronize", "to_device", "to_host",
     "keep_freed_host_memory", "KEEPS_FREED_MEMORY", "BLAS_THREADS_SLEEP_AT_ONCE",
