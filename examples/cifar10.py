@@ -21,6 +21,7 @@ checkpoint; an option given again overrides the remembered one, with a note.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import math
@@ -37,6 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tinymixer import distributed
+from tinymixer.averaging import ExponentialMovingAverage
 from tinymixer.backend import use_device
 from tinymixer.checkpoint import CheckpointError, config_from_params, load_checkpoint, load_params_into, save_checkpoint
 from tinymixer.chunks import batch_shards
@@ -64,9 +66,9 @@ from tinymixer.train import train_step
 # The options a checkpoint remembers, restored by --resume (the rest belong to one invocation: --out, --resume,
 # --backend, progress and logging). The model's shape is remembered as the model itself (meta["model"]).
 REMEMBERED = ["config", "patch_size", "dtype", "init", "image_size", "head_only", "accumulate", "recipe", "data_dir",
-              "data_url", "data_md5", "validation", "limit_train",
-              "limit_test", "epochs", "batch_size", "lr", "warmup", "clip", "momentum", "weight_decay",
-              "label_smoothing", "mixup", "crop_padding", "flip", "seed"]
+              "data_url", "data_md5", "validation", "limit_train", "limit_test", "epochs", "batch_size", "optimizer",
+              "schedule", "end_lr", "lr", "warmup", "clip", "momentum", "weight_decay", "label_smoothing", "mixup",
+              "ema", "crop_padding", "flip", "seed"]
 MODEL_OPTIONS = ["config", "patch_size", "dtype", "init", "image_size"]
 # Named sets of defaults (--recipe): every option a recipe sets can still be given on its own, and wins.
 RECIPES = {
@@ -154,6 +156,12 @@ def build_parser() -> Parser:
                        help="instead of --epochs: as many epochs as fit in TIME (e.g. 10m, 1.5h), from a measured step "
                             "time, with the schedule fitted to them")
     train.add_argument("--batch-size", type=pos, metavar="N", default=128, help="images per step")
+    train.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default="sgd",
+                       help="sgd: momentum (--momentum); adam, adamw: Adam (beta 0.9, 0.999); --weight-decay is "
+                            "decoupled for sgd and adamw, coupled L2 for adam; biases and LayerNorm never decay")
+    train.add_argument("--schedule", choices=sorted(tm.SCHEDULES), default="cosine",
+                       help="after the linear warm-up: cosine decay, or linear decay (the paper's pre-training)")
+    train.add_argument("--end-lr", type=number(float, 0), default=0.0, help="the learning rate at the end of the run")
     train.add_argument("--lr", type=number(float, 0, low_open=True), default=0.05, help="peak learning rate")
     train.add_argument("--warmup", type=warmup_spec, metavar="SPEC", default="5%",
                        help="linear warm-up: a percentage of the run (5%%), epochs (2ep) or steps (200)")
@@ -167,6 +175,9 @@ def build_parser() -> Parser:
                        help="random-crop padding in pixels; auto: 1/8 of the image side (4 on 32x32); 0: no crop")
     train.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
                        help="random horizontal flips (--no-flip e.g. for digits)")
+    train.add_argument("--ema", type=number(float, 0, 1, high_open=True), default=0.0, metavar="DECAY",
+                       help="also keep an exponential moving average of the weights (e.g. 0.999), evaluated beside "
+                            "them; best.npz is the better of the two (0: off)")
     train.add_argument("--seed", type=int, default=0, help="seed of the weights, the data order and augmentation")
 
     run = p.add_argument_group("the run")
@@ -357,12 +368,23 @@ def check_fits(model: tm.MlpMixer, data: Dataset, what: str, resized: bool = Fal
              f"{hd}x{wd}x{cd} images of {data.num_classes} classes: is --data-dir the data it was trained on?")
 
 
+def make_optimizer(args: argparse.Namespace, model: tm.MlpMixer) -> tm.SGD | tm.Adam:
+    """The optimiser of --optimizer. Weight decay, when asked for, goes to the kernels alone (the official code's
+    mask: no bias, no LayerNorm parameter decays)."""
+    mask = tm.decay_mask(model.params)
+    if args.optimizer == "sgd":
+        return tm.SGD(momentum=args.momentum, weight_decay=args.weight_decay, decay_mask=mask)
+    if args.optimizer == "adamw":
+        return tm.AdamW(weight_decay=args.weight_decay, decay_mask=mask)
+    return tm.Adam(l2=args.weight_decay, decay_mask=mask)
+
+
 def epochs_within(budget: float, model: tm.MlpMixer, data: Dataset, args: argparse.Namespace, rows: slice,
                   size: tuple[int, int], steps_per_epoch: int) -> int:
     """--time-budget: how many epochs fit in ``budget`` seconds. Three training steps of a model of the same shape
     (not the one being trained) on a real batch, one evaluation batch, a checkpoint and a plot are timed; an epoch
     is its steps, its evaluation and what it writes. Rank 0's estimate is everyone's."""
-    probe, optimizer = tm.MlpMixer(**model.config()), tm.SGD(momentum=args.momentum)
+    probe, optimizer = tm.MlpMixer(**model.config()), make_optimizer(args, model)
     index = np.arange(args.batch_size)[rows]
     images = normalize(resize_batch(data.train_images[index], size), probe.dtype)
     times = []
@@ -486,7 +508,8 @@ def main(argv: list[str] | None = None) -> int:
     h, w = model.image_size  # the images the model takes (the data's, or --image-size's: resized on the fly)
     resize = (h, w) != data.image_shape[:2]
     crop = round(min(h, w) / 8) if args.crop_padding == "auto" else args.crop_padding
-    optimizer = tm.SGD(momentum=args.momentum, weight_decay=args.weight_decay)
+    optimizer = make_optimizer(args, model)
+    ema = ExponentialMovingAverage(args.ema) if args.ema else None  # an average of the weights, evaluated beside
     if comm.size > args.batch_size:
         fail(f"--batch-size {args.batch_size} is smaller than the {comm.size} processes; each needs at least one "
              f"image of every batch")
@@ -511,16 +534,21 @@ def main(argv: list[str] | None = None) -> int:
         fail(f"--warmup: {exc}")
 
     def lr_at(step: int) -> float:
-        return tm.warmup_cosine(step, args.lr, total_steps, warmup)
+        return tm.schedule(args.schedule, step, args.lr, total_steps, warmup, args.end_lr)
 
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "history": [], "best": None,
              "running": {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0, "data_seconds": 0.0}}
     if resumed:
-        # the optimiser's state too comes from rank 0 (zeros, the state before any step, where it has none)
-        optimizer.state = {k: model.xp.zeros_like(v) for k, v in model.params.items()}
-        for name, value in momentum.items():  # rank 0's (the others got an empty dict)
-            optimizer.state[name][...] = model.xp.asarray(value)
-        comm.broadcast_(optimizer.state)
+        # the optimiser's state (and the weights' average) too come from rank 0: the others, which got an empty
+        # dict, make room for them first
+        if comm.size > 1:
+            layout = comm.broadcast_object({k: (v.shape, str(v.dtype)) for k, v in momentum.items()})
+            momentum = momentum or {k: np.zeros(shape, dtype) for k, (shape, dtype) in layout.items()}
+            comm.broadcast_(momentum)
+        optimizer.state = {k: model.xp.asarray(v) for k, v in momentum.items() if not k.startswith("ema/")}
+        if ema is not None:
+            ema.state = {k[4:]: (v if k == "ema/step" else model.xp.asarray(v)) for k, v in momentum.items()
+                         if k.startswith("ema/")}
         state = {"best": None} | meta["state"]
         for record in state["history"]:  # checkpoints before the evaluation split was named called it "test"
             for key in ("loss", "accuracy"):
@@ -539,8 +567,8 @@ def main(argv: list[str] | None = None) -> int:
         if before and any(before.get(k) != v for k, v in now.items()) or global_step != state["global_step"]:
             was = ""
             if {"lr", "total_steps", "warmup_steps"} <= before.keys():
-                then = tm.warmup_cosine(state["global_step"], before["lr"], before["total_steps"],
-                                        before["warmup_steps"])
+                then = tm.schedule(before.get("name", "cosine"), state["global_step"], before["lr"],
+                                   before["total_steps"], before["warmup_steps"], before.get("end_lr", 0.0))
                 was = f" (it was {then:.4g})"
             log(f"note: the schedule is re-fitted to the options now: {args.epochs} epochs of {steps_per_epoch} "
                 f"steps ({total_steps} steps, {warmup} of warm-up); continuing at step {global_step}, learning rate "
@@ -568,11 +596,12 @@ def main(argv: list[str] | None = None) -> int:
     def save(reason: str) -> None:
         options = remembered_options()
         schedule = {"batch_size": args.batch_size, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
-                    "warmup_steps": warmup, "lr": args.lr}
+                    "warmup_steps": warmup, "lr": args.lr, "name": args.schedule, "end_lr": args.end_lr}
         meta = {"model": model.config(), "state": state, "options": options, "schedule": schedule, "shards": shards,
                 "processes": comm.size, "class_names": data.class_names}
         if comm.is_root:  # every rank holds the same weights and state: rank 0 writes them
-            save_checkpoint(checkpoint_path, model.params, optimizer.state, meta)
+            averages = {f"ema/{k}": v for k, v in ema.state.items()} if ema is not None else {}
+            save_checkpoint(checkpoint_path, model.params, optimizer.state | averages, meta)
         log(f"checkpoint ({reason}): {checkpoint_path}")
 
     interrupted = False
@@ -624,6 +653,8 @@ def main(argv: list[str] | None = None) -> int:
                                           comm=comm, global_batch=len(index), accumulate=args.accumulate,
                                           head_only=args.head_only)
 
+                if ema is not None:
+                    ema.update(model.params)
                 loss_sum += loss
                 correct_sum += (logits.argmax(axis=1) == model.xp.asarray(labels)).sum()
                 state["global_step"] += 1
@@ -663,21 +694,32 @@ def main(argv: list[str] | None = None) -> int:
                       f"{split}_accuracy": result["accuracy"], "lr": lr, "step": state["global_step"],
                       "wall_time": run["seconds"], "images_per_sec": run["seen"] / seconds,
                       "data_time_fraction": run["data_seconds"] / seconds}
+            candidates = [("weights", result)]
+            if ema is not None:  # the average of the weights, evaluated beside them; the better one may be the best
+                with ema.swapped_into(model):
+                    averaged = evaluate(model, data.test_images, data.test_labels, args.batch_size, comm=comm,
+                                        resize=resize)
+                record.update({f"ema_{split}_loss": averaged["loss"], f"ema_{split}_accuracy": averaged["accuracy"]})
+                candidates.append(("ema", averaged))
             state["history"].append(record)
             state.update(epoch=epoch + 1, step_in_epoch=0,
                          running={"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0, "data_seconds": 0.0})
-            is_best = state["best"] is None or result["accuracy"] > state["best"]["accuracy"]
+            which, chosen = max(candidates, key=lambda c: c[1]["accuracy"])  # ties: the weights themselves
+            is_best = state["best"] is None or chosen["accuracy"] > state["best"]["accuracy"]
             if is_best:
-                state["best"] = {"epoch": epoch + 1, "accuracy": result["accuracy"], "split": split}
+                state["best"] = {"epoch": epoch + 1, "accuracy": chosen["accuracy"], "split": split, "weights": which}
             log(f"epoch {epoch + 1:3d}  train loss {record['train_loss']:.4f} acc "
                 f"{100 * record['train_accuracy']:5.2f}%  |  {split} loss {result['loss']:.4f} acc "
-                f"{100 * result['accuracy']:5.2f}%{' (best)' if is_best else ''}  |  lr {lr:.4g}  |  "
+                f"{100 * result['accuracy']:5.2f}%"
+                + (f", ema {100 * record[f'ema_{split}_accuracy']:5.2f}%" if ema is not None else "")
+                + f"{' (best)' if is_best else ''}  |  lr {lr:.4g}  |  "
                 f"{record['wall_time']:.0f}s, {record['images_per_sec']:.0f} img/s, data "
                 f"{100 * record['data_time_fraction']:.1f}%")
             if is_best and comm.is_root:  # the weights alone (no optimiser state): for --evaluate and load_model
-                save_checkpoint(best_path, model.params, None, {"model": model.config(), "best": state["best"],
-                                                                "options": remembered_options(),
-                                                                "class_names": data.class_names})
+                with ema.swapped_into(model) if which == "ema" else contextlib.nullcontext():
+                    save_checkpoint(best_path, model.params, None, {"model": model.config(), "best": state["best"],
+                                                                    "options": remembered_options(),
+                                                                    "class_names": data.class_names})
             save(f"epoch {epoch + 1}")
             if comm.is_root:
                 write_metrics(out, state["history"], {

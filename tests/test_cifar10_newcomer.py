@@ -282,3 +282,16 @@ def test_a_time_budget_sets_the_epochs_from_a_measured_step(tmp_path, digits, ca
     with pytest.raises(SystemExit) as stop:
         cifar10.main(["--resume", "--out", str(out), "--time-budget", "4s"])
     assert stop.value.code == 2 and "keeps its schedule" in capsys.readouterr().err
+
+
+def test_the_weight_average_is_evaluated_beside_and_resumes_exactly(tmp_path, digits):
+    base = ["--data-dir", str(digits), "--epochs", "2", "--ema", "0.9", "--validation", "100"] + QUICK
+    assert cifar10.main(base + ["--out", str(tmp_path / "straight")]) == 0
+    assert cifar10.main(base + ["--out", str(tmp_path / "split"), "--stop-after-epoch", "1"]) == 0
+    assert cifar10.main(["--resume", "--out", str(tmp_path / "split"), "--no-progress"]) == 0
+    straight, _, _ = load_checkpoint(tmp_path / "straight/checkpoint.npz")
+    a, b = (load_checkpoint(tmp_path / run / "checkpoint.npz")[1] for run in ("straight", "split"))
+    assert {k for k in a if k.startswith("ema/")} == {f"ema/{k}" for k in straight} | {"ema/step"}
+    assert all(np.array_equal(a[k], b[k]) for k in a)  # the optimiser's state and the average, bit-exact
+    metrics = json.loads((tmp_path / "straight/metrics.json").read_text())
+    assert "ema_validation_accuracy" in metrics["epochs"][0] and metrics["best"]["weights"] in ("weights", "ema")

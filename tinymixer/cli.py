@@ -30,8 +30,10 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def number(kind: type, low: float, high: float | None = None, low_open: bool = False) -> Callable[[str], float]:
-    """An argparse type: a finite ``kind`` (int or float) in [low, high] (or (low, high] with ``low_open``)."""
+def number(kind: type, low: float, high: float | None = None, low_open: bool = False, high_open: bool = False
+           ) -> Callable[[str], float]:
+    """An argparse type: a finite ``kind`` (int or float) in [low, high] (open at either end with ``low_open``,
+    ``high_open``)."""
     def parse(text: str):
         try:
             value = kind(text)
@@ -39,8 +41,10 @@ def number(kind: type, low: float, high: float | None = None, low_open: bool = F
             kind_name = "an integer" if kind is int else "a number"
             raise argparse.ArgumentTypeError(f"{text!r} is not {kind_name}") from None
         too_low = value < low or (low_open and value == low)
-        if not math.isfinite(value) or too_low or (high is not None and value > high):
-            bounds = f"{'>' if low_open else '>='} {low}" + (f" and <= {high}" if high is not None else "")
+        too_high = high is not None and (value > high or (high_open and value == high))
+        if not math.isfinite(value) or too_low or too_high:
+            bounds = f"{'>' if low_open else '>='} {low}" + (f" and {'<' if high_open else '<='} {high}"
+                                                            if high is not None else "")
             raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
         return value
     return parse
