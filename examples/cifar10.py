@@ -38,6 +38,14 @@ import numpy as np
 from tqdm import tqdm
 
 from tinymixer import distributed
+from tinymixer.augment import (
+    apply_cutmix,
+    apply_randaugment,
+    apply_random_erasing,
+    draw_cutmix,
+    draw_randaugment,
+    draw_random_erasing,
+)
 from tinymixer.averaging import ExponentialMovingAverage
 from tinymixer.backend import use_device
 from tinymixer.checkpoint import CheckpointError, config_from_params, load_checkpoint, load_params_into, save_checkpoint
@@ -68,6 +76,7 @@ from tinymixer.train import train_step
 REMEMBERED = ["config", "patch_size", "dtype", "init", "image_size", "head_only", "accumulate", "recipe", "data_dir",
               "data_url", "data_md5", "validation", "limit_train", "limit_test", "epochs", "batch_size", "optimizer",
               "schedule", "end_lr", "lr", "warmup", "clip", "momentum", "weight_decay", "label_smoothing", "mixup",
+              "randaugment", "cutmix", "random_erasing",
               "ema", "crop_padding", "flip", "seed"]
 MODEL_OPTIONS = ["config", "patch_size", "dtype", "init", "image_size"]
 # Named sets of defaults (--recipe): every option a recipe sets can still be given on its own, and wins.
@@ -99,6 +108,28 @@ def log(message: str = "") -> None:
 
 def int_or_auto(text: str) -> int | str:
     return "auto" if text == "auto" else number(int, 0)(text)
+
+
+def randaugment_spec(text: str) -> str:
+    """--randaugment N,M: N operations per image (0..10) of magnitude M (0..30); kept as text (it is remembered)."""
+    try:
+        num_ops, magnitude = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N,M (e.g. 2,15), got {text!r}") from None
+    if num_ops != int(num_ops) or not 0 <= num_ops <= 10 or not 0 <= magnitude <= 30:
+        raise argparse.ArgumentTypeError(f"N must be a whole number 0..10 and M a magnitude 0..30, got {text!r}")
+    return text
+
+
+def augment_rows(images: np.ndarray, which, draws: dict, strong: dict | None, erasing: dict | None) -> np.ndarray:
+    """The uint8 images of the batch's positions ``which`` (a slice or indices), augmented as in the whole batch:
+    crop and flip, then RandAugment and random erasing where they were drawn."""
+    images = apply_augmentation(images, draws, which)
+    if strong is not None:
+        images = apply_randaugment(images, strong, which)
+    if erasing is not None:
+        images = apply_random_erasing(images, erasing, which)
+    return images
 
 
 def warmup_spec(text: str) -> str:
@@ -171,6 +202,13 @@ def build_parser() -> Parser:
     train.add_argument("--weight-decay", type=number(float, 0), default=0.0, help="decoupled weight decay")
     train.add_argument("--label-smoothing", type=chance, default=0.0, help="label smoothing")
     train.add_argument("--mixup", type=number(float, 0), metavar="ALPHA", default=0.0, help="mixup alpha (0: off)")
+    train.add_argument("--randaugment", type=randaugment_spec, metavar="N,M",
+                       help="RandAugment: N operations of magnitude M on each image, after crop and flip (the "
+                            "official big_vision operations; the paper pre-trains with 2,15); default off")
+    train.add_argument("--cutmix", type=number(float, 0), metavar="ALPHA", default=0.0,
+                       help="CutMix alpha (0: off; not with --mixup)")
+    train.add_argument("--random-erasing", type=chance, metavar="P", default=0.0,
+                       help="random erasing: the chance of each image (0: off; its paper uses 0.5)")
     train.add_argument("--crop-padding", type=int_or_auto, metavar="PIXELS", default="auto",
                        help="random-crop padding in pixels; auto: 1/8 of the image side (4 on 32x32); 0: no crop")
     train.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
@@ -206,6 +244,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, set[str]]:
     args = parser.parse_args(argv)
     if args.download and args.no_download:
         parser.error("--download and --no-download contradict each other")
+    if args.mixup and args.cutmix:
+        parser.error("--mixup and --cutmix are two ways to mix a batch: choose one")
     unset = object()
     parser.set_defaults(**{name: unset for name in vars(args)})
     given = {name for name, value in vars(parser.parse_args(argv)).items() if value is not unset}
@@ -508,6 +548,7 @@ def main(argv: list[str] | None = None) -> int:
     h, w = model.image_size  # the images the model takes (the data's, or --image-size's: resized on the fly)
     resize = (h, w) != data.image_shape[:2]
     crop = round(min(h, w) / 8) if args.crop_padding == "auto" else args.crop_padding
+    num_ops, magnitude = (float(v) for v in args.randaugment.split(",")) if args.randaugment else (0.0, 0.0)
     optimizer = make_optimizer(args, model)
     ema = ExponentialMovingAverage(args.ema) if args.ema else None  # an average of the weights, evaluated beside
     if comm.size > args.batch_size:
@@ -630,21 +671,33 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 rng = np.random.default_rng([args.seed, epoch, step])
                 index = order[step * args.batch_size:(step + 1) * args.batch_size]  # the global batch
-                # The random crops, flips and mixup partners are drawn for the whole batch; this process augments
-                # only its rows (all of them in a one-process run), so N processes see the one-process batch.
+                # The random crops, flips, RandAugment operations, erased boxes and mixup or CutMix partners are
+                # drawn for the whole batch; this process augments only its rows (all of them in a one-process run),
+                # so N processes see the one-process batch. Nothing is drawn for an augmentation that is off: a run
+                # without them sees the same random numbers as before they existed.
                 draws = draw_augmentation(rng, len(index), crop, args.flip)
+                strong = draw_randaugment(rng, len(index), int(num_ops), magnitude) if args.randaugment else None
+                erasing = draw_random_erasing(rng, len(index), args.random_erasing) if args.random_erasing else None
                 mine = index[rows]
                 images = resize_batch(data.train_images[mine], (h, w))  # the official pipeline: resize, then crop
-                images = normalize(apply_augmentation(images, draws, rows), model.dtype)
+                images = augment_rows(images, rows, draws, strong, erasing)
                 labels = data.train_labels[mine]
                 mix = None
-                if args.mixup:
-                    lam, partner = draw_mixup(rng, len(index), args.mixup)
+                if args.mixup or args.cutmix:
+                    cut = draw_cutmix(rng, len(index), args.cutmix) if args.cutmix else None
+                    lam, partner = draw_mixup(rng, len(index), args.mixup) if args.mixup else (None, cut["partner"])
                     theirs = partner[rows]
                     others = resize_batch(data.train_images[index[theirs]], (h, w))
-                    others = normalize(apply_augmentation(others, draws, theirs), model.dtype)
-                    images = (lam * images + (1.0 - lam) * others).astype(model.dtype, copy=False)
+                    others = augment_rows(others, theirs, draws, strong, erasing)
+                    if cut is not None:  # paste a box of the partner; lam: the share of the image left its own
+                        images, lam = apply_cutmix(images, others, cut)
+                        images = normalize(images, model.dtype)
+                    else:
+                        images, others = normalize(images, model.dtype), normalize(others, model.dtype)
+                        images = (lam * images + (1.0 - lam) * others).astype(model.dtype, copy=False)
                     mix = (data.train_labels[index[theirs]], lam)
+                else:
+                    images = normalize(images, model.dtype)
                 t1 = time.perf_counter()
 
                 lr = lr_at(state["global_step"])

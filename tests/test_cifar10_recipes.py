@@ -32,6 +32,7 @@ def straight_and_resumed(tmp_path: Path, digits: Path, options: list[str]) -> tu
 @pytest.mark.parametrize("options", [
     ["--optimizer", "adamw", "--lr", "0.003", "--weight-decay", "0.05", "--schedule", "linear", "--end-lr", "1e-5"],
     ["--optimizer", "adam", "--lr", "0.003", "--weight-decay", "1e-4", "--mixup", "0.4", "--ema", "0.9"],
+    ["--optimizer", "adamw", "--lr", "0.003", "--randaugment", "2,15", "--cutmix", "1.0", "--random-erasing", "0.5"],
 ])
 def test_resume_is_bit_exact_with_each_optimiser(tmp_path, digits, options):
     params_a, params_b, state_a, state_b = straight_and_resumed(tmp_path, digits, options)
@@ -57,3 +58,9 @@ def test_adamw_decays_the_kernels_only(tmp_path, digits):
             assert np.abs(value).max() < np.abs(before[name]).max(), name
         elif not name.endswith("/kernel"):
             np.testing.assert_allclose(value, before[name], atol=1e-6, err_msg=name)
+
+
+def test_mixup_and_cutmix_together_are_refused(capsys):
+    with pytest.raises(SystemExit) as stop:
+        cifar10.parse_args(["--mixup", "0.2", "--cutmix", "1.0"])
+    assert stop.value.code == 2 and "choose one" in capsys.readouterr().err
