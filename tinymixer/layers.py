@@ -14,6 +14,8 @@ import math
 from functools import partial
 from typing import Any
 
+import numpy as np
+
 from .backend import array_module
 from .chunks import for_row_blocks, rows, scratch
 from .special import erf
@@ -185,6 +187,82 @@ def _checked_out(out: Array, like: Array) -> Array:
 
 def _multiply_block(a: Array, b: Array, out: Array) -> None:
     array_module(a).multiply(a, b, out=out)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Dropout and stochastic depth: random keep masks with inverted scaling
+#
+# The masks are arguments, never drawn inside a forward: a gradient check holds them fixed (the function is then
+# deterministic and linear in x), and a training run draws them on the host from its own seeded generator, so that
+# a resumed run draws the same masks (``MlpMixer.draw_masks``).
+
+
+def keep_mask(rng: np.random.Generator, shape: tuple[int, ...], rate: float) -> np.ndarray:
+    """A host (NumPy) bool array of ``shape`` whose entries are independently True (kept) with probability
+    ``1 - rate``: ``u >= rate`` for u uniform on [0, 1). The uniforms are float32 (steps of 2^-24, so P(keep) is
+    1 - rate to 6e-8): half the random bits of float64, for masks the size of the MLPs' hidden activations."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"a drop rate must be in [0, 1), got {rate}")
+    return rng.random(shape, dtype=np.float32) >= rate  # shape
+
+
+def dropout_forward(x: Array, rate: float, mask: Array, out: Array | None = None) -> tuple[Array, tuple]:
+    """Inverted dropout, elementwise:  ``out = x * mask / (1 - rate)``.
+
+    Inputs: x (any shape), ``rate`` in [0, 1), ``mask`` of x's shape, True (or 1) where an element is kept, drawn
+    with probability 1 - rate (``keep_mask``). Scaling the kept elements by 1 / (1 - rate) keeps the expectation,
+    ``E[out] = x``, so that an evaluation pass (no dropout) needs no rescaling. ``out``: where to write the result
+    (``out=x`` reuses x's memory). Returns out (x's shape) and the cache (mask, 1 / (1 - rate)).
+    """
+    xp = array_module(x)
+    if mask.shape != x.shape:
+        raise ValueError(f"a dropout mask must have the shape of its input {tuple(x.shape)}, got {tuple(mask.shape)}")
+    scale = 1.0 / (1.0 - rate)
+    out = xp.empty(x.shape, x.dtype) if out is None else _checked_out(out, x)
+    for_row_blocks(partial(_masked_scale_block, scale=scale), rows(x), rows(mask), rows(out))
+    return out, (mask, scale)
+
+
+def dropout_backward(dout: Array, cache: tuple, out: Array | None = None) -> Array:
+    """The forward is linear in x with the diagonal map mask / (1 - rate), so dx = dout * mask / (1 - rate): the
+    gradient reaches only the kept elements, scaled as they were. ``out=dout`` reuses dout's memory."""
+    mask, scale = cache
+    dx = array_module(dout).empty(dout.shape, dout.dtype) if out is None else _checked_out(out, dout)
+    for_row_blocks(partial(_masked_scale_block, scale=scale), rows(dout), rows(mask), rows(dx))
+    return dx
+
+
+def _masked_scale_block(x: Array, mask: Array, out: Array, scale: float) -> None:
+    xp = array_module(x)
+    xp.multiply(x, mask, out=out)  # x where kept, 0 where dropped (out may be x)
+    out *= scale  # the block is still in the CPU cache: the two steps cost about one pass through memory
+
+
+def stochastic_depth_forward(x: Array, rate: float, mask: Array, out: Array | None = None) -> tuple[Array, tuple]:
+    """Stochastic depth of a residual branch: each example's whole branch output is kept or dropped,
+
+        out[b] = x[b] * mask[b] / (1 - rate)          (the residual sum  u = x_in + out  then skips the branch)
+
+    Inputs: x (B, ...) the branch's output, ``rate`` in [0, 1), ``mask`` (B,) True (or 1) where example b keeps its
+    branch, broadcast over the other axes; inverted scaling as in dropout, so ``E[out] = x``. ``out``: where to
+    write the result (``out=x`` reuses x's memory). Returns out and the cache (the factor mask / (1 - rate), shaped
+    (B, 1, ..., 1) in x's dtype).
+    """
+    xp = array_module(x)
+    if mask.shape != x.shape[:1]:
+        raise ValueError(f"a stochastic-depth mask has one entry per example, shape ({x.shape[0]},); got "
+                         f"{tuple(mask.shape)}")
+    factor = mask.astype(x.dtype).reshape(-1, *(1,) * (x.ndim - 1))  # (B, 1, ..., 1): 0 or 1
+    factor *= 1.0 / (1.0 - rate)  # 0 or 1 / (1 - rate)
+    out = xp.multiply(x, factor, out=out)  # (B, ...)
+    return out, (factor,)
+
+
+def stochastic_depth_backward(dout: Array, cache: tuple) -> Array:
+    """dx[b] = dout[b] * mask[b] / (1 - rate): a dropped example's branch gets no gradient. A new array: the
+    caller still needs dout for the residual path. Returns dx (dout's shape)."""
+    (factor,) = cache
+    return dout * factor  # (B, ...)
 
 
 # ----------------------------------------------------------------------------------------------------------------

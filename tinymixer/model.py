@@ -2,7 +2,9 @@
 
 ``MlpMixer.params`` is a flat dict whose names and shapes are those of the official JAX checkpoints, so a
 checkpoint's arrays drop straight in. ``forward`` keeps the caches of a training pass; ``backward`` walks the same
-path in reverse and fills ``grads`` (same names, same shapes).
+path in reverse and fills ``grads`` (same names, same shapes). Training regularisers (dropout, stochastic depth)
+are off unless the constructor's rates say otherwise; their random masks come from a generator the training loop
+passes to ``forward``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,15 @@ from typing import Any
 import numpy as np
 
 from . import backend
-from .blocks import mixer_block_backward, mixer_block_forward, prefixed, subtree
+from .blocks import (
+    BlockMasks,
+    draw_block_masks,
+    masks_rows,
+    mixer_block_backward,
+    mixer_block_forward,
+    prefixed,
+    subtree,
+)
 from .chunks import batch_shards, for_shards
 from .layers import (
     GELU_FORMS,
@@ -120,7 +130,11 @@ class MlpMixer:
     Keywords as in the official code: ``num_classes``, ``num_blocks``, ``patch_size``, ``hidden_dim`` (C),
     ``tokens_mlp_dim`` (D_S), ``channels_mlp_dim`` (D_C); plus ``image_size`` (int or (H, W)), ``in_channels``,
     ``seed`` (the same seed gives the same weights on every backend), ``dtype`` ("float32" or "float64"), ``gelu``
-    ("tanh", the official model's, or "erf").
+    ("tanh", the official model's, or "erf"); and two training regularisers, both off by default: ``dropout``
+    (rate of dropout after the GELU of every MLP, token and channel mixing) and ``stochastic_depth`` (the drop rate
+    of the last block's residual branches; block i of N drops each branch of an image with rate
+    ``stochastic_depth * i / (N - 1)``, as big_vision's Mixer: 0 for the first block). Both use inverted scaling
+    (kept values times 1 / (1 - rate)) and act only in training passes (``forward(..., train=True, rng=...)``).
 
     Images go in as (B, H, W, in_channels) floats, preferably scaled to [-1, 1] as the official input pipeline
     does; logits come out as (B, num_classes).
@@ -140,6 +154,8 @@ class MlpMixer:
         seed: int = 0,
         dtype: str | Any = "float32",
         gelu: str = "tanh",
+        dropout: float = 0.0,
+        stochastic_depth: float = 0.0,
     ) -> None:
         h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         for name, value in [("num_classes", num_classes), ("num_blocks", num_blocks), ("patch_size", patch_size),
@@ -159,6 +175,10 @@ class MlpMixer:
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
         if gelu not in GELU_FORMS:
             raise ValueError(f"gelu must be one of {GELU_FORMS}, got {gelu!r}")
+        for name, rate in [("dropout", dropout), ("stochastic_depth", stochastic_depth)]:
+            is_number = isinstance(rate, (int, float, np.integer, np.floating)) and not isinstance(rate, bool)
+            if not (is_number and 0.0 <= rate < 1.0):
+                raise ValueError(f"{name} must be a rate in [0, 1), got {rate!r}")
         self.num_classes = num_classes
         self.num_blocks = num_blocks
         self.patch_size = patch_size
@@ -169,6 +189,8 @@ class MlpMixer:
         self.in_channels = in_channels
         self.num_tokens = (h // patch_size) * (w // patch_size)  # S
         self.gelu = gelu
+        self.dropout = float(dropout)
+        self.stochastic_depth = float(stochastic_depth)
         self.xp = backend.get_backend()
         self.params: dict[str, Array] = {
             k: self.xp.asarray(v, dtype=self.dtype) for k, v in self.init_params(seed).items()
@@ -188,11 +210,17 @@ class MlpMixer:
         return cls(num_classes=num_classes, image_size=image_size, **size)
 
     def config(self) -> dict[str, Any]:
-        """The constructor keywords that rebuild this model's shape (saved in checkpoints): MlpMixer(**config)."""
-        return {"num_classes": self.num_classes, "num_blocks": self.num_blocks, "patch_size": self.patch_size,
-                "hidden_dim": self.hidden_dim, "tokens_mlp_dim": self.tokens_mlp_dim,
-                "channels_mlp_dim": self.channels_mlp_dim, "image_size": list(self.image_size),
-                "in_channels": self.in_channels, "gelu": self.gelu, "dtype": self.dtype.name}
+        """The constructor keywords that rebuild this model (saved in checkpoints): MlpMixer(**config). The
+        regularisers' rates appear only when non-zero, so that a model without them has the config it had before
+        they existed (and a config without them, an older checkpoint's, builds a model without them)."""
+        config = {"num_classes": self.num_classes, "num_blocks": self.num_blocks, "patch_size": self.patch_size,
+                  "hidden_dim": self.hidden_dim, "tokens_mlp_dim": self.tokens_mlp_dim,
+                  "channels_mlp_dim": self.channels_mlp_dim, "image_size": list(self.image_size),
+                  "in_channels": self.in_channels, "gelu": self.gelu, "dtype": self.dtype.name}
+        for name in ("dropout", "stochastic_depth"):
+            if getattr(self, name):
+                config[name] = getattr(self, name)
+        return config
 
     # ------------------------------------------------------------------------------------------------------------
     # Parameters
@@ -226,37 +254,110 @@ class MlpMixer:
                              self.channels_mlp_dim, self.num_tokens, self.in_channels, self.num_classes)
 
     # ------------------------------------------------------------------------------------------------------------
+    # Training regularisers: their rates per block, and their random masks
+
+    @property
+    def regularized(self) -> bool:
+        """Whether training passes use dropout or stochastic depth (and so need masks)."""
+        return bool(self.dropout or self.stochastic_depth)
+
+    def block_rates(self) -> list[tuple[float, float]]:
+        """(dropout rate, stochastic-depth rate) of every block: dropout the same everywhere, stochastic depth
+        rising linearly with depth from 0 at the first block to ``stochastic_depth`` at the last (big_vision's
+        Mixer: ``rate_i = stochastic_depth * i / max(N - 1, 1)``)."""
+        last = max(self.num_blocks - 1, 1)
+        return [(self.dropout, self.stochastic_depth * i / last) for i in range(self.num_blocks)]
+
+    def draw_masks(self, rng: Any, batch_size: int) -> list[BlockMasks] | None:
+        """The keep masks of one training pass over ``batch_size`` images, one ``BlockMasks`` per block, or None
+        when no regulariser is on (then nothing is drawn: ``rng`` is left as it was).
+
+        ``rng``: a NumPy Generator, or a seed for one (e.g. ``[run_seed, epoch, step]``). The masks are NumPy
+        arrays drawn on the host block by block in forward order, for the whole batch, whatever the threads,
+        shards, processes or devices that will run it: a part of the batch takes its rows
+        (``blocks.masks_rows(masks, rows)``), and a run resumed at a step draws that step's masks again."""
+        if not self.regularized:
+            return None
+        rng = np.random.default_rng(rng)  # a Generator is returned as it is
+        shape = (self.num_tokens, self.hidden_dim, self.tokens_mlp_dim, self.channels_mlp_dim)
+        return [draw_block_masks(rng, batch_size, *shape, dropout, depth) for dropout, depth in self.block_rates()]
+
+    def _training_masks(self, batch: int, train: bool, rng: Any, masks: list[BlockMasks] | None
+                        ) -> list[BlockMasks] | None:
+        """The masks a forward pass uses, on the model's device: None in evaluation passes and without
+        regularisers (the plain network, bit for bit), else ``masks`` as given (checked) or drawn from ``rng``."""
+        if not train or not self.regularized:
+            return None
+        if masks is None:
+            if rng is None:
+                raise ValueError(
+                    f"this model trains with dropout {self.dropout} and stochastic depth {self.stochastic_depth}: "
+                    f"a training forward needs rng= (a NumPy Generator or a seed such as [run_seed, epoch, step]) "
+                    f"or masks= (from draw_masks), so that its random masks can be drawn again; an evaluation "
+                    f"pass is forward(images, train=False)")
+            masks = self.draw_masks(rng, batch)
+        self._check_masks(masks, batch)
+        return [m.to(self.xp) for m in masks]
+
+    def _check_masks(self, masks: list[BlockMasks], batch: int) -> None:
+        """Masks given by hand must be this model's: one per block, drawn with its rates, shaped for the batch."""
+        if len(masks) != self.num_blocks:
+            raise ValueError(f"masks for {len(masks)} blocks given to a model of {self.num_blocks}")
+        s, c, d_s, d_c = self.num_tokens, self.hidden_dim, self.tokens_mlp_dim, self.channels_mlp_dim
+        for i, (m, (dropout, depth)) in enumerate(zip(masks, self.block_rates(), strict=True)):
+            if (m.dropout, m.depth) != (dropout, depth):
+                raise ValueError(f"block {i}'s masks were drawn with rates (dropout {m.dropout}, depth {m.depth}); "
+                                 f"the model's are ({dropout}, {depth})")
+            expected = {"token_dropout": (batch, d_s, c), "channel_dropout": (batch, s, d_c),
+                        "token_depth": (batch,), "channel_depth": (batch,)}
+            wanted = {k: v for k, v in expected.items() if (dropout if k.endswith("_dropout") else depth)}
+            got = {k: tuple(v.shape) for k, v in m.arrays().items()}
+            if got != wanted:
+                raise ValueError(f"block {i}'s masks have shapes {got}; a batch of {batch} needs {wanted}")
+
+    # ------------------------------------------------------------------------------------------------------------
     # Forward and backward
 
-    def forward(self, images: Array, train: bool = True) -> Array:
+    def forward(self, images: Array, train: bool = True, rng: Any = None,
+                masks: list[BlockMasks] | None = None) -> Array:
         """Logits (B, num_classes) for images (B, H, W, in_channels).
 
         With ``train=True`` the caches that ``backward`` needs are kept (until the next forward); with
         ``train=False`` nothing is kept, which halves the memory of an evaluation pass. On a multi-core CPU the
         batch is cut into one shard per core and each shard goes through the network on its own thread
         (``chunks.for_shards``: every layer treats each image independently, so the logits are the same).
+
+        A model with regularisers (``dropout``, ``stochastic_depth``) applies them in training passes, with the
+        masks ``draw_masks(rng, B)`` draws from ``rng`` (a NumPy Generator or a seed, e.g. ``[seed, epoch,
+        step]``: one per step makes a resumed run bit-exact), or with ``masks`` given (a gradient check holds
+        them fixed). Evaluation passes, and models without regularisers, ignore both.
         """
         x = self._checked_images(images)
+        masks = self._training_masks(x.shape[0], train, rng, masks)  # drawn for the whole batch, then cut
         shards = batch_shards(x.shape[0], self.xp)
-        results = for_shards(lambda rows: self._forward_shard(x[rows], train), shards)
+        results = for_shards(lambda rows: self._forward_shard(x[rows], train, masks_rows(masks, rows)), shards)
         logits = results[0][0] if len(shards) == 1 else self.xp.concatenate([r[0] for r in results])
         self._cache = (shards, [r[1] for r in results]) if train else None
         return logits
 
-    def _forward_shard(self, x: Array, train: bool) -> tuple[Array, tuple | None]:
+    def _forward_shard(self, x: Array, train: bool, masks: list[BlockMasks] | None = None
+                       ) -> tuple[Array, tuple | None]:
         """The network on one batch (or shard): returns the logits and the caches for ``_backward_shard``."""
-        x, body_cache = self._features_shard(x, train)  # 1.-4. (B, C)
+        x, body_cache = self._features_shard(x, train, masks)  # 1.-4. (B, C)
         logits, head_cache = dense_forward(x, self.params["head/kernel"], self.params["head/bias"])  # 5. (B, K)
         return logits, ((*body_cache, head_cache) if train else None)
 
-    def _features_shard(self, x: Array, train: bool) -> tuple[Array, tuple | None]:
+    def _features_shard(self, x: Array, train: bool, masks: list[BlockMasks] | None = None
+                        ) -> tuple[Array, tuple | None]:
         """Steps 1.-4. of the network, everything before the head: the pre-logits (B, C) of one batch (or shard),
-        and the caches of these steps (stem, blocks, LayerNorm, pool) when ``train``."""
+        and the caches of these steps (stem, blocks, LayerNorm, pool) when ``train``. ``masks``: the shard's
+        regulariser masks, one ``BlockMasks`` per block (None: none)."""
         p = self.params
         x, stem_cache = stem_forward(x, p["stem/kernel"], p["stem/bias"])  # 1. (B, S, C)
         block_caches = []
         for i in range(self.num_blocks):
-            x, cache = mixer_block_forward(x, subtree(p, f"MixerBlock_{i}"), self.gelu, train)  # 2. (B, S, C)
+            m = None if masks is None else masks[i]  # block i's dropout and stochastic-depth masks
+            x, cache = mixer_block_forward(x, subtree(p, f"MixerBlock_{i}"), self.gelu, train, m)  # 2. (B, S, C)
             if train:
                 block_caches.append(cache)
         x, ln_cache = layer_norm_forward(x, p["pre_head_layer_norm/scale"], p["pre_head_layer_norm/bias"],
@@ -335,8 +436,8 @@ class MlpMixer:
                           for i, (name, p) in enumerate(self.params.items())}
         return self._grad_buffer
 
-    def __call__(self, images: Array, train: bool = False) -> Array:
-        return self.forward(images, train=train)
+    def __call__(self, images: Array, train: bool = False, rng: Any = None) -> Array:
+        return self.forward(images, train=train, rng=rng)
 
     # ------------------------------------------------------------------------------------------------------------
     # Input checks: a clear error instead of a silent wrong answer
