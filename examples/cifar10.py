@@ -48,6 +48,7 @@ from tinymixer.augment import (
 )
 from tinymixer.averaging import ExponentialMovingAverage
 from tinymixer.backend import use_device
+from tinymixer.blocks import masks_rows
 from tinymixer.checkpoint import CheckpointError, config_from_params, load_checkpoint, load_params_into, save_checkpoint
 from tinymixer.chunks import batch_shards
 from tinymixer.cli import Parser, duration, number
@@ -77,13 +78,29 @@ REMEMBERED = ["config", "patch_size", "dtype", "init", "image_size", "head_only"
               "data_url", "data_md5", "validation", "limit_train", "limit_test", "epochs", "batch_size", "optimizer",
               "schedule", "end_lr", "lr", "warmup", "clip", "momentum", "weight_decay", "label_smoothing", "mixup",
               "randaugment", "cutmix", "random_erasing",
-              "ema", "crop_padding", "flip", "seed"]
+              "ema", "crop_padding", "flip", "seed", "dropout", "stochastic_depth"]
 MODEL_OPTIONS = ["config", "patch_size", "dtype", "init", "image_size"]
 # Named sets of defaults (--recipe): every option a recipe sets can still be given on its own, and wins.
 RECIPES = {
-    "default": {},  # the defaults below: the paper's fine-tuning recipe, sized for a CPU and small data
-    "paper-finetune": {  # the official fine-tuning hyper-parameters (vit_jax's Mixer fine-tuning configuration)
-        "batch_size": 512, "lr": 0.03, "warmup": "500", "momentum": 0.9, "clip": 1.0, "weight_decay": 0.0},
+    # the defaults below: the paper's fine-tuning recipe (SGD momentum, clipping, warm-up + cosine), sized for a CPU
+    "default": {},
+    # the official fine-tuning hyper-parameters (the official Mixer fine-tuning configuration, PAPER.md)
+    "paper-finetune": {"batch_size": 512, "lr": 0.03, "warmup": "500", "momentum": 0.9, "clip": 1.0,
+                       "weight_decay": 0.0},
+    # the paper's pre-training recipe as big_vision's configs/mlp_mixer_i1k.py runs it: Adam with decoupled weight
+    # decay on the kernels (its wd 1e-4 is not scaled by the base rate: 0.1 here), clipping at 1, warm-up (10k of
+    # ~94k steps there: 10%) then linear decay to 1e-5 of the base rate, RandAugment(2, 15), mixup 0.5 (big_vision
+    # mixes with probability 0.5; here every batch, alpha 0.5), stochastic depth 0.1 (its batch 4096 and 300 epochs
+    # are left to --batch-size and --epochs)
+    "pretrain": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.1, "clip": 1.0, "warmup": "10%",
+                 "schedule": "linear", "end_lr": 1e-8, "randaugment": "2,15", "mixup": 0.5, "stochastic_depth": 0.1},
+    # the best documented from-scratch CIFAR-10 Mixer (omihub777/MLP-Mixer-CIFAR: Mixer-nano = tiny/4, 90.83% in
+    # 300 epochs): Adam, lr 1e-3, L2 5e-5, batch 128, 5 warm-up epochs, cosine to 1e-6, label smoothing 0.1, CutMix,
+    # no clipping; its AutoAugment is RandAugment(2, 9) here, its beta2 0.99 is 0.999, its CutMix every other batch
+    # is every batch
+    "scratch-cifar": {"config": "tiny/4", "optimizer": "adam", "lr": 1e-3, "weight_decay": 5e-5, "batch_size": 128,
+                      "epochs": 300, "warmup": "5ep", "schedule": "cosine", "end_lr": 1e-6, "label_smoothing": 0.1,
+                      "randaugment": "2,9", "cutmix": 1.0, "clip": 0.0},
 }
 MIN_TOKENS = 16  # the automatic patch size keeps at least a 4 x 4 grid of tokens for token mixing to mix
 
@@ -213,6 +230,10 @@ def build_parser() -> Parser:
                        help="random-crop padding in pixels; auto: 1/8 of the image side (4 on 32x32); 0: no crop")
     train.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
                        help="random horizontal flips (--no-flip e.g. for digits)")
+    train.add_argument("--dropout", type=number(float, 0, 1, high_open=True), default=0.0,
+                       help="dropout rate after the GELU of every MLP (0: off)")
+    train.add_argument("--stochastic-depth", type=number(float, 0, 1, high_open=True), default=0.0,
+                       help="stochastic-depth rate of the last block, rising linearly from 0 at the first (0: off)")
     train.add_argument("--ema", type=number(float, 0, 1, high_open=True), default=0.0, metavar="DECAY",
                        help="also keep an exponential moving average of the weights (e.g. 0.999), evaluated beside "
                             "them; best.npz is the better of the two (0: off)")
@@ -381,6 +402,7 @@ def build_model(args: argparse.Namespace, data: Dataset) -> tm.MlpMixer:
             log(f"note: --init {args.init}: {note}")
         if model.in_channels != c:
             fail(f"--init {args.init} takes images of {model.in_channels} channels, the data has {c}")
+        model.dropout, model.stochastic_depth = args.dropout, args.stochastic_depth  # this run's, not pre-training's
         return model
     patch = args.patch_size
     if patch == "auto":
@@ -392,7 +414,8 @@ def build_model(args: argparse.Namespace, data: Dataset) -> tm.MlpMixer:
                   f" tokens on {h}x{w} images (--patch-size sets it)")
     try:
         return tm.MlpMixer.from_name(args.config, num_classes=data.num_classes, image_size=(h, w), in_channels=c,
-                                     seed=args.seed, dtype=args.dtype, patch_size=patch)
+                                     seed=args.seed, dtype=args.dtype, patch_size=patch, dropout=args.dropout,
+                                     stochastic_depth=args.stochastic_depth)
     except ValueError as exc:
         fail(f"--patch-size {patch}: {exc}")
 
@@ -431,7 +454,8 @@ def epochs_within(budget: float, model: tm.MlpMixer, data: Dataset, args: argpar
     for _ in range(3):  # the first one pays for allocating buffers: the median of the last two counts
         t0 = time.perf_counter()
         train_step(probe, optimizer, images, data.train_labels[index], 0.0, args.clip, comm=distributed.world(),
-                   global_batch=args.batch_size, accumulate=args.accumulate, head_only=args.head_only)
+                   global_batch=args.batch_size, accumulate=args.accumulate, head_only=args.head_only,
+                   masks=masks_rows(probe.draw_masks(np.random.default_rng(0), args.batch_size), rows))
         times.append(time.perf_counter() - t0)
     step = float(np.median(times[1:]))
     t0 = time.perf_counter()
@@ -634,6 +658,9 @@ def main(argv: list[str] | None = None) -> int:
     def remembered_options() -> dict:
         return {name: (str(v) if isinstance(v, Path) else v) for name, v in vars(args).items() if name in REMEMBERED}
 
+    log("settings: " + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in remembered_options().items()
+                                 if v not in (None, False)))
+
     def save(reason: str) -> None:
         options = remembered_options()
         schedule = {"batch_size": args.batch_size, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
@@ -700,11 +727,12 @@ def main(argv: list[str] | None = None) -> int:
                     images = normalize(images, model.dtype)
                 t1 = time.perf_counter()
 
+                masks = masks_rows(model.draw_masks(rng, len(index)), rows)  # dropout, stochastic depth (or None)
                 lr = lr_at(state["global_step"])
                 # forward -> loss -> backward -> (all-reduce) -> clip -> SGD update (tinymixer/train.py)
                 loss, logits = train_step(model, optimizer, images, labels, lr, args.clip, args.label_smoothing, mix,
                                           comm=comm, global_batch=len(index), accumulate=args.accumulate,
-                                          head_only=args.head_only)
+                                          head_only=args.head_only, masks=masks)
 
                 if ema is not None:
                     ema.update(model.params)
@@ -778,7 +806,7 @@ def main(argv: list[str] | None = None) -> int:
                 write_metrics(out, state["history"], {
                     "config": args.config, "model": model.config(), "num_params": model.num_params(),
                     "processes": comm.size, "evaluated_on": split, f"{split}_accuracy": result["accuracy"],
-                    "best": state["best"]})
+                    "best": state["best"], "options": remembered_options()})
                 plot_learning_curves(state["history"], out / "learning_curves.png", split=split)
             if args.stop_after_epoch and epoch + 1 >= args.stop_after_epoch and epoch + 1 < args.epochs:
                 log(f"stopped after epoch {epoch + 1} as asked; continue with --resume --out {out}")

@@ -33,6 +33,7 @@ def straight_and_resumed(tmp_path: Path, digits: Path, options: list[str]) -> tu
     ["--optimizer", "adamw", "--lr", "0.003", "--weight-decay", "0.05", "--schedule", "linear", "--end-lr", "1e-5"],
     ["--optimizer", "adam", "--lr", "0.003", "--weight-decay", "1e-4", "--mixup", "0.4", "--ema", "0.9"],
     ["--optimizer", "adamw", "--lr", "0.003", "--randaugment", "2,15", "--cutmix", "1.0", "--random-erasing", "0.5"],
+    ["--recipe", "pretrain", "--dropout", "0.1", "--accumulate", "2"],  # + stochastic depth, RandAugment, mixup
 ])
 def test_resume_is_bit_exact_with_each_optimiser(tmp_path, digits, options):
     params_a, params_b, state_a, state_b = straight_and_resumed(tmp_path, digits, options)
@@ -64,3 +65,20 @@ def test_mixup_and_cutmix_together_are_refused(capsys):
     with pytest.raises(SystemExit) as stop:
         cifar10.parse_args(["--mixup", "0.2", "--cutmix", "1.0"])
     assert stop.value.code == 2 and "choose one" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("recipe", ["default", "paper-finetune", "pretrain", "scratch-cifar"])
+def test_every_recipe_is_in_help_and_the_settings_are_printed_and_saved(recipe, tmp_path, digits, capsys):
+    help_text = " ".join(cifar10.build_parser().format_help().split())
+    assert recipe in help_text
+    args, _ = cifar10.parse_args(["--recipe", recipe])
+    for name, value in cifar10.RECIPES[recipe].items():
+        assert getattr(args, name) == value, name
+    out = tmp_path / "run"
+    options = ["--config", "micro/4", "--epochs", "1", "--warmup", "1ep"] if recipe == "scratch-cifar" else \
+        ["--epochs", "1", "--warmup", "0"]
+    assert cifar10.main(["--data-dir", str(digits), "--recipe", recipe, "--out", str(out)] + options + QUICK) == 0
+    assert f"recipe {recipe}" in capsys.readouterr().out  # the settings line
+    saved = json.loads((out / "metrics.json").read_text())["options"]
+    assert saved["recipe"] == recipe and all(saved[k] == v for k, v in cifar10.RECIPES[recipe].items()
+                                             if k not in ("batch_size", "epochs", "warmup", "config"))

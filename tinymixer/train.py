@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from .blocks import masks_rows
 from .data import augment, normalize
 from .evaluate import evaluate
 from .layers import dense_backward, dense_forward, softmax_cross_entropy
@@ -19,7 +20,8 @@ HEAD = ("head/kernel", "head/bias")
 
 def train_step(model: Any, optimizer: SGD, images: Any, labels: np.ndarray, lr: float, clip: float = 1.0,
                label_smoothing: float = 0.0, mix: tuple[np.ndarray, float] | None = None, comm: Any = None,
-               global_batch: int | None = None, accumulate: int = 1, head_only: bool = False) -> tuple[Any, Any]:
+               global_batch: int | None = None, accumulate: int = 1, head_only: bool = False, masks: Any = None
+               ) -> tuple[Any, Any]:
     """forward -> loss -> backward -> clip the global norm -> update. Returns (loss, logits), both on the device.
 
     ``mix = (partner_labels, lam)`` trains on a mixup batch: the loss is lam * CE(labels) + (1 - lam) * CE(partner).
@@ -28,6 +30,9 @@ def train_step(model: Any, optimizer: SGD, images: Any, labels: np.ndarray, lr: 
     activations of only one part are in memory at a time) whose gradients are added up before the one update: the
     same update as the whole batch at once, to float rounding, for a batch that would not fit (one extra buffer
     of the gradients' size holds the sum).
+
+    ``masks``: the dropout and stochastic-depth masks of these images (``model.draw_masks``; needed when the model
+    has those regularisers), cut to each part's rows here.
 
     ``head_only``: train the head alone, the rest frozen (a linear probe on the model's features): the features
     are computed in an evaluation pass, only the head's gradients are formed, and only the head is updated.
@@ -43,8 +48,9 @@ def train_step(model: Any, optimizer: SGD, images: Any, labels: np.ndarray, lr: 
     total, loss_sum, logits_parts = None, 0.0, []
     for rows in np.array_split(np.arange(len(labels)), accumulate):
         part_mix = None if mix is None else (mix[0][rows], mix[1])
+        part_masks = masks_rows(masks, rows) if masks is not None and accumulate > 1 else masks
         loss, logits = _forward_backward(model, images[rows], labels[rows], label_smoothing, part_mix,
-                                         len(rows) / batch, head_only)
+                                         len(rows) / batch, head_only, part_masks)
         loss_sum, logits_parts = loss_sum + loss, logits_parts + [logits]
         if accumulate > 1 and total is None:
             total = buffer.copy()  # the next part's backward overwrites the buffer: keep the sum apart
@@ -63,14 +69,15 @@ def train_step(model: Any, optimizer: SGD, images: Any, labels: np.ndarray, lr: 
 
 
 def _forward_backward(model: Any, images: Any, labels: np.ndarray, label_smoothing: float,
-                      mix: tuple[np.ndarray, float] | None, weight: float, head_only: bool) -> tuple[Any, Any]:
+                      mix: tuple[np.ndarray, float] | None, weight: float, head_only: bool, masks: Any = None
+                      ) -> tuple[Any, Any]:
     """One forward and backward pass of (part of) a batch whose loss counts with ``weight`` in the batch's mean;
     fills the model's gradients (the head's alone with ``head_only``). Returns (weighted loss, logits)."""
     if head_only:
         features = model.features(images)  # (b, C), an evaluation pass: nothing kept for a backward
         logits, head_cache = dense_forward(features, model.params["head/kernel"], model.params["head/bias"])
     else:
-        logits = model.forward(images)
+        logits = model.forward(images, masks=masks)
     loss, dlogits = softmax_cross_entropy(logits, labels, label_smoothing)
     if mix is not None:
         partner, lam = mix
@@ -119,7 +126,9 @@ def fit(model: Any, images: np.ndarray, labels: np.ndarray, *, epochs: int, batc
             index = order[step * batch_size:(step + 1) * batch_size]
             batch = augment(images[index], rng, crop_padding, flip) if (crop_padding or flip) else images[index]
             lr_now = warmup_cosine(epoch * steps_per_epoch + step, lr, total, warmup_length)
-            loss, logits = train_step(model, optimizer, normalize(batch, model.dtype), labels[index], lr_now, clip)
+            masks = model.draw_masks(rng, len(index))  # dropout / stochastic depth, when the model has them
+            loss, logits = train_step(model, optimizer, normalize(batch, model.dtype), labels[index], lr_now, clip,
+                                      masks=masks)
             loss_sum += float(loss) * len(index)
             correct += int((logits.argmax(axis=1) == model.xp.asarray(labels[index])).sum())
         seen = steps_per_epoch * batch_size
