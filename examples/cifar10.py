@@ -83,7 +83,7 @@ MODEL_OPTIONS = ["config", "patch_size", "dtype", "init", "image_size"]
 # Named sets of defaults (--recipe): every option a recipe sets can still be given on its own, and wins.
 RECIPES = {
     # the defaults below: the paper's fine-tuning recipe (SGD momentum, clipping, warm-up + cosine), sized for a CPU
-    "default": {},
+    "finetune": {},
     # the official fine-tuning hyper-parameters (the official Mixer fine-tuning configuration, PAPER.md)
     "paper-finetune": {"batch_size": 512, "lr": 0.03, "warmup": "500", "momentum": 0.9, "clip": 1.0,
                        "weight_decay": 0.0},
@@ -179,9 +179,6 @@ def build_parser() -> Parser:
     tune.add_argument("--accumulate", type=pos, default=1, metavar="K",
                       help="split every batch into K parts, one after the other, and add up their gradients: the "
                            "update of the whole batch with the memory of one part")
-    tune.add_argument("--recipe", choices=list(RECIPES), default="default",
-                      help="a named set of defaults; paper-finetune: batch 512, lr 0.03, 500 warm-up steps, momentum "
-                           "0.9, clipping at 1, no weight decay (options given on their own still win)")
 
     data = p.add_argument_group("data")
     data.add_argument("--data-dir", type=Path, metavar="DIR",
@@ -199,6 +196,12 @@ def build_parser() -> Parser:
                       help="evaluate on only the first N test (or validation) images")
 
     train = p.add_argument_group("training (the paper's fine-tuning recipe)")
+    described = "; ".join(f"{name}: " + (", ".join(f"{k.replace('_', '-')} {v}" for k, v in values.items())
+                                          or "the defaults below") for name, values in RECIPES.items())
+    described = described.replace("%", "%%")  # argparse formats help texts with %
+    train.add_argument("--recipe", choices=list(RECIPES), default="finetune",
+                       help=f"a named set of defaults, each option of which can still be given on its own "
+                            f"({described})")
     train.add_argument("--epochs", type=pos, default=15, metavar="N", help="epochs to train")
     train.add_argument("--time-budget", type=duration, metavar="TIME",
                        help="instead of --epochs: as many epochs as fit in TIME (e.g. 10m, 1.5h), from a measured step "

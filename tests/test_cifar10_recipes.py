@@ -67,7 +67,7 @@ def test_mixup_and_cutmix_together_are_refused(capsys):
     assert stop.value.code == 2 and "choose one" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("recipe", ["default", "paper-finetune", "pretrain", "scratch-cifar"])
+@pytest.mark.parametrize("recipe", ["finetune", "paper-finetune", "pretrain", "scratch-cifar"])
 def test_every_recipe_is_in_help_and_the_settings_are_printed_and_saved(recipe, tmp_path, digits, capsys):
     help_text = " ".join(cifar10.build_parser().format_help().split())
     assert recipe in help_text
