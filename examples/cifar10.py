@@ -39,10 +39,13 @@ from tqdm import tqdm
 
 from tinymixer import distributed
 from tinymixer.augment import (
+    apply_augmentation,
     apply_cutmix,
     apply_randaugment,
     apply_random_erasing,
+    draw_augmentation,
     draw_cutmix,
+    draw_mixup,
     draw_randaugment,
     draw_random_erasing,
 )
@@ -58,9 +61,6 @@ from tinymixer.data import (
     DATA_DIR_ENV,
     DataError,
     Dataset,
-    apply_augmentation,
-    draw_augmentation,
-    draw_mixup,
     find_data,
     load_folder,
     normalize,

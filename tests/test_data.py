@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from helpers import fake_cifar, make_cifar_archive
 
+from tinymixer import augment as A
 from tinymixer import data as D
 
 
@@ -132,11 +133,11 @@ def test_no_data_no_network_says_what_to_do(tmp_path):
 
 def test_augment_crops_and_flips(rng):
     images = np.arange(2 * 4 * 4 * 1, dtype=np.uint8).reshape(2, 4, 4, 1)
-    same = D.augment(images, rng, crop_padding=0, flip=False)
+    same = A.augment(images, rng, crop_padding=0, flip=False)
     np.testing.assert_array_equal(same, images)
-    flipped = [D.augment(images, np.random.default_rng(s), crop_padding=0) for s in range(20)]
+    flipped = [A.augment(images, np.random.default_rng(s), crop_padding=0) for s in range(20)]
     assert any(np.array_equal(f[0], images[0, :, ::-1]) for f in flipped)
-    cropped = D.augment(images, rng, crop_padding=2, flip=False)
+    cropped = A.augment(images, rng, crop_padding=2, flip=False)
     assert cropped.shape == images.shape and cropped.dtype == np.uint8
     for b in range(2):  # every crop is a shifted window of the zero-padded image
         padded = np.pad(images[b], ((2, 2), (2, 2), (0, 0)))
@@ -149,7 +150,7 @@ def test_normalize_and_mixup(rng):
     assert D.normalize(x).dtype == np.float32
     images = D.normalize(fake_cifar(8, 1).train_images)
     labels = np.arange(8)
-    mixed, a, partner, lam = D.mixup(images, labels, 0.4, rng)  # labels = indices, so partner = the permutation
+    mixed, a, partner, lam = A.mixup(images, labels, 0.4, rng)  # labels = indices, so partner = the permutation
     assert 0 <= lam <= 1 and mixed.dtype == np.float32 and np.array_equal(a, labels)
     np.testing.assert_allclose(mixed, lam * images + (1 - lam) * images[partner], rtol=1e-5, atol=1e-6)
 

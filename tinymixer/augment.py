@@ -1,7 +1,8 @@
-"""Strong augmentation on uint8 batches (B, H, W, C): RandAugment, CutMix and random erasing, vectorised in NumPy.
+"""Augmentation on uint8 batches (B, H, W, C), vectorised in NumPy: the standard CIFAR crop and flip, mixup, and the
+strong kind: RandAugment, CutMix and random erasing.
 
-Every augmentation is split as ``data.py``'s crop and flip are: ``draw_*(rng, batch_size, ...)`` makes the random
-choices for a whole (global) batch, ``apply_*(images, draws, rows)`` applies them to some of its rows (a slice or an
+Every augmentation is split the same way: ``draw_*(rng, batch_size, ...)`` makes the random choices for a whole
+(global) batch, ``apply_*(images, draws, rows)`` applies them to some of its rows (a slice or an
 index array: which images of the batch ``images`` are). Augmenting rows separately equals augmenting the whole batch
 and then taking the rows, so each rank of a data-parallel run augments its share exactly as a one-process run does.
 The draws hold fractions of the image size rather than pixels, so they apply to images of any size (e.g. after an
@@ -87,6 +88,62 @@ def _check_batch(images: np.ndarray) -> np.ndarray:
                          f"{getattr(images, 'dtype', '')} {shape}")
     return images
 
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The standard CIFAR augmentation (random crop and flip) and mixup: the same draw/apply split
+
+
+def augment(images: np.ndarray, rng: np.random.Generator, crop_padding: int = 4, flip: bool = True) -> np.ndarray:
+    """The standard CIFAR augmentation on a uint8 batch (B, H, W, C): pad every side with ``crop_padding`` zero
+    pixels, take a random H x W crop, and mirror left-right with probability 1/2. Returns a new array."""
+    return apply_augmentation(images, draw_augmentation(rng, len(images), crop_padding, flip))
+
+
+def draw_augmentation(rng: np.random.Generator, batch_size: int, crop_padding: int = 4, flip: bool = True
+                      ) -> dict[str, Any]:
+    """The random choices of ``augment`` for a batch: crop offsets ``dy``, ``dx`` (each 0..2p) and which images to
+    ``mirror``. Drawing them for the whole batch, then applying them to some rows (``apply_augmentation``), lets
+    each rank of a data-parallel run augment its share of a global batch exactly as a one-process run would."""
+    draws: dict[str, Any] = {"padding": crop_padding}
+    if crop_padding:
+        draws["dy"], draws["dx"] = rng.integers(0, 2 * crop_padding + 1, size=(2, batch_size))
+    if flip:
+        draws["mirror"] = rng.random(batch_size) < 0.5
+    return draws
+
+
+def apply_augmentation(images: np.ndarray, draws: dict[str, Any], rows: Any = slice(None)) -> np.ndarray:
+    """Crop and mirror ``images`` (uint8 (n, H, W, C)) as ``draws`` says for the batch ``rows`` (a slice or
+    index array: which of the batch's images these are; default all). Returns a new array."""
+    n, h, w, _ = images.shape
+    out = images.copy()
+    if "dy" in draws:
+        p, dy, dx = draws["padding"], draws["dy"][rows], draws["dx"][rows]
+        padded = np.pad(images, ((0, 0), (p, p), (p, p), (0, 0)))  # (n, H+2p, W+2p, C)
+        rows_y = dy[:, None] + np.arange(h)  # (n, H)
+        cols_x = dx[:, None] + np.arange(w)  # (n, W)
+        out = padded[np.arange(n)[:, None, None], rows_y[:, :, None], cols_x[:, None, :]]  # (n, H, W, C)
+    if "mirror" in draws:
+        mirror = draws["mirror"][rows]
+        out[mirror] = out[mirror, :, ::-1]
+    return out
+
+
+def mixup(images: np.ndarray, labels: np.ndarray, alpha: float, rng: np.random.Generator
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """mixup (Zhang et al. 2018): blend the batch with a shuffled copy of itself, weight lam ~ Beta(alpha, alpha).
+
+    Returns (mixed float images, labels, the partner labels, lam); the loss is
+    lam * CE(labels) + (1 - lam) * CE(partner labels)."""
+    lam, partner = draw_mixup(rng, len(labels), alpha)
+    mixed = lam * images + (1.0 - lam) * images[partner]
+    return mixed.astype(images.dtype, copy=False), labels, labels[partner], lam
+
+
+def draw_mixup(rng: np.random.Generator, batch_size: int, alpha: float) -> tuple[float, np.ndarray]:
+    """The random choices of ``mixup`` for a batch: the weight lam ~ Beta(alpha, alpha) and each image's partner."""
+    return float(rng.beta(alpha, alpha)), rng.permutation(batch_size)
 
 # ----------------------------------------------------------------------------------------------------------------
 # The operations, each on a whole uint8 batch (n, H, W, C); arguments are scalars or one value per image
@@ -465,7 +522,7 @@ def apply_cutmix(images: np.ndarray, partner_images: np.ndarray, draws: dict[str
 
 def cutmix(images: np.ndarray, labels: np.ndarray, alpha: float, rng: np.random.Generator, prob: float = 1.0
            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """CutMix (Yun et al. 2019) of a batch, like ``data.mixup``: returns (mixed images, labels, the partner labels,
+    """CutMix (Yun et al. 2019) of a batch, like ``mixup``: returns (mixed images, labels, the partner labels,
     lam), where lam is the fraction of each image that is still its own."""
     draws = draw_cutmix(rng, len(labels), alpha, prob)
     partner = draws["partner"]
@@ -572,14 +629,14 @@ def bench(batch_size: int = 128, image_size: int = 32, repeats: int = 20, step: 
     """Images/s of each augmentation on random uint8 (batch_size, image_size, image_size, 3) batches (medians of
     ``repeats``), printed as a table; with ``step``, also one training step of that model on the same batch, and
     each augmentation's time as a share of it. Returns [(name, images/s)]."""
-    from tinymixer.data import apply_augmentation, draw_augmentation, normalize
+    from tinymixer.data import normalize
 
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (batch_size, image_size, image_size, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, batch_size)
     n = batch_size
     cases: list[tuple[str, Callable[[], Any]]] = [
-        ("crop + flip (data.py)", lambda: apply_augmentation(images, draw_augmentation(rng, n, image_size // 8))),
+        ("crop + flip", lambda: apply_augmentation(images, draw_augmentation(rng, n, image_size // 8))),
         ("normalize (data.py)", lambda: normalize(images)),
         ("RandAugment(2, 9)", lambda: randaugment(images, rng, 2, 9)),
         ("RandAugment(2, 15)", lambda: randaugment(images, rng, 2, 15)),

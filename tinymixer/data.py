@@ -25,7 +25,6 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -410,58 +409,6 @@ def resize_batch(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if tuple(images.shape[1:3]) == tuple(size):
         return images
     return np.clip(np.round(bilinear_resize(images, size)), 0, 255).astype(np.uint8)
-
-
-def augment(images: np.ndarray, rng: np.random.Generator, crop_padding: int = 4, flip: bool = True) -> np.ndarray:
-    """The standard CIFAR augmentation on a uint8 batch (B, H, W, C): pad every side with ``crop_padding`` zero
-    pixels, take a random H x W crop, and mirror left-right with probability 1/2. Returns a new array."""
-    return apply_augmentation(images, draw_augmentation(rng, len(images), crop_padding, flip))
-
-
-def draw_augmentation(rng: np.random.Generator, batch_size: int, crop_padding: int = 4, flip: bool = True
-                      ) -> dict[str, Any]:
-    """The random choices of ``augment`` for a batch: crop offsets ``dy``, ``dx`` (each 0..2p) and which images to
-    ``mirror``. Drawing them for the whole batch, then applying them to some rows (``apply_augmentation``), lets
-    each rank of a data-parallel run augment its share of a global batch exactly as a one-process run would."""
-    draws: dict[str, Any] = {"padding": crop_padding}
-    if crop_padding:
-        draws["dy"], draws["dx"] = rng.integers(0, 2 * crop_padding + 1, size=(2, batch_size))
-    if flip:
-        draws["mirror"] = rng.random(batch_size) < 0.5
-    return draws
-
-
-def apply_augmentation(images: np.ndarray, draws: dict[str, Any], rows: Any = slice(None)) -> np.ndarray:
-    """Crop and mirror ``images`` (uint8 (n, H, W, C)) as ``draws`` says for the batch ``rows`` (a slice or
-    index array: which of the batch's images these are; default all). Returns a new array."""
-    n, h, w, _ = images.shape
-    out = images.copy()
-    if "dy" in draws:
-        p, dy, dx = draws["padding"], draws["dy"][rows], draws["dx"][rows]
-        padded = np.pad(images, ((0, 0), (p, p), (p, p), (0, 0)))  # (n, H+2p, W+2p, C)
-        rows_y = dy[:, None] + np.arange(h)  # (n, H)
-        cols_x = dx[:, None] + np.arange(w)  # (n, W)
-        out = padded[np.arange(n)[:, None, None], rows_y[:, :, None], cols_x[:, None, :]]  # (n, H, W, C)
-    if "mirror" in draws:
-        mirror = draws["mirror"][rows]
-        out[mirror] = out[mirror, :, ::-1]
-    return out
-
-
-def mixup(images: np.ndarray, labels: np.ndarray, alpha: float, rng: np.random.Generator
-          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """mixup (Zhang et al. 2018): blend the batch with a shuffled copy of itself, weight lam ~ Beta(alpha, alpha).
-
-    Returns (mixed float images, labels, the partner labels, lam); the loss is
-    lam * CE(labels) + (1 - lam) * CE(partner labels)."""
-    lam, partner = draw_mixup(rng, len(labels), alpha)
-    mixed = lam * images + (1.0 - lam) * images[partner]
-    return mixed.astype(images.dtype, copy=False), labels, labels[partner], lam
-
-
-def draw_mixup(rng: np.random.Generator, batch_size: int, alpha: float) -> tuple[float, np.ndarray]:
-    """The random choices of ``mixup`` for a batch: the weight lam ~ Beta(alpha, alpha) and each image's partner."""
-    return float(rng.beta(alpha, alpha)), rng.permutation(batch_size)
 
 
 def batches(num: int, batch_size: int, rng: np.random.Generator | None, drop_last: bool = False

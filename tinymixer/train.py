@@ -9,8 +9,9 @@ from typing import Any
 
 import numpy as np
 
+from .augment import augment
 from .blocks import masks_rows
-from .data import augment, normalize
+from .data import normalize
 from .evaluate import evaluate
 from .layers import dense_backward, dense_forward, softmax_cross_entropy
 from .optim import SGD, clip_by_global_norm, warmup_cosine, warmup_steps
