@@ -59,3 +59,22 @@ def make_cifar_archive(folder, dataset=None):
         with tarfile.open(archive, "w:gz") as tar:
             tar.add(Path(tmp) / FOLDER_NAME, arcname=FOLDER_NAME)
     return archive, md5sum(archive)
+
+
+def mlp_params(rng: np.random.Generator, d: int, hidden: int) -> dict[str, np.ndarray]:
+    """Random parameters of an MLP block d -> hidden -> d (float64, scaled like a LeCun-normal initialisation)."""
+    return {"Dense_0/kernel": rng.standard_normal((d, hidden)) / np.sqrt(d),
+            "Dense_0/bias": rng.standard_normal(hidden),
+            "Dense_1/kernel": rng.standard_normal((hidden, d)) / np.sqrt(hidden),
+            "Dense_1/bias": rng.standard_normal(d)}
+
+
+def block_params(rng: np.random.Generator, s: int, c: int, ds: int, dc: int) -> dict[str, np.ndarray]:
+    """Random parameters of a Mixer block on S tokens x C channels, LayerNorm scales and biases randomised too."""
+    from tinymixer.blocks import prefixed
+
+    params = {"LayerNorm_0/scale": 1 + 0.3 * rng.standard_normal(c), "LayerNorm_0/bias": 0.3 * rng.standard_normal(c),
+              "LayerNorm_1/scale": 1 + 0.3 * rng.standard_normal(c), "LayerNorm_1/bias": 0.3 * rng.standard_normal(c)}
+    params.update(prefixed(mlp_params(rng, s, ds), "token_mixing"))
+    params.update(prefixed(mlp_params(rng, c, dc), "channel_mixing"))
+    return params

@@ -6,7 +6,7 @@ from functools import partial
 
 import numpy as np
 import pytest
-from helpers import assert_gradients_ok
+from helpers import assert_gradients_ok, block_params, mlp_params
 
 from tinymixer.blocks import (
     channel_mixing_backward,
@@ -22,21 +22,6 @@ from tinymixer.blocks import (
 )
 from tinymixer.gradcheck import check_gradients
 from tinymixer.layers import gelu_forward, layer_norm_forward
-
-
-def mlp_params(rng, d, hidden):
-    return {"Dense_0/kernel": rng.standard_normal((d, hidden)) / np.sqrt(d),
-            "Dense_0/bias": rng.standard_normal(hidden),
-            "Dense_1/kernel": rng.standard_normal((hidden, d)) / np.sqrt(hidden),
-            "Dense_1/bias": rng.standard_normal(d)}
-
-
-def block_params(rng, s, c, ds, dc):
-    params = {"LayerNorm_0/scale": 1 + 0.3 * rng.standard_normal(c), "LayerNorm_0/bias": 0.3 * rng.standard_normal(c),
-              "LayerNorm_1/scale": 1 + 0.3 * rng.standard_normal(c), "LayerNorm_1/bias": 0.3 * rng.standard_normal(c)}
-    params.update(prefixed(mlp_params(rng, s, ds), "token_mixing"))
-    params.update(prefixed(mlp_params(rng, c, dc), "channel_mixing"))
-    return params
 
 
 @pytest.mark.parametrize("form", ["tanh", "erf"])

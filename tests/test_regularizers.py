@@ -8,7 +8,7 @@ from functools import partial
 
 import numpy as np
 import pytest
-from helpers import TOL, assert_gradients_ok, small_model
+from helpers import TOL, assert_gradients_ok, block_params, mlp_params, small_model
 
 import tinymixer as tm
 from tinymixer import blocks, chunks
@@ -106,21 +106,6 @@ def test_inverted_scaling_keeps_the_expectation(rng, layer, per_example):
 
 
 # -- the blocks ---------------------------------------------------------------------------------------------------
-
-def mlp_params(rng, d, hidden):
-    return {"Dense_0/kernel": rng.standard_normal((d, hidden)) / np.sqrt(d),
-            "Dense_0/bias": rng.standard_normal(hidden),
-            "Dense_1/kernel": rng.standard_normal((hidden, d)) / np.sqrt(hidden),
-            "Dense_1/bias": rng.standard_normal(d)}
-
-
-def block_params(rng, s, c, ds, dc):
-    params = {"LayerNorm_0/scale": 1 + 0.3 * rng.standard_normal(c), "LayerNorm_0/bias": 0.3 * rng.standard_normal(c),
-              "LayerNorm_1/scale": 1 + 0.3 * rng.standard_normal(c), "LayerNorm_1/bias": 0.3 * rng.standard_normal(c)}
-    params.update(blocks.prefixed(mlp_params(rng, s, ds), "token_mixing"))
-    params.update(blocks.prefixed(mlp_params(rng, c, dc), "channel_mixing"))
-    return params
-
 
 @pytest.mark.parametrize("axis", [-1, -2])
 def test_mlp_block_with_dropout_gradients(rng, axis):
