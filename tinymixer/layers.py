@@ -344,7 +344,92 @@ def _layer_norm_backward_block(dout: Array, xhat: Array, rstd: Array, dx: Array,
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Patches and the stem (a stride-P, P x P convolution written as one matrix multiply)
+# Windows (im2col) and their adjoint (col2im); the stem and the convolution: im2col, then one matrix multiply.
+# The stem's patches are im2col's non-overlapping case (kernel P, stride P, padding 0).
+
+
+def _checked_window(images_shape: tuple, kernel_size: int, stride: int, padding: int) -> tuple[int, int]:
+    """(H_out, W_out) = ((H + 2p - K) // s + 1, (W + 2p - K) // s + 1), after checking the arguments make sense."""
+    if len(images_shape) != 4:
+        raise ValueError(f"images must be (B, H, W, C_in), got shape {tuple(images_shape)}")
+    for name, value, low in (("kernel_size", kernel_size, 1), ("stride", stride, 1), ("padding", padding, 0)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    h, w = images_shape[1:3]
+    if kernel_size > h + 2 * padding or kernel_size > w + 2 * padding:
+        raise ValueError(f"kernel_size {kernel_size} is larger than the padded image {h + 2 * padding} x "
+                         f"{w + 2 * padding} (H x W = {h} x {w}, padding {padding})")
+    return (h + 2 * padding - kernel_size) // stride + 1, (w + 2 * padding - kernel_size) // stride + 1
+
+
+def im2col(images: Array, kernel_size: int, stride: int = 1, padding: int = 0) -> Array:
+    """Every K x K window of the zero-padded images, flattened in (row, column, channel) order.
+
+    With K = kernel_size, s = stride, p = padding and xpad the images with p zeros on each side of H and W:
+
+        columns[b, y, x, (i K + j) C_in + c] = xpad[b, s y + i, s x + j, c]      0 <= i, j < K
+
+    so that a convolution with a kernel (K, K, C_in, C_out) is ``columns @ kernel.reshape(K*K*C_in, C_out)``:
+    one GEMM.  Inputs: images (B, H, W, C_in).  Returns columns (B, H_out, W_out, K*K*C_in) with
+    H_out = (H + 2p - K) // s + 1 (likewise W_out).  Rows and columns past the last whole window are dropped.
+
+    Vectorised over batch and pixels: one strided-slice copy per kernel offset (i, j), K*K in all.  The
+    non-overlapping case (s = K, p = 0: ``patchify``) is a reshape and one transpose instead, the same numbers.
+    """
+    h_out, w_out = _checked_window(images.shape, kernel_size, stride, padding)
+    b, _, _, c = images.shape
+    k, s = kernel_size, stride
+    if s == k and padding == 0:  # windows tile the image: a view and one transposing copy
+        tiles = images[:, :h_out * k, :w_out * k, :].reshape(b, h_out, k, w_out, k, c)  # (B, H_out, K, W_out, K, C_in)
+        return tiles.transpose(0, 1, 3, 2, 4, 5).reshape(b, h_out, w_out, k * k * c)  # (B, H_out, W_out, K*K*C_in)
+    return _im2col_by_offsets(images, k, s, padding, h_out, w_out)
+
+
+def _im2col_by_offsets(images: Array, k: int, s: int, padding: int, h_out: int, w_out: int) -> Array:
+    """The general im2col: for each kernel offset (i, j), the strided slice xpad[:, i::s, j::s] is one column block."""
+    xp = array_module(images)
+    b, _, _, c = images.shape
+    pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
+    padded = xp.pad(images, pad) if padding else images  # (B, H + 2p, W + 2p, C_in), zeros around
+    columns = xp.empty((b, h_out, w_out, k, k, c), dtype=images.dtype)  # (B, H_out, W_out, K, K, C_in)
+    for i in range(k):
+        for j in range(k):
+            columns[:, :, :, i, j, :] = padded[:, i:i + s * (h_out - 1) + 1:s, j:j + s * (w_out - 1) + 1:s, :]
+    return columns.reshape(b, h_out, w_out, k * k * c)  # (B, H_out, W_out, K*K*C_in), no copy
+
+
+def col2im(columns: Array, image_hw: tuple[int, int], kernel_size: int, stride: int = 1, padding: int = 0) -> Array:
+    """The adjoint (transpose) of ``im2col``: every window's entries are ADDED back onto the pixels they came from.
+
+        images[b, h, w, c] = sum over (y, x, i, j) with s y + i - p = h and s x + j - p = w of
+                             columns[b, y, x, (i K + j) C_in + c]
+
+    so that <im2col(x), y> = <x, col2im(y)> for all x, y: it is im2col's backward (dL/dx = col2im(dL/dcolumns)).
+    A pixel covered by several overlapping windows gets the sum; a padding pixel's share is dropped; a pixel no
+    window covers gets 0.  For s = K and p = 0 it is the inverse of im2col, ``unpatchify``.
+    Inputs: columns (B, H_out, W_out, K*K*C_in), image_hw = (H, W).  Returns images (B, H, W, C_in).
+    """
+    xp = array_module(columns)
+    b, h_out, w_out, kkc = columns.shape
+    h, w = image_hw
+    k, s = kernel_size, stride
+    c = kkc // (k * k)
+    if (h_out, w_out) != _checked_window((b, h, w, c), k, s, padding) or c * k * k != kkc:
+        raise ValueError(f"columns {tuple(columns.shape)} are not im2col's of a {h} x {w} image with "
+                         f"kernel_size {k}, stride {s}, padding {padding}")
+    windows = columns.reshape(b, h_out, w_out, k, k, c)  # (B, H_out, W_out, K, K, C_in)
+    if s == k and padding == 0:  # non-overlapping: each pixel is in at most one window, so a transpose
+        tiles = windows.transpose(0, 1, 3, 2, 4, 5).reshape(b, h_out * k, w_out * k, c)  # (B, H_out K, W_out K, C_in)
+        if (h_out * k, w_out * k) == (h, w):
+            return tiles  # the windows tile the whole image (unpatchify): (B, H, W, C_in)
+        images = xp.zeros((b, h, w, c), dtype=columns.dtype)  # (B, H, W, C_in); uncovered edge pixels stay 0
+        images[:, :h_out * k, :w_out * k, :] = tiles
+        return images
+    padded = xp.zeros((b, h + 2 * padding, w + 2 * padding, c), dtype=columns.dtype)  # (B, H + 2p, W + 2p, C_in)
+    for i in range(k):
+        for j in range(k):  # undoes im2col's copy at offset (i, j); one slice never repeats a pixel, so += is exact
+            padded[:, i:i + s * (h_out - 1) + 1:s, j:j + s * (w_out - 1) + 1:s, :] += windows[:, :, :, i, j, :]
+    return padded[:, padding:padding + h, padding:padding + w, :]  # (B, H, W, C_in), a view of the padded array
 
 
 def patchify(images: Array, patch_size: int) -> Array:
@@ -353,31 +438,32 @@ def patchify(images: Array, patch_size: int) -> Array:
     Inputs: images (B, H, W, C_in) with H and W multiples of P.  Returns patches (B, S, P*P*C_in) with
     S = (H/P)(W/P) tokens in row-major order over the patch grid: the order the official model flattens its
     stem output in, and the order its kernel (P, P, C_in, C) reshapes to (P*P*C_in, C).
+    This is ``im2col`` with kernel P, stride P, padding 0, its (H/P, W/P) grid flattened to S tokens.
     """
     b, h, w, c = images.shape
     p = patch_size
-    grid = images.reshape(b, h // p, p, w // p, p, c)  # (B, H/P, P, W/P, P, C_in)
-    grid = grid.transpose(0, 1, 3, 2, 4, 5)  # (B, H/P, W/P, P, P, C_in)
-    return grid.reshape(b, (h // p) * (w // p), p * p * c)  # (B, S, P*P*C_in), a copy
+    if h % p or w % p:
+        raise ValueError(f"patchify needs H and W multiples of the patch size {p}, got H x W = {h} x {w}")
+    return im2col(images, p, p, 0).reshape(b, (h // p) * (w // p), p * p * c)  # (B, S, P*P*C_in), a copy
 
 
 def unpatchify(patches: Array, patch_size: int, image_hw: tuple[int, int]) -> Array:
-    """The inverse of ``patchify``: (B, S, P*P*C_in) -> (B, H, W, C_in). Carries gradients back to pixels."""
+    """The inverse of ``patchify``: (B, S, P*P*C_in) -> (B, H, W, C_in). Carries gradients back to pixels.
+
+    It is ``col2im`` with kernel P, stride P, padding 0 (no window overlaps, so nothing is summed)."""
     b = patches.shape[0]
     h, w = image_hw
     p = patch_size
-    c = patches.shape[-1] // (p * p)
-    grid = patches.reshape(b, h // p, w // p, p, p, c)  # (B, H/P, W/P, P, P, C_in)
-    grid = grid.transpose(0, 1, 3, 2, 4, 5)  # (B, H/P, P, W/P, P, C_in)
-    return grid.reshape(b, h, w, c)  # (B, H, W, C_in)
+    return col2im(patches.reshape(b, h // p, w // p, -1), image_hw, p, p, 0)  # (B, H, W, C_in)
 
 
 def stem_forward(images: Array, kernel: Array, bias: Array) -> tuple[Array, tuple]:
     """Patch embedding: every P x P patch goes through one shared linear map to C channels.
 
     ``out[b, s] = patch[b, s] . kernel + bias`` — the paper's "per-patch fully-connected layer", identical to
-    a convolution with a P x P kernel and stride P.  Inputs: images (B, H, W, C_in), kernel (P, P, C_in, C),
-    bias (C,).  Returns out (B, S, C) and the cache.
+    a convolution with a P x P kernel and stride P (``conv2d_forward(images, kernel, bias, stride=P)``, its grid
+    flattened).  Inputs: images (B, H, W, C_in), kernel (P, P, C_in, C), bias (C,).  Returns out (B, S, C) and
+    the cache.
     """
     p = kernel.shape[0]
     patches = patchify(images, p)  # (B, S, P*P*C_in)
@@ -390,6 +476,45 @@ def stem_backward(dout: Array, cache: tuple) -> tuple[Array, Array, Array]:
     dense_cache, kernel_shape, image_hw = cache
     dpatches, dkernel, dbias = dense_backward(dout, dense_cache)
     dimages = unpatchify(dpatches, kernel_shape[0], image_hw)
+    return dimages, dkernel.reshape(kernel_shape), dbias
+
+
+def conv2d_forward(images: Array, kernel: Array, bias: Array, stride: int = 1, padding: int = 0
+                   ) -> tuple[Array, tuple]:
+    """2-D convolution (cross-correlation, as every deep-learning library means it), zero padding:
+
+        out[b, y, x, o] = bias[o] + sum_{i, j, c} xpad[b, s y + i, s x + j, c] kernel[i, j, c, o]
+
+    computed as im2col and one GEMM: ``out = im2col(images) @ kernel.reshape(K*K*C_in, C_out) + bias``.
+    Inputs: images (B, H, W, C_in), kernel (K, K, C_in, C_out) (the layout of Flax's ``nn.Conv`` and of the
+    Mixer's stem), bias (C_out,).  Returns out (B, H_out, W_out, C_out) with H_out = (H + 2p - K) // s + 1, and
+    the cache (the dense cache, which holds the columns; the kernel's shape; (H, W); stride; padding).
+    """
+    if kernel.ndim != 4 or kernel.shape[0] != kernel.shape[1]:
+        raise ValueError(f"kernel must be (K, K, C_in, C_out), got shape {tuple(kernel.shape)}")
+    k, _, c_in, c_out = kernel.shape
+    if images.ndim != 4 or images.shape[-1] != c_in:
+        raise ValueError(f"images must be (B, H, W, C_in={c_in}) for a kernel {tuple(kernel.shape)}, "
+                         f"got shape {tuple(images.shape)}")
+    if bias.shape != (c_out,):
+        raise ValueError(f"bias must be (C_out,) = ({c_out},), got shape {tuple(bias.shape)}")
+    columns = im2col(images, k, stride, padding)  # 1. (B, H_out, W_out, K*K*C_in)
+    out, dense_cache = dense_forward(columns, kernel.reshape(k * k * c_in, c_out), bias)  # 2. (B, H_out, W_out, C_out)
+    return out, (dense_cache, kernel.shape, images.shape[1:3], stride, padding)
+
+
+def conv2d_backward(dout: Array, cache: tuple) -> tuple[Array, Array, Array]:
+    """Gradients of ``conv2d_forward``: the GEMM's backward, then im2col's adjoint.
+
+        dcolumns = dout @ kernel^T,   dkernel = columns^T @ dout,   dbias = sum over (b, y, x) of dout,
+        dimages = col2im(dcolumns)    (overlapping windows add up)
+
+    Inputs: dout (B, H_out, W_out, C_out).  Returns dimages (B, H, W, C_in), dkernel (K, K, C_in, C_out),
+    dbias (C_out,).
+    """
+    dense_cache, kernel_shape, image_hw, stride, padding = cache
+    dcolumns, dkernel, dbias = dense_backward(dout, dense_cache)  # undoes 2.: (B, H_out, W_out, K*K*C_in)
+    dimages = col2im(dcolumns, image_hw, kernel_shape[0], stride, padding)  # undoes 1.: (B, H, W, C_in)
     return dimages, dkernel.reshape(kernel_shape), dbias
 
 
