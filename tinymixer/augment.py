@@ -46,7 +46,6 @@ with a constant (the official CIFAR code's mean pixel by default).
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
@@ -54,6 +53,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+
+from .cli import Parser
 
 MAX_LEVEL = 10.0  # the official code divides magnitudes by this (no clipping: 15, 20, 30 go beyond)
 FILL = 128  # the official fill of geometric operations and Cutout (grey)
@@ -665,8 +666,7 @@ def bench(batch_size: int = 128, image_size: int = 32, repeats: int = 20, step: 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m tinymixer.augment --bench``: the benchmark; without --bench, the help."""
-    p = argparse.ArgumentParser(prog="python -m tinymixer.augment", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(prog="python -m tinymixer.augment", description=__doc__.split("\n\n")[0])
     p.add_argument("--bench", action="store_true", help="measure images/s of each augmentation")
     p.add_argument("--batch-size", type=int, default=128, help="images per batch")
     p.add_argument("--image-size", type=int, default=32, help="image side in pixels")

@@ -37,7 +37,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
+
+from .cli import Parser
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -497,13 +499,6 @@ def _legend(repeats: int) -> str:
     ])
 
 
-class _Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line (then exit code 2), usage left to --help."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """--help with every default shown, and the examples' lines kept as written."""
 
@@ -518,10 +513,10 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _parser() -> _Parser:
+def _parser() -> Parser:
     from .model import SIZES
 
-    p = _Parser(prog="python -m tinymixer.bench", description=__doc__.split("\n\n")[0],
+    p = Parser(prog="python -m tinymixer.bench", description=__doc__.split("\n\n")[0],
                 epilog="examples:\n" + __doc__.split("\n\n")[1].rstrip(), formatter_class=_HelpFormatter)
     p.add_argument("--configs", nargs="+", default=["tiny/4", "small/4"], choices=list(SIZES), metavar="SIZE",
                    help=f"model sizes to time, of: {', '.join(SIZES)}")
@@ -540,7 +535,7 @@ def _parser() -> _Parser:
     return p
 
 
-def _check_args(p: _Parser, args: argparse.Namespace) -> None:
+def _check_args(p: Parser, args: argparse.Namespace) -> None:
     """Refuse, before anything runs, the option values that would only fail inside a worker."""
     from . import set_backend
     from .model import SIZES

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli import Parser
+
 # Links (bytes/s, latency s): nominal line rates; real all-reduce bus bandwidth is lower, so the predictions are
 # upper bounds on efficiency.
 LINKS = {"10 GbE": (1.25e9, 20e-6), "100 Gb InfiniBand": (12.5e9, 2e-6), "NVLink (H100, 450 GB/s)": (450e9, 5e-6)}
@@ -178,8 +180,7 @@ def _ms(seconds: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tinymixer.bench_parallel", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = Parser(prog="python -m tinymixer.bench_parallel", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="tiny/4", help="model size")
     parser.add_argument("--batch-size", type=int, default=128, help="global batch")
     parser.add_argument("--image-size", type=int, default=32, help="image side in pixels")

@@ -50,7 +50,6 @@ the official layout), ``.npz -> .npz`` (a tinymixer checkpoint's parameters alon
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -60,6 +59,7 @@ import numpy as np
 
 from .backend import to_host
 from .checkpoint import CheckpointError, load_checkpoint
+from .cli import Parser
 from .files import atomic_open
 from .model import param_shapes
 
@@ -421,7 +421,7 @@ def convert_file(source: Path | str, target: Path | str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m tinymixer.convert IN OUT``: exit 0 on success, 2 with a one-line error on bad input."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m tinymixer.convert",
         description="Convert MLP-Mixer weights; the direction follows the suffixes. IN.npz (a tinymixer checkpoint "
                     "or the official layout) -> OUT.pth/.pt: a timm MlpMixer state dict (needs PyTorch). "

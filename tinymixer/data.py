@@ -460,10 +460,10 @@ def synthetic_shapes(num: int, size: int = 16, seed: int = 0, noise: float = 0.1
 
 def main(argv: list[str] | None = None) -> int:
     """Convert NumPy arrays saved with ``np.savez`` into a CIFAR-layout folder."""
-    import argparse
+    from .cli import Parser
 
-    parser = argparse.ArgumentParser(
-        prog="python -m tinymixer.data", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    parser = Parser(
+        prog="python -m tinymixer.data",
         description="Write NumPy arrays as a CIFAR-layout data folder that examples/cifar10.py --data-dir trains on. "
                     "ARRAYS is an .npz file (np.savez) holding either x_train, y_train, x_test, y_test, or images "
                     "and labels (then --test-size images are held out at random as the test set); optionally "

@@ -53,6 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli import Parser
 from .data import DataError, Dataset, bilinear_resize, is_cifar_folder, save_folder
 
 WHITE = (255, 255, 255)
@@ -312,10 +313,9 @@ def imagenet1k_class_names() -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Convert an ImageFolder tree into a CIFAR-layout folder."""
-    import argparse
 
-    parser = argparse.ArgumentParser(
-        prog="python -m tinymixer.images", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    parser = Parser(
+        prog="python -m tinymixer.images",
         description="Write a folder of images in the ImageFolder layout (ROOT/<class name>/<images>, or "
                     "ROOT/train/<class name>/... and ROOT/test/<class name>/...) as a CIFAR-layout data folder "
                     "that examples/cifar10.py --data-dir trains on.")

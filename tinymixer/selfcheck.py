@@ -33,6 +33,7 @@ import tinymixer as tm
 
 from . import backend, chunks, data, distributed
 from .bench import blas_description
+from .cli import Parser
 from .gradcheck import directional_check
 from .layers import softmax_cross_entropy
 from .model import MlpMixer
@@ -200,7 +201,7 @@ def run_checks() -> list[CheckResult]:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m tinymixer [--no-check]``: print the description and run the self-check; returns the exit code."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m tinymixer", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Print tinymixer's version, Python and NumPy versions, the array backend and whether CuPy can "
                     "use a GPU (if not, why), the BLAS library and its threads, the threads (batch shards) a step "
