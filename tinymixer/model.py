@@ -19,18 +19,14 @@ from . import backend
 from .blocks import (
     BlockMasks,
     draw_block_masks,
-    masks_rows,
     mixer_block_backward,
     mixer_block_forward,
     prefixed,
     subtree,
 )
-from .chunks import batch_shards, for_shards
 from .layers import (
     GELU_FORMS,
     Array,
-    dense_backward,
-    dense_forward,
     layer_norm_backward,
     layer_norm_forward,
     mean_pool_backward,
@@ -38,6 +34,7 @@ from .layers import (
     stem_backward,
     stem_forward,
 )
+from .network import Network
 
 
 @dataclass(frozen=True)
@@ -124,7 +121,7 @@ def describe_size(name: str, num_classes: int = 1000, image_size: int = 224, in_
             "num_tokens": config["num_tokens"], "flops": forward_flops(**config)}
 
 
-class MlpMixer:
+class MlpMixer(Network):
     """MLP-Mixer (Tolstikhin et al. 2021) with hand-written forward and backward passes.
 
     Keywords as in the official code: ``num_classes``, ``num_blocks``, ``patch_size``, ``hidden_dim`` (C),
@@ -195,9 +192,7 @@ class MlpMixer:
         self.params: dict[str, Array] = {
             k: self.xp.asarray(v, dtype=self.dtype) for k, v in self.init_params(seed).items()
         }
-        self.grads: dict[str, Array] = {}
-        self._grad_buffer: Array | None = None
-        self._cache: tuple | None = None
+        self._reset_state()
 
     @classmethod
     def from_name(cls, name: str, *, num_classes: int, image_size: int | tuple[int, int] = 224,
@@ -243,9 +238,6 @@ class MlpMixer:
             else:  # a Dense or the stem's conv kernel
                 params[name] = lecun_normal(rng, shape, fan_in=math.prod(shape[:-1]))
         return params
-
-    def num_params(self, include_head: bool = True) -> int:
-        return count_params(self.param_shapes(), include_head)
 
     def flops_per_image(self) -> int:
         """Multiply-adds x 2 of the forward pass's matrix multiplies (the elementwise work is a few percent).
@@ -318,35 +310,6 @@ class MlpMixer:
     # ------------------------------------------------------------------------------------------------------------
     # Forward and backward
 
-    def forward(self, images: Array, train: bool = True, rng: Any = None,
-                masks: list[BlockMasks] | None = None) -> Array:
-        """Logits (B, num_classes) for images (B, H, W, in_channels).
-
-        With ``train=True`` the caches that ``backward`` needs are kept (until the next forward); with
-        ``train=False`` nothing is kept, which halves the memory of an evaluation pass. On a multi-core CPU the
-        batch is cut into one shard per core and each shard goes through the network on its own thread
-        (``chunks.for_shards``: every layer treats each image independently, so the logits are the same).
-
-        A model with regularisers (``dropout``, ``stochastic_depth``) applies them in training passes, with the
-        masks ``draw_masks(rng, B)`` draws from ``rng`` (a NumPy Generator or a seed, e.g. ``[seed, epoch,
-        step]``: one per step makes a resumed run bit-exact), or with ``masks`` given (a gradient check holds
-        them fixed). Evaluation passes, and models without regularisers, ignore both.
-        """
-        x = self._checked_images(images)
-        masks = self._training_masks(x.shape[0], train, rng, masks)  # drawn for the whole batch, then cut
-        shards = batch_shards(x.shape[0], self.xp)
-        results = for_shards(lambda rows: self._forward_shard(x[rows], train, masks_rows(masks, rows)), shards)
-        logits = results[0][0] if len(shards) == 1 else self.xp.concatenate([r[0] for r in results])
-        self._cache = (shards, [r[1] for r in results]) if train else None
-        return logits
-
-    def _forward_shard(self, x: Array, train: bool, masks: list[BlockMasks] | None = None
-                       ) -> tuple[Array, tuple | None]:
-        """The network on one batch (or shard): returns the logits and the caches for ``_backward_shard``."""
-        x, body_cache = self._features_shard(x, train, masks)  # 1.-4. (B, C)
-        logits, head_cache = dense_forward(x, self.params["head/kernel"], self.params["head/bias"])  # 5. (B, K)
-        return logits, ((*body_cache, head_cache) if train else None)
-
     def _features_shard(self, x: Array, train: bool, masks: list[BlockMasks] | None = None
                         ) -> tuple[Array, tuple | None]:
         """Steps 1.-4. of the network, everything before the head: the pre-logits (B, C) of one batch (or shard),
@@ -365,114 +328,17 @@ class MlpMixer:
         x, pool_cache = mean_pool_forward(x)  # 4. (B, C)
         return x, ((stem_cache, block_caches, ln_cache, pool_cache) if train else None)
 
-    def features(self, images: Array) -> Array:
-        """The pre-logits representation (B, C) of images (B, H, W, in_channels): the last LayerNorm's output
-        averaged over the S tokens, i.e. what the head maps to the logits,
-
-            features = (1/S) sum_s LayerNorm(X_N)[:, s, :]      (B, C);   logits = features @ W_head + b_head
-
-        (the official model's ``pre_logits``; few-shot linear evaluation fits its classifiers on these). An
-        evaluation pass, as ``forward(images, train=False)``: no caches are kept (those of an earlier training
-        forward are dropped too), the batch is cut into shards as in ``forward``, and the result stays on the
-        model's backend (a CuPy array on the GPU)."""
-        x = self._checked_images(images)
-        self._cache = None
-        shards = batch_shards(x.shape[0], self.xp)
-        results = for_shards(lambda rows: self._features_shard(x[rows], train=False)[0], shards)
-        return results[0] if len(shards) == 1 else self.xp.concatenate(results)
-
-    def backward(self, dlogits: Array) -> Array:
-        """Back-propagate dL/dlogits (B, K) through the last training forward; fills ``self.grads`` (the same
-        names and shapes as ``self.params``) and returns dL/dimages (B, H, W, in_channels).
-
-        With several shards, each shard's backward runs on its own thread and the parameter gradients are the sum
-        of the shards' (the loss's gradient is a sum over images), added in shard order: deterministic for a given
-        number of threads, and equal to the unsharded gradient up to float rounding."""
-        if self._cache is None:
-            raise RuntimeError("backward() needs a preceding forward(images, train=True); the last forward was an "
-                               "evaluation pass (train=False) or there was none")
-        shards, caches = self._cache
-        if dlogits.shape[0] != shards[-1].stop:
-            raise ValueError(f"dlogits has {dlogits.shape[0]} rows but the last forward saw {shards[-1].stop} images")
-        self._cache = None  # free the activations as soon as backward is done with them
-        results = for_shards(lambda i: self._backward_shard(dlogits[shards[i]], caches[i]), list(range(len(shards))))
-        # The gradients go into one contiguous buffer (``grad_buffer``; ``grads`` holds views of it), so that a
-        # data-parallel run all-reduces them in one call with nothing packed or unpacked. With several shards the
-        # buffer receives their sum, which is formed anyway; with one shard it costs one copy of the gradients.
-        self.grad_buffer  # noqa: B018 - allocates the buffer and the views on first use
-        for name, view in self.grads.items():
-            first = results[0][1][name]
-            if len(results) == 1:
-                view[...] = first
-                continue
-            self.xp.add(first, results[1][1][name], out=view)  # shard 0 + shard 1 + ...: a fixed order
-            for _, shard_grads in results[2:]:
-                view += shard_grads[name]
-        return results[0][0] if len(shards) == 1 else self.xp.concatenate([r[0] for r in results])
-
-    def _backward_shard(self, dlogits: Array, cache: tuple) -> tuple[Array, dict[str, Array]]:
-        """Backward through one shard's caches: returns dL/dimages of the shard and its parameter gradients."""
-        stem_cache, block_caches, ln_cache, pool_cache, head_cache = cache
-        grads: dict[str, Array] = {}
-        dx, grads["head/kernel"], grads["head/bias"] = dense_backward(dlogits, head_cache)  # undoes 5.
-        dx = mean_pool_backward(dx, pool_cache)  # undoes 4.
+    def _features_backward(self, dfeatures: Array, cache: tuple, grads: dict[str, Array]) -> Array:
+        """Backward through steps 4.-1. (``_features_shard``'s caches): fills ``grads``, returns dL/dimages."""
+        stem_cache, block_caches, ln_cache, pool_cache = cache
+        dx = mean_pool_backward(dfeatures, pool_cache)  # undoes 4.
         dx, grads["pre_head_layer_norm/scale"], grads["pre_head_layer_norm/bias"] = layer_norm_backward(
             dx, ln_cache)  # undoes 3.
         for i in reversed(range(self.num_blocks)):  # undoes 2., last block first
             dx, block_grads = mixer_block_backward(dx, block_caches.pop())
             grads.update(prefixed(block_grads, f"MixerBlock_{i}"))
         dimages, grads["stem/kernel"], grads["stem/bias"] = stem_backward(dx, stem_cache)  # undoes 1.
-        return dimages, grads
+        return dimages
 
-    @property
-    def grad_buffer(self) -> Array:
-        """All parameter gradients in one contiguous 1-D array, in ``params`` order; ``grads`` holds views of it
-        (reshaped, same names). Allocated at the first backward and reused: ``backward`` overwrites it."""
-        if self._grad_buffer is None:
-            sizes = [math.prod(p.shape) for p in self.params.values()]
-            self._grad_buffer = self.xp.zeros(sum(sizes), dtype=self.dtype)
-            offsets = np.cumsum([0] + sizes)
-            self.grads = {name: self._grad_buffer[offsets[i]:offsets[i + 1]].reshape(p.shape)
-                          for i, (name, p) in enumerate(self.params.items())}
-        return self._grad_buffer
-
-    def __call__(self, images: Array, train: bool = False, rng: Any = None) -> Array:
-        return self.forward(images, train=train, rng=rng)
-
-    # ------------------------------------------------------------------------------------------------------------
-    # Input checks: a clear error instead of a silent wrong answer
-
-    def _checked_images(self, images: Array) -> Array:
-        """Validate a batch of images and move it to the model's device and dtype.
-
-        The checks run where the images are: on the host for NumPy input (the usual case, no GPU sync); on the
-        device for CuPy input (the NaN check then costs one sync).
-        """
-        shape = getattr(images, "shape", None)
-        dtype = getattr(images, "dtype", None)
-        if shape is None or dtype is None:
-            raise TypeError(f"images must be a NumPy or CuPy array, got {type(images).__name__}")
-        h, w = self.image_size
-        expected = f"(batch, {h}, {w}, {self.in_channels})"
-        if len(shape) != 4:
-            hint = " (a single image? add a batch axis: images[None])" if len(shape) == 3 else ""
-            raise ValueError(f"images must be a 4-D batch {expected}, got shape {tuple(shape)}{hint}")
-        if shape[3] != self.in_channels:
-            hint = " (channels-first? transpose to (B, H, W, C))" if shape[1] == self.in_channels else ""
-            raise ValueError(f"images have {shape[3]} channels, the model expects {self.in_channels}: shape "
-                             f"{tuple(shape)}, expected {expected}{hint}")
-        if tuple(shape[1:3]) != (h, w):
-            raise ValueError(
-                f"images are {shape[1]}x{shape[2]} but this model was built for {h}x{w} (its token-mixing weights "
-                f"are sized for {self.num_tokens} patches). Resize the images, or build the model with "
-                f"image_size=({shape[1]}, {shape[2]})."
-            )
-        if dtype.kind != "f":
-            raise TypeError(
-                f"images must be floating point, got {dtype}. Convert and scale them first, e.g. "
-                f"(images.astype(np.float32) - 127.5) / 127.5 for 8-bit pixels."
-            )
-        xp = backend.array_module(images)
-        if not bool(xp.isfinite(images).all()):
-            raise ValueError("images contain NaN or inf values; clean the input (e.g. check the data loading)")
-        return self.xp.asarray(images, dtype=self.dtype)
+    def _image_size_hint(self) -> str:
+        return f" (its token-mixing weights are sized for {self.num_tokens} patches)"

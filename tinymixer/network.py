@@ -1,0 +1,216 @@
+"""What every network here shares: a flat dict of parameters, a training forward that keeps caches, a backward
+that fills ``grads`` (views of one contiguous ``grad_buffer``), a batch cut into shards run on threads, the linear
+head on pooled features, and input checks. ``MlpMixer`` (model.py) and the CNN baseline ``ResNet`` (cnn.py) are
+subclasses: each writes only its own body, from images to the pooled features (B, C), and that body's backward.
+
+    logits = features(images) @ W_head + b_head        features: the subclass's body, (B, C)
+
+So ``train.train_step``, the optimisers, checkpoints, evaluation and the data-parallel all-reduce treat every
+network the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from . import backend
+from .blocks import masks_rows
+from .chunks import batch_shards, for_shards
+from .layers import Array, dense_backward, dense_forward
+
+
+class Network:
+    """The shared machinery. A subclass sets ``xp``, ``dtype``, ``params`` (ending with ``head/kernel`` and
+    ``head/bias``), ``image_size``, ``in_channels``, ``num_classes``, calls ``_reset_state()``, and implements
+    ``param_shapes``, ``config``, ``flops_per_image``, ``_features_shard`` and ``_features_backward``."""
+
+    xp: Any
+    dtype: np.dtype
+    params: dict[str, Array]
+    image_size: tuple[int, int]
+    in_channels: int
+    num_classes: int
+
+    def _reset_state(self) -> None:
+        self.grads: dict[str, Array] = {}
+        self._grad_buffer: Array | None = None
+        self._cache: tuple | None = None
+
+    # ------------------------------------------------------------------------------------------------------------
+    # What a subclass provides
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def flops_per_image(self) -> int:
+        raise NotImplementedError
+
+    def _features_shard(self, x: Array, train: bool, masks: Any = None) -> tuple[Array, tuple | None]:
+        """The body on one batch (or shard): features (B, C) and, when ``train``, the caches its backward needs."""
+        raise NotImplementedError
+
+    def _features_backward(self, dfeatures: Array, cache: tuple, grads: dict[str, Array]) -> Array:
+        """The body's backward: fills ``grads`` with its parameters' gradients, returns dL/dimages."""
+        raise NotImplementedError
+
+    def _image_size_hint(self) -> str:
+        """Why the image size is fixed, for the error message of a wrongly sized batch."""
+        return ""
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Regularisers: none unless the subclass has them
+
+    @property
+    def regularized(self) -> bool:
+        """Whether training passes use random masks (dropout, stochastic depth)."""
+        return False
+
+    def draw_masks(self, rng: Any, batch_size: int) -> Any:
+        """The random masks of one training pass, or None when the network has no regulariser (nothing drawn)."""
+        return None
+
+    def _training_masks(self, batch: int, train: bool, rng: Any, masks: Any) -> Any:
+        return None
+
+    def num_params(self, include_head: bool = True) -> int:
+        return sum(math.prod(v) for k, v in self.param_shapes().items() if include_head or not k.startswith("head/"))
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Forward and backward
+
+    def forward(self, images: Array, train: bool = True, rng: Any = None, masks: Any = None) -> Array:
+        """Logits (B, num_classes) for images (B, H, W, in_channels).
+
+        With ``train=True`` the caches that ``backward`` needs are kept (until the next forward); with
+        ``train=False`` nothing is kept, which halves the memory of an evaluation pass. On a multi-core CPU the
+        batch is cut into one shard per core and each shard goes through the network on its own thread
+        (``chunks.for_shards``: every layer treats each image independently, so the logits are the same).
+
+        A network with regularisers applies them in training passes, with the masks ``draw_masks(rng, B)`` draws
+        from ``rng`` (a NumPy Generator or a seed, e.g. ``[seed, epoch, step]``: one per step makes a resumed run
+        bit-exact), or with ``masks`` given (a gradient check holds them fixed). Evaluation passes, and networks
+        without regularisers, ignore both.
+        """
+        x = self._checked_images(images)
+        masks = self._training_masks(x.shape[0], train, rng, masks)  # drawn for the whole batch, then cut
+        shards = batch_shards(x.shape[0], self.xp)
+        results = for_shards(lambda rows: self._forward_shard(x[rows], train, masks_rows(masks, rows)), shards)
+        logits = results[0][0] if len(shards) == 1 else self.xp.concatenate([r[0] for r in results])
+        self._cache = (shards, [r[1] for r in results]) if train else None
+        return logits
+
+    def _forward_shard(self, x: Array, train: bool, masks: Any = None) -> tuple[Array, tuple | None]:
+        """The network on one batch (or shard): returns the logits and the caches for ``_backward_shard``."""
+        x, body_cache = self._features_shard(x, train, masks)  # (B, C)
+        logits, head_cache = dense_forward(x, self.params["head/kernel"], self.params["head/bias"])  # (B, K)
+        return logits, ((body_cache, head_cache) if train else None)
+
+    def features(self, images: Array) -> Array:
+        """The pre-logits representation (B, C) of images (B, H, W, in_channels), what the head maps to the logits
+
+            logits = features @ W_head + b_head
+
+        (few-shot linear evaluation fits its classifiers on these). An evaluation pass, as
+        ``forward(images, train=False)``: no caches are kept (those of an earlier training forward are dropped
+        too), the batch is cut into shards as in ``forward``, and the result stays on the network's backend."""
+        x = self._checked_images(images)
+        self._cache = None
+        shards = batch_shards(x.shape[0], self.xp)
+        results = for_shards(lambda rows: self._features_shard(x[rows], train=False)[0], shards)
+        return results[0] if len(shards) == 1 else self.xp.concatenate(results)
+
+    def backward(self, dlogits: Array) -> Array:
+        """Back-propagate dL/dlogits (B, K) through the last training forward; fills ``self.grads`` (the same
+        names and shapes as ``self.params``) and returns dL/dimages (B, H, W, in_channels).
+
+        With several shards, each shard's backward runs on its own thread and the parameter gradients are the sum
+        of the shards' (the loss's gradient is a sum over images), added in shard order: deterministic for a given
+        number of threads, and equal to the unsharded gradient up to float rounding."""
+        if self._cache is None:
+            raise RuntimeError("backward() needs a preceding forward(images, train=True); the last forward was an "
+                               "evaluation pass (train=False) or there was none")
+        shards, caches = self._cache
+        if dlogits.shape[0] != shards[-1].stop:
+            raise ValueError(f"dlogits has {dlogits.shape[0]} rows but the last forward saw {shards[-1].stop} images")
+        self._cache = None  # free the activations as soon as backward is done with them
+        results = for_shards(lambda i: self._backward_shard(dlogits[shards[i]], caches[i]), list(range(len(shards))))
+        # The gradients go into one contiguous buffer (``grad_buffer``; ``grads`` holds views of it), so that a
+        # data-parallel run all-reduces them in one call with nothing packed or unpacked. With several shards the
+        # buffer receives their sum, which is formed anyway; with one shard it costs one copy of the gradients.
+        self.grad_buffer  # noqa: B018 - allocates the buffer and the views on first use
+        for name, view in self.grads.items():
+            first = results[0][1][name]
+            if len(results) == 1:
+                view[...] = first
+                continue
+            self.xp.add(first, results[1][1][name], out=view)  # shard 0 + shard 1 + ...: a fixed order
+            for _, shard_grads in results[2:]:
+                view += shard_grads[name]
+        return results[0][0] if len(shards) == 1 else self.xp.concatenate([r[0] for r in results])
+
+    def _backward_shard(self, dlogits: Array, cache: tuple) -> tuple[Array, dict[str, Array]]:
+        """Backward through one shard's caches: returns dL/dimages of the shard and its parameter gradients."""
+        body_cache, head_cache = cache
+        grads: dict[str, Array] = {}
+        dx, grads["head/kernel"], grads["head/bias"] = dense_backward(dlogits, head_cache)  # undoes the head
+        dimages = self._features_backward(dx, body_cache, grads)  # undoes the body
+        return dimages, grads
+
+    @property
+    def grad_buffer(self) -> Array:
+        """All parameter gradients in one contiguous 1-D array, in ``params`` order; ``grads`` holds views of it
+        (reshaped, same names). Allocated at the first backward and reused: ``backward`` overwrites it."""
+        if self._grad_buffer is None:
+            sizes = [math.prod(p.shape) for p in self.params.values()]
+            self._grad_buffer = self.xp.zeros(sum(sizes), dtype=self.dtype)
+            offsets = np.cumsum([0] + sizes)
+            self.grads = {name: self._grad_buffer[offsets[i]:offsets[i + 1]].reshape(p.shape)
+                          for i, (name, p) in enumerate(self.params.items())}
+        return self._grad_buffer
+
+    def __call__(self, images: Array, train: bool = False, rng: Any = None) -> Array:
+        return self.forward(images, train=train, rng=rng)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Input checks: a clear error instead of a silent wrong answer
+
+    def _checked_images(self, images: Array) -> Array:
+        """Validate a batch of images and move it to the network's device and dtype.
+
+        The checks run where the images are: on the host for NumPy input (the usual case, no GPU sync); on the
+        device for CuPy input (the NaN check then costs one sync).
+        """
+        shape = getattr(images, "shape", None)
+        dtype = getattr(images, "dtype", None)
+        if shape is None or dtype is None:
+            raise TypeError(f"images must be a NumPy or CuPy array, got {type(images).__name__}")
+        h, w = self.image_size
+        expected = f"(batch, {h}, {w}, {self.in_channels})"
+        if len(shape) != 4:
+            hint = " (a single image? add a batch axis: images[None])" if len(shape) == 3 else ""
+            raise ValueError(f"images must be a 4-D batch {expected}, got shape {tuple(shape)}{hint}")
+        if shape[3] != self.in_channels:
+            hint = " (channels-first? transpose to (B, H, W, C))" if shape[1] == self.in_channels else ""
+            raise ValueError(f"images have {shape[3]} channels, the model expects {self.in_channels}: shape "
+                             f"{tuple(shape)}, expected {expected}{hint}")
+        if tuple(shape[1:3]) != (h, w):
+            raise ValueError(
+                f"images are {shape[1]}x{shape[2]} but this model was built for {h}x{w}{self._image_size_hint()}. "
+                f"Resize the images, or build the model with image_size=({shape[1]}, {shape[2]})."
+            )
+        if dtype.kind != "f":
+            raise TypeError(
+                f"images must be floating point, got {dtype}. Convert and scale them first, e.g. "
+                f"(images.astype(np.float32) - 127.5) / 127.5 for 8-bit pixels."
+            )
+        xp = backend.array_module(images)
+        if not bool(xp.isfinite(images).all()):
+            raise ValueError("images contain NaN or inf values; clean the input (e.g. check the data loading)")
+        return self.xp.asarray(images, dtype=self.dtype)
+
