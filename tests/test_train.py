@@ -83,3 +83,48 @@ def test_head_only_updates_the_head_alone_with_the_full_models_head_gradient():
             np.testing.assert_allclose(probe.params[name], before[name] - 0.1 * full.grads[name], atol=1e-14)
         else:
             np.testing.assert_array_equal(probe.params[name], before[name])
+
+
+def test_transform_sees_each_augmented_batch_and_the_model_trains_on_what_it_returns(monkeypatch):
+    """The transform comes after crop/flip (it gets augmentation's output, not the stored images) and before
+    scaling: training through a transform that blanks every batch is training on blank images."""
+    images, labels = tiny_data()
+    seen = []
+    real_augment = tm.train.augment
+    marked = lambda batch, rng, padding, flip: np.full_like(real_augment(batch, rng, padding, flip), 7)  # noqa: E731
+
+    def record(batch):
+        seen.append(batch.copy())
+        return np.zeros_like(batch)
+
+    monkeypatch.setattr(tm.train, "augment", marked)
+    through, direct = tiny_model(), tiny_model()
+    fit(through, images, labels, epochs=2, batch_size=16, crop_padding=2, flip=True, transform=record)
+    assert len(seen) == 8 and all(b.shape == (16, 8, 8, 3) and b.dtype == np.uint8 and (b == 7).all() for b in seen)
+    monkeypatch.setattr(tm.train, "augment", real_augment)
+    fit(direct, np.zeros_like(images), labels, epochs=2, batch_size=16, crop_padding=2, flip=True)  # same draws
+    for name in through.params:
+        np.testing.assert_array_equal(through.params[name], direct.params[name])
+    moved = max(float(np.abs(direct.params[k] - tiny_model().params[k]).max()) for k in direct.params)
+    assert moved > 0  # blank images still move the head: the comparison is not between two untouched models
+
+
+def test_no_transform_leaves_the_run_as_before():
+    images, labels = tiny_data()
+    a, b = tiny_model(), tiny_model()
+    fit(a, images, labels, epochs=1, batch_size=16, crop_padding=2, flip=True)
+    fit(b, images, labels, epochs=1, batch_size=16, crop_padding=2, flip=True, transform=lambda batch: batch)
+    for name in a.params:
+        np.testing.assert_array_equal(a.params[name], b.params[name])
+
+
+def test_every_epoch_record_has_the_wall_time_so_far_and_progress_gets_each_record(monkeypatch):
+    clock = iter(range(100, 200, 10))  # perf_counter: 100 at the start, then +10 s at each epoch's end
+    monkeypatch.setattr(tm.train.time, "perf_counter", lambda: float(next(clock)))
+    images, labels = tiny_data()
+    reported = []
+    history = fit(tiny_model(), images, labels, epochs=3, batch_size=16, test=(images[:8], labels[:8]),
+                  progress=reported.append)
+    assert [h["seconds"] for h in history] == [10.0, 20.0, 30.0]
+    assert reported == history and [h["epoch"] for h in reported] == [1, 2, 3]
+    assert {"train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds"} <= set(history[0])

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -106,11 +108,18 @@ def _gradients_of(model: Any, names: list[str]) -> Any:
 
 def fit(model: Any, images: np.ndarray, labels: np.ndarray, *, epochs: int, batch_size: int = 64, lr: float = 0.05,
         warmup: int | str = "5%", clip: float = 1.0, momentum: float = 0.9, crop_padding: int = 0, flip: bool = False,
-        seed: int = 0, test: tuple[np.ndarray, np.ndarray] | None = None) -> list[dict[str, float]]:
+        seed: int = 0, test: tuple[np.ndarray, np.ndarray] | None = None,
+        transform: Callable[[np.ndarray], np.ndarray] | None = None,
+        progress: Callable[[dict[str, float]], None] | None = None) -> list[dict[str, float]]:
     """Train on uint8 images (N, H, W, C) with the paper's recipe (SGD momentum, clipping, warm-up + cosine).
 
     ``warmup``: steps (50), epochs ("2ep") or a percentage of the run ("5%"); longer than the run is an error.
-    Returns one record per epoch: train loss and accuracy, and test loss and accuracy when ``test`` is given.
+    ``transform``: applied to every uint8 training batch (B, H, W, C) after the crop and flip and before scaling,
+    as an input pipeline would apply e.g. a fixed permutation of the pixels; it must return a uint8 batch of the
+    same shape. The test images are not transformed here: give ``test`` as the model should see it.
+    ``progress``: called with each epoch's record as soon as it is complete.
+    Returns one record per epoch: train loss and accuracy, test loss and accuracy when ``test`` is given, and
+    ``seconds``, the wall-clock time since the start of training (the evaluations included).
     """
     optimizer = SGD(momentum=momentum)
     steps_per_epoch = len(labels) // batch_size
@@ -120,12 +129,15 @@ def fit(model: Any, images: np.ndarray, labels: np.ndarray, *, epochs: int, batc
     warmup_length = warmup_steps(warmup, total, steps_per_epoch)
     rng = np.random.default_rng(seed)
     history = []
+    start = time.perf_counter()
     for epoch in range(epochs):
         order = rng.permutation(len(labels))
         loss_sum, correct = 0.0, 0
         for step in range(steps_per_epoch):
             index = order[step * batch_size:(step + 1) * batch_size]
             batch = augment(images[index], rng, crop_padding, flip) if (crop_padding or flip) else images[index]
+            if transform is not None:
+                batch = transform(batch)
             lr_now = warmup_cosine(epoch * steps_per_epoch + step, lr, total, warmup_length)
             masks = model.draw_masks(rng, len(index))  # dropout / stochastic depth, when the model has them
             loss, logits = train_step(model, optimizer, normalize(batch, model.dtype), labels[index], lr_now, clip,
@@ -137,5 +149,8 @@ def fit(model: Any, images: np.ndarray, labels: np.ndarray, *, epochs: int, batc
         if test is not None:
             result = evaluate(model, test[0], test[1])
             record.update(test_loss=result["loss"], test_accuracy=result["accuracy"])
+        record["seconds"] = time.perf_counter() - start
         history.append(record)
+        if progress is not None:
+            progress(record)
     return history
