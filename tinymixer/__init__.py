@@ -6,6 +6,7 @@ Every forward and backward pass is written by hand and proven by finite-differen
 import os as _os
 
 from ._blas_threads import BLAS_THREADS_SLEEP_AT_ONCE  # first: before anything loads NumPy
+from .architectures import MODEL_NAMES, make_model, model_from_config
 from .backend import (
     array_module,
     backend_name,
@@ -16,6 +17,7 @@ from .backend import (
     to_device,
     to_host,
 )
+from .cnn import CNN_SIZES, ResNet
 from .gradcheck import check_gradients, directional_check, numerical_gradient, rel_error
 from .layers import softmax_cross_entropy
 from .model import SIZES, MixerSize, MlpMixer, describe_size
@@ -48,6 +50,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MlpMixer", "MixerSize", "SIZES", "describe_size", "softmax_cross_entropy",
+    "ResNet", "CNN_SIZES", "make_model", "model_from_config", "MODEL_NAMES",
     "SGD", "Adam", "AdamW", "decay_mask", "clip_by_global_norm", "global_norm",
     "warmup_cosine", "warmup_linear_decay", "schedule", "SCHEDULES", "warmup_steps",
     "check_gradients", "directional_check", "numerical_gradient", "rel_error",

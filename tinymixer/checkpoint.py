@@ -85,13 +85,13 @@ def load_model(path: Path | str, dtype: str | None = None) -> Any:
     A checkpoint written by this project carries its configuration; an official Mixer ``.npz`` (parameters only)
     has its configuration read off the parameter shapes (``config_from_params``). ``dtype`` overrides the saved one.
     """
-    from .model import MlpMixer
+    from .architectures import model_from_config
 
     params, _, meta = load_checkpoint(path)
     config = dict(meta["model"]) if "model" in meta else config_from_params(params, path)
     if dtype is not None:
         config["dtype"] = dtype
-    model = MlpMixer(**config)
+    model = model_from_config(config)
     load_params_into(model, params, path)
     return model
 

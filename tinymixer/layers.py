@@ -479,7 +479,7 @@ def stem_backward(dout: Array, cache: tuple) -> tuple[Array, Array, Array]:
     return dimages, dkernel.reshape(kernel_shape), dbias
 
 
-def conv2d_forward(images: Array, kernel: Array, bias: Array, stride: int = 1, padding: int = 0
+def conv2d_forward(images: Array, kernel: Array, bias: Array | None, stride: int = 1, padding: int = 0
                    ) -> tuple[Array, tuple]:
     """2-D convolution (cross-correlation, as every deep-learning library means it), zero padding:
 
@@ -487,8 +487,9 @@ def conv2d_forward(images: Array, kernel: Array, bias: Array, stride: int = 1, p
 
     computed as im2col and one GEMM: ``out = im2col(images) @ kernel.reshape(K*K*C_in, C_out) + bias``.
     Inputs: images (B, H, W, C_in), kernel (K, K, C_in, C_out) (the layout of Flax's ``nn.Conv`` and of the
-    Mixer's stem), bias (C_out,).  Returns out (B, H_out, W_out, C_out) with H_out = (H + 2p - K) // s + 1, and
-    the cache (the dense cache, which holds the columns; the kernel's shape; (H, W); stride; padding).
+    Mixer's stem), bias (C_out,) or None (no bias: a convolution followed by a normalisation needs none; the
+    backward's dbias is then unused).  Returns out (B, H_out, W_out, C_out) with H_out = (H + 2p - K) // s + 1,
+    and the cache (the dense cache, which holds the columns; the kernel's shape; (H, W); stride; padding).
     """
     if kernel.ndim != 4 or kernel.shape[0] != kernel.shape[1]:
         raise ValueError(f"kernel must be (K, K, C_in, C_out), got shape {tuple(kernel.shape)}")
@@ -496,8 +497,8 @@ def conv2d_forward(images: Array, kernel: Array, bias: Array, stride: int = 1, p
     if images.ndim != 4 or images.shape[-1] != c_in:
         raise ValueError(f"images must be (B, H, W, C_in={c_in}) for a kernel {tuple(kernel.shape)}, "
                          f"got shape {tuple(images.shape)}")
-    if bias.shape != (c_out,):
-        raise ValueError(f"bias must be (C_out,) = ({c_out},), got shape {tuple(bias.shape)}")
+    if bias is not None and bias.shape != (c_out,):
+        raise ValueError(f"bias must be (C_out,) = ({c_out},) or None, got shape {tuple(bias.shape)}")
     columns = im2col(images, k, stride, padding)  # 1. (B, H_out, W_out, K*K*C_in)
     out, dense_cache = dense_forward(columns, kernel.reshape(k * k * c_in, c_out), bias)  # 2. (B, H_out, W_out, C_out)
     return out, (dense_cache, kernel.shape, images.shape[1:3], stride, padding)
