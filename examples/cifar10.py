@@ -74,12 +74,15 @@ from tinymixer.train import train_step
 
 # The options a checkpoint remembers, restored by --resume (the rest belong to one invocation: --out, --resume,
 # --backend, progress and logging). The model's shape is remembered as the model itself (meta["model"]).
-REMEMBERED = ["config", "patch_size", "dtype", "init", "image_size", "head_only", "accumulate", "recipe", "data_dir",
-              "data_url", "data_md5", "validation", "limit_train", "limit_test", "epochs", "batch_size", "optimizer",
-              "schedule", "end_lr", "lr", "warmup", "clip", "momentum", "weight_decay", "label_smoothing", "mixup",
-              "randaugment", "cutmix", "random_erasing",
-              "ema", "crop_padding", "flip", "seed", "dropout", "stochastic_depth"]
-MODEL_OPTIONS = ["config", "patch_size", "dtype", "init", "image_size"]
+REMEMBERED = ["model", "config", "patch_size", "dtype", "init", "image_size", "head_only", "accumulate", "recipe",
+              "data_dir", "data_url", "data_md5", "validation", "limit_train", "limit_test", "epochs", "batch_size",
+              "optimizer", "schedule", "end_lr", "lr", "warmup", "clip", "momentum", "weight_decay", "label_smoothing",
+              "mixup", "randaugment", "cutmix", "random_erasing", "ema", "crop_padding", "flip", "seed", "dropout",
+              "stochastic_depth"]
+MODEL_OPTIONS = ["model", "config", "patch_size", "dtype", "init", "image_size"]
+Model = tm.MlpMixer | tm.ResNet  # the networks this script trains (tinymixer.network.Network)
+# --model: each family's sizes, and its default (--config auto)
+FAMILIES = {"mixer": "micro/4", "cnn": "cnn-micro"}
 # Named sets of defaults (--recipe): every option a recipe sets can still be given on its own, and wins.
 RECIPES = {
     # the defaults below: the paper's fine-tuning recipe (SGD momentum, clipping, warm-up + cosine), sized for a CPU
@@ -161,8 +164,12 @@ def build_parser() -> Parser:
     p = Parser(prog="cifar10.py", description=__doc__.split("\n\n")[0])
     pos, whole, chance = number(int, 1), number(int, 0), number(float, 0, 1)
     model = p.add_argument_group("model")
-    model.add_argument("--config", default="micro/4", choices=list(tm.SIZES), metavar="SIZE",
-                       help=f"model size, one of {', '.join(tm.SIZES)}")
+    model.add_argument("--model", default="mixer", choices=list(FAMILIES),
+                       help="the network: the MLP-Mixer, or the CNN baseline (a pre-activation ResNet with GroupNorm, "
+                            "tinymixer/cnn.py) to compare it with")
+    model.add_argument("--config", default="auto", choices=["auto", *tm.MODEL_NAMES], metavar="SIZE",
+                       help=f"size; auto: {FAMILIES['mixer']} or {FAMILIES['cnn']}. Mixer sizes: "
+                            f"{', '.join(tm.SIZES)}; CNN sizes: {', '.join(tm.CNN_SIZES)}")
     model.add_argument("--patch-size", type=int_or_auto, metavar="P", default="auto",
                        help=f"patch size; auto: the size's, or smaller where it would leave fewer than {MIN_TOKENS} "
                             f"tokens (patch 2 on 8x8 images)")
@@ -337,7 +344,7 @@ def on_root(task):
     raise SystemExit(value if kind == "exit" else 1)
 
 
-def load_model_on_root(path: Path) -> tuple[tm.MlpMixer, dict, dict]:
+def load_model_on_root(path: Path) -> tuple[Model, dict, dict]:
     """The model a checkpoint holds and its metadata, on every rank (rank 0 reads the file and broadcasts the
     weights), and the optimiser state it holds (on rank 0; empty on the others)."""
     held: dict = {}
@@ -348,7 +355,7 @@ def load_model_on_root(path: Path) -> tuple[tm.MlpMixer, dict, dict]:
         return dict(meta.get("model") or config_from_params(params, path)), meta
 
     config, meta = on_root(read)
-    model = tm.MlpMixer(**config)
+    model = tm.model_from_config(config)
     if held:
         load_params_into(model, held["params"], path)
     distributed.world().broadcast_(model.params)
@@ -391,11 +398,30 @@ def auto_patch_size(size_patch: int, h: int, w: int) -> int:
     return fits[0] if fits else 1
 
 
-def build_model(args: argparse.Namespace, data: Dataset) -> tm.MlpMixer:
+def check_model_options(args: argparse.Namespace) -> None:
+    """--config auto becomes the family's default size; a size of the other family, or an option the family does
+    not have, is refused in one line."""
+    sizes = tm.CNN_SIZES if args.model == "cnn" else tm.SIZES
+    if args.config == "auto":
+        args.config = FAMILIES[args.model]
+    if args.config not in sizes:
+        fail(f"--config {args.config} is not a {args.model} size; --model {args.model} takes {', '.join(sizes)}")
+    if args.model == "cnn":
+        unused = [f"--{name.replace('_', '-')} {getattr(args, name)}" for name in ("patch_size", "dropout",
+                  "stochastic_depth", "init") if getattr(args, name) not in ("auto", 0, 0.0, None)]
+        if unused:
+            fail(f"{', '.join(unused)}: the CNN has no patches, dropout, stochastic depth or pre-trained weights to "
+                 f"start from; leave these options out with --model cnn")
+
+
+def build_model(args: argparse.Namespace, data: Dataset) -> Model:
     """A new model of --config for the data (at --image-size when given), or one started from --init's weights."""
     h, w, c = data.image_shape
     if args.image_size:
         h = w = args.image_size
+    if args.model == "cnn":
+        return tm.ResNet.from_name(args.config, num_classes=data.num_classes, image_size=(h, w), in_channels=c,
+                                   seed=args.seed, dtype=args.dtype)
     if args.init:
         try:
             model, notes = load_for_finetuning(args.init, data.num_classes, (h, w), args.dtype, args.seed)
@@ -423,7 +449,7 @@ def build_model(args: argparse.Namespace, data: Dataset) -> tm.MlpMixer:
         fail(f"--patch-size {patch}: {exc}")
 
 
-def check_fits(model: tm.MlpMixer, data: Dataset, what: str, resized: bool = False) -> None:
+def check_fits(model: Model, data: Dataset, what: str, resized: bool = False) -> None:
     """The data must be what the model takes (or, ``resized`` to the model's resolution on the fly, its channels
     and classes must be)."""
     h, w = model.image_size
@@ -434,7 +460,7 @@ def check_fits(model: tm.MlpMixer, data: Dataset, what: str, resized: bool = Fal
              f"{hd}x{wd}x{cd} images of {data.num_classes} classes: is --data-dir the data it was trained on?")
 
 
-def make_optimizer(args: argparse.Namespace, model: tm.MlpMixer) -> tm.SGD | tm.Adam:
+def make_optimizer(args: argparse.Namespace, model: Model) -> tm.SGD | tm.Adam:
     """The optimiser of --optimizer. Weight decay, when asked for, goes to the kernels alone (the official code's
     mask: no bias, no LayerNorm parameter decays)."""
     mask = tm.decay_mask(model.params)
@@ -445,12 +471,12 @@ def make_optimizer(args: argparse.Namespace, model: tm.MlpMixer) -> tm.SGD | tm.
     return tm.Adam(l2=args.weight_decay, decay_mask=mask)
 
 
-def epochs_within(budget: float, model: tm.MlpMixer, data: Dataset, args: argparse.Namespace, rows: slice,
+def epochs_within(budget: float, model: Model, data: Dataset, args: argparse.Namespace, rows: slice,
                   size: tuple[int, int], steps_per_epoch: int) -> int:
     """--time-budget: how many epochs fit in ``budget`` seconds. Three training steps of a model of the same shape
     (not the one being trained) on a real batch, one evaluation batch, a checkpoint and a plot are timed; an epoch
     is its steps, its evaluation and what it writes. Rank 0's estimate is everyone's."""
-    probe, optimizer = tm.MlpMixer(**model.config()), make_optimizer(args, model)
+    probe, optimizer = tm.model_from_config(model.config()), make_optimizer(args, model)
     index = np.arange(args.batch_size)[rows]
     images = normalize(resize_batch(data.train_images[index], size), probe.dtype)
     times = []
@@ -564,6 +590,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"--resume --out {out}, choose another --out, or pass --overwrite to replace it")
 
         on_root(refuse_to_replace_a_run)
+    check_model_options(args)
     data = load_data(args)
     split = "validation" if args.validation else "test"  # what the evaluation set is, named so everywhere
 
@@ -648,8 +675,10 @@ def main(argv: list[str] | None = None) -> int:
             log(f"note: the run being resumed ran as {layout[0]} process(es) with the batch in {layout[1]} shard(s) "
                 f"each, and now as {comm.size} with {shards}: the weights will differ from an uninterrupted run in "
                 f"the last bits")
-    log(f"MLP-Mixer {args.config}: {model.num_params():,} parameters, patch {model.patch_size} ({model.num_tokens} "
-        f"tokens), {model.flops_per_image() / 1e6:.1f} MFLOPs per image (forward); {len(data.train_labels)} "
+    shape = (f"patch {model.patch_size} ({model.num_tokens} tokens)" if args.model == "mixer" else
+             f"widths {'/'.join(map(str, model.widths))}, blocks {'/'.join(map(str, model.depths))}")
+    log(f"{'MLP-Mixer' if args.model == 'mixer' else 'CNN (ResNet)'} {args.config}: {model.num_params():,} parameters, "
+        f"{shape}, {model.flops_per_image() / 1e6:.1f} MFLOPs per image (forward); {len(data.train_labels)} "
         f"training and {len(data.test_labels)} {split} images; {args.epochs} epochs of {steps_per_epoch} steps, "
         f"warm-up {warmup} steps, crop padding {crop}, flip {'on' if args.flip else 'off'}; backend "
         f"{tm.backend_name()}, {args.dtype}, batch in {shards} shard(s) (one per thread; TINYMIXER_THREADS sets it)"

@@ -176,3 +176,31 @@ def test_resume_on_another_number_of_threads_says_so(tmp_path, digits, capsys, m
     monkeypatch.setenv("TINYMIXER_THREADS", "1")
     assert cifar10.main(base + ["--epochs", "2", "--resume"]) == 0
     assert "ran as 1 process(es) with the batch in 2 shard(s) each, and now as 1 with 1" in capsys.readouterr().out
+
+
+def test_cnn_trains_resumes_exactly_and_evaluates(tmp_path, digits, capsys):
+    """--model cnn goes through the same loop, checkpoints and resume as the Mixer: a run cut after one epoch and
+    resumed equals the straight run bit for bit, and --evaluate rebuilds the CNN from its checkpoint."""
+    base = ["--model", "cnn", "--data-dir", str(digits), "--limit-train", "256"] + DIGITS_ARGS
+    assert cifar10.main(base + ["--epochs", "3", "--out", str(tmp_path / "straight")]) == 0
+    assert "CNN (ResNet) cnn-micro: 174,778 parameters, widths 16/32/64" in capsys.readouterr().out
+    assert cifar10.main(base + ["--epochs", "3", "--out", str(tmp_path / "split"), "--stop-after-epoch", "1"]) == 0
+    assert cifar10.main(["--resume", "--out", str(tmp_path / "split")]) == 0  # the options come from the checkpoint
+    straight, split = params_of(tmp_path / "straight/checkpoint.npz"), params_of(tmp_path / "split/checkpoint.npz")
+    assert "stage0/block0/conv1/kernel" in straight and all(np.array_equal(straight[k], split[k]) for k in straight)
+    accuracy = json.loads((tmp_path / "straight/metrics.json").read_text())["test_accuracy"]
+    capsys.readouterr()
+    assert cifar10.main(["--evaluate", str(tmp_path / "straight/checkpoint.npz")]) == 0
+    assert f"test accuracy {100 * accuracy:.2f}%" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--model", "cnn", "--config", "tiny/4"], "--config tiny/4 is not a cnn size; --model cnn takes cnn-micro"),
+    (["--config", "cnn-tiny"], "--config cnn-tiny is not a mixer size"),
+    (["--model", "cnn", "--patch-size", "2"], "--patch-size 2: the CNN has no patches"),
+    (["--model", "cnn", "--stochastic-depth", "0.1"], "--stochastic-depth 0.1: the CNN has no patches"),
+])
+def test_model_options_that_do_not_fit_are_refused(tmp_path, digits, capsys, options, message):
+    with pytest.raises(SystemExit) as stop:
+        cifar10.main(["--data-dir", str(digits), "--out", str(tmp_path)] + options)
+    assert stop.value.code == 2 and message in capsys.readouterr().err
