@@ -355,3 +355,28 @@ def test_wrong_image_size_is_refused():
         model.forward(np.zeros((1, 8, 8, 3)))
     with pytest.raises(ValueError, match="unknown model"):
         make_model("cnn-huge", num_classes=3)
+
+
+def test_the_checks_have_teeth(rng, monkeypatch):
+    """A GroupNorm backward without its variance term, and a residual block whose identity shortcut forgets to
+    carry dy to dx, are both caught (errors far above the 1e-7 the correct code passes with)."""
+    def no_variance_term(dout, cache):
+        xhat, rstd, scale, groups = cache
+        b, h, w, c = xhat.shape
+        d = (dout * scale).reshape(b, h * w, groups, c // groups)
+        dx = rstd * (d - d.mean(axis=(1, 3), keepdims=True))  # the xhat * mean(d * xhat) term left out
+        return dx.reshape(b, h, w, c), (dout * xhat).reshape(-1, c).sum(0), dout.reshape(-1, c).sum(0)
+
+    inputs = {"x": rng.standard_normal((2, 3, 4, 6)), "scale": rng.standard_normal(6), "bias": rng.standard_normal(6)}
+    errors = check_gradients(lambda x, scale, bias: group_norm_forward(x, scale, bias, 2), no_variance_term, inputs)
+    assert errors["x"] > 1e-3, errors
+
+    x, p = rng.standard_normal((2, 4, 4, 4)), block_params(rng, 4, 4, projection=False)
+    relus = ReluPatterns(monkeypatch)
+    y, cache = residual_block_forward(x, p, 1, groups=2)
+    dy = rng.standard_normal(y.shape)
+    dx, _ = residual_block_backward(dy, cache)
+    grad, valid = smooth_numerical_gradient(lambda: (residual_block_forward(x, p, 1, groups=2)[0] * dy).sum(), x,
+                                            relus)
+    assert rel_error(dx[valid], grad[valid]) < 1e-7  # the correct backward passes ...
+    assert rel_error((dx - dy)[valid], grad[valid]) > 1e-2  # ... the one without the shortcut's gradient does not
