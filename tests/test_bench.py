@@ -33,6 +33,22 @@ def test_command_line_end_to_end(tmp_path, capsys):
     assert all(f"{name}={value}" in table for name, value in settings.items())
 
 
+def test_the_cnn_is_timed_against_the_same_resnet_in_pytorch(tmp_path, capsys):
+    pytest.importorskip("torch")
+    result = bench.measure("cnn-micro", batch_size=8, image_size=16, repeats=1, use_torch=True)
+    assert result["logits_max_abs_difference"] < 1e-4  # the same ResNet, the same weights, the same logits
+    for key in ["tinymixer_train_ms", "pytorch_train_ms", "tinymixer_infer_ms", "pytorch_infer_ms", "train_ratio",
+                "infer_ratio", "tinymixer_train_gflops"]:
+        assert result[key] > 0
+    out = tmp_path / "bench.json"  # and through the command line: a CNN takes an image size no patch divides
+    assert bench.main(["--configs", "cnn-micro", "--threads", "1", "--repeats", "1", "--batch-size", "8",
+                       "--image-size", "18", "--json", str(out)]) == 0
+    assert "cnn-micro | 1 |" in capsys.readouterr().out
+    (r,) = json.loads(out.read_text())[0]["results"]
+    assert r["config"] == "cnn-micro" and r["train_ratio"] > 0 and r["infer_ratio"] > 0
+    assert r["tinymixer_train_peak_mb"] > 0 and r["pytorch_train_peak_mb"] > 0
+
+
 def test_a_ratio_between_different_blas_libraries_is_flagged():
     machine = {"backend": "numpy", "torch_blas": "mkl", "blas_libraries": ["openblas"]}
     assert "different BLAS libraries" in bench._different_blas_note(machine)
@@ -136,6 +152,8 @@ def test_help_shows_the_program_and_every_default(capsys, monkeypatch):
     (["--repeats", "x"], "argument --repeats: not an integer: 'x'"),
     (["--configs", "tiny/5"], "argument --configs: invalid choice: 'tiny/5'"),
     (["--image-size", "30"], "--image-size 30 is not a multiple of tiny/4's patch size 4"),
+    (["--configs", "cnn-tiny", "B/16", "--image-size", "24"], "--image-size 24 is not a multiple of B/16's patch"),
+    (["--configs", "cnn-huge"], "argument --configs: invalid choice: 'cnn-huge'"),
 ])
 def test_a_bad_option_is_one_line_and_exit_code_2(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -2,6 +2,7 @@
 
     python -m tinymixer.bench                                   # tiny/4 and small/4, batch 128, 1 and 2 threads
     python -m tinymixer.bench --configs micro/4 --threads 2 --json bench.json
+    python -m tinymixer.bench --configs cnn-micro cnn-tiny                    # the CNN baseline (cnn.py)
 
 For each thread count a fresh worker process runs with the BLAS and OpenMP thread counts set (so that the
 libraries see them when they load); it measures, per model size:
@@ -11,8 +12,9 @@ libraries see them when they load); it measures, per model size:
   own float32 GEMM rate (measured here on a 2048^3 matrix multiply);
 - peak memory: each framework in a process of its own builds the model and runs three training steps; the peak
   resident memory above the process's memory before the model existed (Linux: the VmHWM counter);
-- PyTorch: the identical network (nn.Conv2d stem, LayerNorm, Linear, tanh GELU) with the same weights, whose
-  logits are checked against tinymixer's before anything is timed.
+- PyTorch: the identical network with the same weights (a Mixer: nn.Conv2d stem, LayerNorm, Linear, tanh GELU;
+  a CNN size such as cnn-tiny: nn.Conv2d, GroupNorm, ReLU, the same pre-activation residual blocks), whose logits
+  are checked against tinymixer's before anything is timed.
 tinymixer runs as users get it: with several threads the batch is cut into one shard per thread
 (``chunks.for_shards``); the header line of each thread count says into how many.
 
@@ -149,6 +151,77 @@ def _torch_mixer(torch: Any, model: Any) -> Any:
     return net
 
 
+def _torch_resnet(torch: Any, model: Any) -> Any:
+    """The same pre-activation ResNet as ``model`` (cnn.ResNet) as a plain PyTorch nn.Module, loaded with model's
+    weights (float32): bias-free nn.Conv2d (our kernels (K, K, C_in, C_out) permuted to OIHW), nn.GroupNorm,
+    ReLU, an identity or 1x1-projection shortcut from the pre-activation, a final GroupNorm + ReLU, the mean over
+    positions and a Linear head."""
+    nn = torch.nn
+    g = model.groups
+
+    def norm(c: int) -> Any:
+        return nn.GroupNorm(g, c, eps=1e-6)
+
+    class Block(nn.Module):
+        def __init__(self, c_in: int, c: int, stride: int) -> None:
+            super().__init__()
+            self.norm1, self.norm2, self.relu = norm(c_in), norm(c), nn.ReLU()
+            self.conv1 = nn.Conv2d(c_in, c, 3, stride=stride, padding=1, bias=False)
+            self.conv2 = nn.Conv2d(c, c, 3, stride=1, padding=1, bias=False)
+            self.shortcut = nn.Conv2d(c_in, c, 1, stride=stride, bias=False) if stride != 1 or c_in != c else None
+
+        def forward(self, x):
+            a = self.relu(self.norm1(x))  # the pre-activation, shared by both paths
+            shortcut = x if self.shortcut is None else self.shortcut(a)
+            return shortcut + self.conv2(self.relu(self.norm2(self.conv1(a))))
+
+    class ResNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            c = model.widths[-1]
+            self.stem = nn.Conv2d(model.in_channels, model.widths[0], 3, padding=1, bias=False)
+            self.blocks = nn.ModuleList(Block(c_in, c_out, stride) for _, c_in, c_out, stride in model.blocks())
+            self.norm, self.relu = norm(c), nn.ReLU()
+            self.head = nn.Linear(c, model.num_classes)
+
+        def forward(self, images):  # (B, H, W, C) like tinymixer
+            x = self.stem(images.permute(0, 3, 1, 2))  # (B, w_0, H, W)
+            for block in self.blocks:
+                x = block(x)
+            return self.head(self.relu(self.norm(x)).mean(dim=(2, 3)))
+
+    net = ResNet()
+    p = {k: torch.tensor(v) for k, v in _host_params(model).items()}
+
+    def conv(layer: Any, name: str) -> None:
+        layer.weight.copy_(p[name].permute(3, 2, 0, 1))  # (K, K, C_in, C_out) -> (C_out, C_in, K, K)
+
+    def group_norm(layer: Any, name: str) -> None:
+        layer.weight.copy_(p[f"{name}/scale"])
+        layer.bias.copy_(p[f"{name}/bias"])
+
+    with torch.no_grad():
+        conv(net.stem, "stem/kernel")
+        for block, (name, *_) in zip(net.blocks, model.blocks(), strict=True):
+            group_norm(block.norm1, f"{name}/norm1")
+            conv(block.conv1, f"{name}/conv1/kernel")
+            group_norm(block.norm2, f"{name}/norm2")
+            conv(block.conv2, f"{name}/conv2/kernel")
+            if block.shortcut is not None:
+                conv(block.shortcut, f"{name}/shortcut/kernel")
+        group_norm(net.norm, "pre_head_norm")
+        net.head.weight.copy_(p["head/kernel"].T)
+        net.head.bias.copy_(p["head/bias"])
+    return net
+
+
+def _torch_network(torch: Any, model: Any) -> Any:
+    """``model`` (an MlpMixer or a ResNet) as the same PyTorch nn.Module, with its weights."""
+    from .cnn import ResNet
+
+    return _torch_resnet(torch, model) if isinstance(model, ResNet) else _torch_mixer(torch, model)
+
+
 def _host_params(model: Any) -> dict[str, Any]:
     from .backend import to_host
 
@@ -160,9 +233,10 @@ def measure(config: str, batch_size: int, image_size: int, repeats: int, use_tor
     import numpy as np
 
     import tinymixer as tm
+    from tinymixer.architectures import make_model
     from tinymixer.train import train_step
 
-    model = tm.MlpMixer.from_name(config, num_classes=10, image_size=image_size, seed=0)
+    model = make_model(config, num_classes=10, image_size=image_size, seed=0)
     rng = np.random.default_rng(0)
     model.params["head/kernel"][...] = model.xp.asarray(  # a non-zero head, so the logits comparison means something
         0.02 * rng.standard_normal(model.params["head/kernel"].shape), dtype=model.dtype)
@@ -183,7 +257,7 @@ def measure(config: str, batch_size: int, image_size: int, repeats: int, use_tor
     if use_torch:
         import torch
 
-        net = _torch_mixer(torch, model)
+        net = _torch_network(torch, model)
         t_images, t_labels = torch.from_numpy(images), torch.from_numpy(labels)
         with torch.no_grad():
             ours, theirs = tm.to_host(model.forward(images, train=False)), net(t_images).numpy()
@@ -232,6 +306,7 @@ def memory_worker(config: str, framework: str, batch_size: int, image_size: int)
     import numpy as np
 
     import tinymixer as tm
+    from tinymixer.architectures import make_model
     from tinymixer.train import train_step
 
     rng = np.random.default_rng(0)
@@ -246,13 +321,13 @@ def memory_worker(config: str, framework: str, batch_size: int, image_size: int)
     before = _peak_memory_reset()
     if before is None:
         return float("nan")
-    model = tm.MlpMixer.from_name(config, num_classes=10, image_size=image_size, seed=0)
+    model = make_model(config, num_classes=10, image_size=image_size, seed=0)
     if framework == "tinymixer":
         optimizer = tm.SGD(momentum=0.9)
         for _ in range(3):
             train_step(model, optimizer, images, labels, lr=1e-3, clip=1.0)
     else:
-        net = _torch_mixer(torch, model)
+        net = _torch_network(torch, model)
         del model
         t_images, t_labels = torch.from_numpy(images), torch.from_numpy(labels)
         t_opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
@@ -514,12 +589,12 @@ def _positive_int(text: str) -> int:
 
 
 def _parser() -> Parser:
-    from .model import SIZES
+    from .architectures import MODEL_NAMES
 
     p = Parser(prog="python -m tinymixer.bench", description=__doc__.split("\n\n")[0],
                 epilog="examples:\n" + __doc__.split("\n\n")[1].rstrip(), formatter_class=_HelpFormatter)
-    p.add_argument("--configs", nargs="+", default=["tiny/4", "small/4"], choices=list(SIZES), metavar="SIZE",
-                   help=f"model sizes to time, of: {', '.join(SIZES)}")
+    p.add_argument("--configs", nargs="+", default=["tiny/4", "small/4"], choices=MODEL_NAMES, metavar="SIZE",
+                   help=f"model sizes to time (Mixers and CNNs), of: {', '.join(MODEL_NAMES)}")
     p.add_argument("--batch-size", type=_positive_int, default=128, help="images per training step")
     p.add_argument("--image-size", type=_positive_int, default=32,
                    help="image height and width in pixels (a multiple of every size's patch size)")
@@ -540,7 +615,7 @@ def _check_args(p: Parser, args: argparse.Namespace) -> None:
     from . import set_backend
     from .model import SIZES
 
-    for config in args.configs:
+    for config in (c for c in args.configs if c in SIZES):  # a Mixer's patches must tile the image; a CNN takes any
         patch = SIZES[config].patch_size
         if args.image_size % patch:
             p.error(f"--image-size {args.image_size} is not a multiple of {config}'s patch size {patch}")
