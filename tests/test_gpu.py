@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import tinymixer as tm
-from tinymixer import backend, blocks, layers
+from tinymixer import backend, blocks, cnn, layers
 
 cupy, WHY_NOT = backend._load_cupy()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(cupy is None, reason=f"needs a GPU: {WHY_NOT}")]
@@ -21,12 +21,13 @@ RTOL, ATOL = 2e-4, 2e-5
 
 def both(forward, backward, inputs, rng):
     """Run a forward/backward pair on NumPy and on CuPy float32 copies of the same inputs; return both results."""
-    results = []
+    results, dout = [], None
     for to in (np.asarray, cupy.asarray):
         args = {k: ({n: to(a) for n, a in v.items()} if isinstance(v, dict) else to(v)) for k, v in inputs.items()}
         out, cache = forward(**args)
-        dout = to(rng.standard_normal(out.shape).astype(np.float32))
-        grads = backward(dout, cache)
+        if dout is None:  # one upstream gradient for both backends (drawn once: a second draw would differ)
+            dout = rng.standard_normal(out.shape).astype(np.float32)
+        grads = backward(to(dout), cache)
         results.append((out, grads))
     return results
 
@@ -67,6 +68,16 @@ CASES = {
                                dict(x=f32(r, 2, 16, 8), params=mlp(r, 16, 12))),
     "channel_mixing": lambda r: (blocks.channel_mixing_forward, blocks.channel_mixing_backward,
                                  dict(x=f32(r, 2, 16, 8), params=mlp(r, 8, 12))),
+    "conv2d": lambda r: (partial(layers.conv2d_forward, stride=2, padding=1), layers.conv2d_backward,
+                         dict(images=f32(r, 2, 7, 6, 3), kernel=f32(r, 3, 3, 3, 8), bias=f32(r, 8))),
+    "group_norm": lambda r: (partial(cnn.group_norm_forward, groups=4), cnn.group_norm_backward,
+                             dict(x=f32(r, 2, 5, 4, 8), scale=f32(r, 8), bias=f32(r, 8))),
+    "residual_block": lambda r: (partial(cnn.residual_block_forward, stride=2, groups=2), cnn.residual_block_backward,
+                                 dict(x=f32(r, 2, 6, 6, 4), p={
+                                     "norm1/scale": f32(r, 4), "norm1/bias": f32(r, 4), "norm2/scale": f32(r, 8),
+                                     "norm2/bias": f32(r, 8), "conv1/kernel": f32(r, 3, 3, 4, 8) / np.float32(6),
+                                     "conv2/kernel": f32(r, 3, 3, 8, 8) / np.float32(8),
+                                     "shortcut/kernel": f32(r, 1, 1, 4, 8) / np.float32(2)})),
 }
 
 
@@ -90,11 +101,12 @@ def test_softmax_cross_entropy_parity():
     assert_close(d_np, d_cp)
 
 
-def test_same_seed_same_model_and_training_step_on_both_backends():
+@pytest.mark.parametrize("size", ["micro/4", "cnn-micro"])
+def test_same_seed_same_model_and_training_step_on_both_backends(size):
     results = []
     for name in ("numpy", "cupy"):
         tm.set_backend(name)
-        model = tm.MlpMixer.from_name("micro/4", num_classes=10, image_size=16, seed=7)
+        model = tm.make_model(size, num_classes=10, image_size=16, seed=7)
         x = np.random.default_rng(0).uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32)
         loss, dlogits = tm.softmax_cross_entropy(model.forward(x), np.arange(8))
         model.backward(dlogits)
