@@ -194,20 +194,25 @@ def crop_padding_for(preset: Preset, data: Dataset) -> int:
 
 
 def train(model: Any, data: Dataset, preset: Preset, lr: float, *, seed: int = 0, epochs: int | None = None,
-          transform: Callable[[np.ndarray], np.ndarray] | None = None, curves: bool = True, label: str = "",
-          augment: bool = True) -> dict[str, Any]:
+          transform: Callable[[np.ndarray], np.ndarray] | None = None, curves: bool = True, label: str = ""
+          ) -> dict[str, Any]:
     """Train ``model`` with the paper's fine-tuning recipe (train.fit: SGD momentum 0.9, clipping at global norm 1,
     warm-up then cosine decay) and the preset's batch and augmentation. ``transform`` is applied to every training
     batch after the crop and flip and to the test images, once (a fixed permutation of the input).
 
     With ``curves`` the test set is evaluated after every epoch (the learning curves; ``seconds`` then includes
-    those evaluations), else only at the end (``seconds`` is training alone). Returns the history, the final test
-    accuracy and loss, and the wall-clock time."""
+    those evaluations), else only at the end (``seconds`` is training alone). ``label`` prefixes the progress lines
+    (about 20 a run; none without a label). Returns the history, the final test accuracy and loss, the wall-clock
+    time, the learning rate, epochs and steps."""
     test_images = data.test_images if transform is None else transform(data.test_images)
     epochs = epochs or preset.epochs
-    padding, flip = (crop_padding_for(preset, data), preset.flip) if augment else (0, False)
+    padding, flip = crop_padding_for(preset, data), preset.flip
+
+    every = max(1, epochs // 20)  # at most about 20 lines a run
 
     def report(record: dict[str, float]) -> None:
+        if not label or (record["epoch"] % every and record["epoch"] != epochs):
+            return
         test = f", test {100 * record['test_accuracy']:.1f}%" if "test_accuracy" in record else ""
         log(f"  {label} epoch {record['epoch']}/{epochs}: train loss {record['train_loss']:.3f}, train "
             f"{100 * record['train_accuracy']:.1f}%{test} ({format_seconds(record['seconds'])})")
@@ -258,19 +263,39 @@ def sweep_split(data: Dataset, preset: Preset, seed: int) -> Dataset:
                    data.train_labels[validation], data.class_names)
 
 
+EXTEND_SWEEP = 2  # when the best rate is at the edge of the grid: up to this many more rates beyond it
+
+
 def sweep_lr(name: str, data: Dataset, preset: Preset, seed: int) -> tuple[float, dict]:
+    """The best learning rate of ``preset.sweep`` for ``name`` on a validation split (``sweep_split``). When the
+    best is the grid's largest or smallest rate, the grid is extended beyond it by the grid's own ratio (x3 for
+    0.01, 0.03, 0.1, 0.3), up to EXTEND_SWEEP more rates, so the chosen rate is not an artefact of the grid."""
     split = sweep_split(data, preset, seed)
     log(f"learning-rate sweep for the {family(name)}s with {name}: {len(split.train_labels)} training and "
         f"{len(split.test_labels)} validation images (held out of the training set), {preset.sweep_epochs} epochs")
-    scores = {}
-    for lr in preset.sweep:
+    scores: dict[float, float] = {}
+
+    def score(lr: float) -> None:
         model = build_model(name, split, seed)
-        result = train(model, split, preset, lr, seed=seed, epochs=preset.sweep_epochs, curves=False,
-                       label=f"[sweep {name} lr {lr:g}]")
+        result = train(model, split, preset, lr, seed=seed, epochs=preset.sweep_epochs, curves=False)
         scores[lr] = result["test_accuracy"]
         log(f"  {name} lr {lr:g}: validation accuracy {100 * scores[lr]:.1f}%")
-    best = max(scores, key=lambda lr: (scores[lr], -lr))  # ties: the smaller rate
-    return best, {"how": f"sweep with {name}", "validation_accuracy": {str(k): v for k, v in scores.items()},
+
+    grid = sorted(preset.sweep)
+    for lr in grid:
+        score(lr)
+    ratio = grid[-1] / grid[-2] if len(grid) > 1 else 3.0
+    for _ in range(EXTEND_SWEEP):
+        best = max(scores, key=lambda lr: (scores[lr], -lr))  # ties: the smaller rate
+        if best == max(scores):
+            score(float(f"{best * ratio:.3g}"))
+        elif best == min(scores) and len(scores) > 1:
+            score(float(f"{best / ratio:.3g}"))
+        else:
+            break
+    best = max(scores, key=lambda lr: (scores[lr], -lr))
+    return best, {"how": f"sweep with {name}",
+                  "validation_accuracy": {f"{k:g}": v for k, v in sorted(scores.items())},
                   "train_images": len(split.train_labels), "validation_images": len(split.test_labels),
                   "epochs": preset.sweep_epochs}
 

@@ -140,6 +140,34 @@ def test_the_automatic_patch_size_keeps_sixteen_tokens():
     assert common.auto_patch_size(4, 16, 16) == 4 and common.auto_patch_size(4, 12, 12) == 3
 
 
+def test_the_sweep_scores_on_held_out_training_images_and_extends_past_the_grids_edge(monkeypatch):
+    """A validation accuracy that peaks at lr 0.27: the grid 0.01, 0.03 is extended by its ratio (x3) twice, to
+    0.09 and 0.27, and 0.27 wins. The sweep never sees the test set. --lr-cnn skips the CNNs' sweep."""
+    common = load("common")
+    data = fake_cifar(num_train=200, num_test=40, size=8, classes=4)
+    data.test_images[...] = 0  # a marker: the sweep's validation images must come from the training set
+    seen = []
+
+    def fake_train(model, split, preset, lr, **kwargs):
+        seen.append((lr, len(split.train_labels), len(split.test_labels), bool(split.test_images.any())))
+        return {"test_accuracy": 1.0 / (1.0 + abs(np.log(lr / 0.27)))}
+
+    monkeypatch.setattr(common, "train", fake_train)
+    preset = common.Preset(sized_for="test", models=("micro/4", "cnn-micro"), epochs=1, batch_size=16,
+                           sweep=(0.01, 0.03), sweep_epochs=1, sweep_train=None, sweep_validation=30)
+    args = type("Args", (), {"lr_mixer": None, "lr_cnn": 0.2, "seed": 0})()
+    lrs, how = common.choose_lrs(["micro/4", "cnn-micro"], data, preset, args)
+    assert lrs == {"Mixer": 0.27, "CNN": 0.2} and how["CNN"]["how"] == "given on the command line"
+    assert [lr for lr, *_ in seen] == [0.01, 0.03, 0.09, 0.27]
+    assert all(tuple(rest) == (170, 30, True) for _, *rest in seen)  # 30 held out of the 200 training images
+    assert list(how["Mixer"]["validation_accuracy"]) == ["0.01", "0.03", "0.09", "0.27"]
+    seen.clear()
+    no_sweep = common.replace(preset, sweep=())
+    args.lr_cnn = None
+    assert common.choose_lrs(["micro/4", "cnn-micro"], data, no_sweep, args)[0] == common.DOCUMENTED_LR
+    assert not seen
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The scripts, in --quick mode
 
