@@ -386,15 +386,25 @@ def im2col(images: Array, kernel_size: int, stride: int = 1, padding: int = 0) -
 
 
 def _im2col_by_offsets(images: Array, k: int, s: int, padding: int, h_out: int, w_out: int) -> Array:
-    """The general im2col: for each kernel offset (i, j), the strided slice xpad[:, i::s, j::s] is one column block."""
+    """The general im2col: one copy of a strided view of the padded images that IS the windows.
+
+        columns[b, y, x, i, (j, c)] = xpad[b, s y + i, s x + j, c]      0 <= i, j < K
+
+    For fixed (b, y, x, i) the K*C_in entries (j, c) are K neighbouring pixels of one row of xpad, which lie next
+    to each other in memory: so the windows are a view of xpad with strides (B: xpad's, y: s rows, x: s pixels,
+    i: one row, (j, c): one element), read in a single copy whose innermost runs are K*C_in long. (The loop
+    over the K*K offsets it replaces, ``columns[..., i, j, :] = xpad[:, i::s, j::s, :]``, copied runs of C_in
+    elements, 2.7x slower for C_in = 40.) The view only reads memory inside xpad: s (y_max) + i_max = H + 2p - 1
+    at most, likewise along W."""
     xp = array_module(images)
     b, _, _, c = images.shape
     pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
-    padded = xp.pad(images, pad) if padding else images  # (B, H + 2p, W + 2p, C_in), zeros around
-    columns = xp.empty((b, h_out, w_out, k, k, c), dtype=images.dtype)  # (B, H_out, W_out, K, K, C_in)
-    for i in range(k):
-        for j in range(k):
-            columns[:, :, :, i, j, :] = padded[:, i:i + s * (h_out - 1) + 1:s, j:j + s * (w_out - 1) + 1:s, :]
+    padded = xp.ascontiguousarray(xp.pad(images, pad) if padding else images)  # (B, H + 2p, W + 2p, C_in)
+    sb, sh, sw, sc = padded.strides  # in bytes; sw = C_in * sc, since padded is C-contiguous
+    windows = xp.lib.stride_tricks.as_strided(  # (B, H_out, W_out, K, K*C_in), a view: nothing copied yet
+        padded, shape=(b, h_out, w_out, k, k * c), strides=(sb, s * sh, s * sw, sh, sc))
+    columns = xp.empty((b, h_out, w_out, k, k * c), dtype=images.dtype)  # (B, H_out, W_out, K, K*C_in)
+    columns[...] = windows  # the one copy
     return columns.reshape(b, h_out, w_out, k * k * c)  # (B, H_out, W_out, K*K*C_in), no copy
 
 
