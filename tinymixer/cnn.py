@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from . import backend
 from .blocks import prefixed, subtree
+from .chunks import for_row_blocks, scratch
 from .layers import Array, conv2d_backward, conv2d_forward, mean_pool_backward, mean_pool_forward
 from .model import lecun_normal
 from .network import Network
@@ -56,23 +58,49 @@ def group_norm_forward(x: Array, scale: Array, bias: Array, groups: int, eps: fl
 
     with mean_bg and var_bg (biased) over the H*W*C/G values of image b's group g. Per image: no batch
     statistics, so training and evaluation compute the same function at any batch size. G = 1 is a LayerNorm
-    over (H, W, C); G = C is InstanceNorm.
+    over (H, W, C); G = C is InstanceNorm. The straightforward NumPy, with xg = x viewed as (B, HW, G, C/G):
+
+        mean = xg.mean(axis=(1, 3), keepdims=True);  var = ((xg - mean) ** 2).mean(axis=(1, 3), keepdims=True)
+
+    Computed instead a few images at a time (``chunks.for_row_blocks``: the block's arrays stay in the CPU
+    cache between passes, written in place) and with the sums as BLAS calls: the sum over the H*W positions of
+    each image's channels is one matrix-vector product with a vector of ones, and a group's sum is the sum of
+    its C/G channel sums (NumPy's reduction over axes (1, 3) with short C/G runs was 30% of a cnn-micro step).
 
     Inputs: x (B, H, W, C), scale (C,), bias (C,), groups G dividing C. Returns out (B, H, W, C) and the cache
-    (xhat, rstd (B, 1, G, 1), scale, G), or None when not ``train``.
+    (xhat, rstd (B, 1, G, 1), scale, G), or None when not ``train`` (xhat then never stored: normalised in
+    out's memory).
     """
     b, h, w, c = x.shape
     if groups < 1 or c % groups:
         raise ValueError(f"GroupNorm needs a number of groups dividing the {c} channels, got {groups}")
     xp = backend.array_module(x)
-    xg = x.reshape(b, h * w, groups, c // groups)  # (B, HW, G, C/G)
-    mean = xg.mean(axis=(1, 3), keepdims=True)  # (B, 1, G, 1)
-    centred = xg - mean  # (B, HW, G, C/G)
-    var = (centred * centred).mean(axis=(1, 3), keepdims=True)  # (B, 1, G, 1), biased
-    rstd = 1.0 / xp.sqrt(var + eps)  # (B, 1, G, 1)
-    xhat = (centred * rstd).reshape(b, h, w, c)  # (B, H, W, C)
-    out = xhat * scale + bias  # (B, H, W, C)
+    out = xp.empty(x.shape, x.dtype)  # (B, H, W, C)
+    xhat = xp.empty(x.shape, x.dtype) if train else out  # (B, H, W, C)
+    rstd = xp.empty((b, 1, groups, 1), x.dtype)  # (B, 1, G, 1)
+    ones = xp.ones(h * w, x.dtype)  # (HW,): ones @ (n, HW, C) sums over positions
+    for_row_blocks(partial(_group_norm_forward_block, scale=scale, bias=bias, groups=groups, eps=eps, ones=ones),
+                   x.reshape(b, -1), xhat.reshape(b, -1), rstd.reshape(b, groups), out.reshape(b, -1))
     return out, ((xhat, rstd, scale, groups) if train else None)
+
+
+def _group_norm_forward_block(x: Array, xhat: Array, rstd: Array, out: Array, scale: Array, bias: Array,
+                              groups: int, eps: float, ones: Array) -> None:
+    """One block of n images: x, xhat, out (n, H*W*C) -- rows of whole images -- and rstd (n, G)."""
+    xp = backend.array_module(x)
+    n, (hw,) = x.shape[0], ones.shape
+    c = x.shape[1] // hw
+    per_group = hw * (c // groups)  # values in one (image, group): H*W*C/G
+    x, xhat, out = (a.reshape(n, hw, c) for a in (x, xhat, out))  # (n, HW, C) views
+    mean = (ones @ x).reshape(n, groups, -1).sum(axis=2) / per_group  # (n, C) channel sums -> (n, G) means
+    xp.subtract(x, xp.repeat(mean, c // groups, axis=1)[:, None, :], out=xhat)  # (n, HW, C): x - mean
+    squares = scratch("group_norm", xhat)  # (n, HW, C)
+    xp.multiply(xhat, xhat, out=squares)
+    var = (ones @ squares).reshape(n, groups, -1).sum(axis=2) / per_group  # (n, G), biased
+    xp.divide(1.0, xp.sqrt(var + eps), out=rstd)  # (n, G): 1 / sqrt(var + eps)
+    xhat *= xp.repeat(rstd, c // groups, axis=1)[:, None, :]  # (n, HW, C): xhat
+    xp.multiply(xhat, scale, out=out)  # in place when xhat is out (not train)
+    out += bias
 
 
 def group_norm_backward(dout: Array, cache: tuple) -> tuple[Array, Array, Array]:
@@ -82,18 +110,43 @@ def group_norm_backward(dout: Array, cache: tuple) -> tuple[Array, Array, Array]
 
     (means over each image's group: its positions and channels; the two mean terms are the gradient through the
     mean and the variance), ``dscale = sum(dout * xhat)`` and ``dbias = sum(dout)`` over (B, H, W).
+    Computed as the forward, in blocks of images with BLAS sums, from two per-image channel sums (n, C): over the
+    positions, S1 = sum(dout) and S2 = sum(dout * xhat). Then dbias and dscale are their sums over the images,
+    mean_g(d) = sum over the group's channels of scale * S1 / (H*W*C/G), likewise mean_g(d * xhat) from S2, and
+    dx = dout * (rstd scale) - rstd mean_g(d) - xhat * (rstd mean_g(d * xhat)): per-channel factors, in place.
     Inputs: dout (B, H, W, C). Returns dx (B, H, W, C), dscale (C,), dbias (C,).
     """
     xhat, rstd, scale, groups = cache
     b, h, w, c = xhat.shape
-    dscale = (dout * xhat).reshape(-1, c).sum(axis=0)  # (C,)
-    dbias = dout.reshape(-1, c).sum(axis=0)  # (C,)
-    d = (dout * scale).reshape(b, h * w, groups, c // groups)  # (B, HW, G, C/G)
-    xg = xhat.reshape(b, h * w, groups, c // groups)  # (B, HW, G, C/G)
-    mean_d = d.mean(axis=(1, 3), keepdims=True)  # (B, 1, G, 1)
-    mean_d_xhat = (d * xg).mean(axis=(1, 3), keepdims=True)  # (B, 1, G, 1)
-    dx = rstd * (d - mean_d - xg * mean_d_xhat)  # (B, HW, G, C/G)
-    return dx.reshape(b, h, w, c), dscale, dbias
+    xp = backend.array_module(xhat)
+    dx = xp.empty(xhat.shape, xhat.dtype)  # (B, H, W, C)
+    ones = xp.ones(h * w, xhat.dtype)  # (HW,)
+    partial_sums = for_row_blocks(partial(_group_norm_backward_block, scale=scale, groups=groups, ones=ones),
+                                  dout.reshape(b, -1), xhat.reshape(b, -1), rstd.reshape(b, groups), dx.reshape(b, -1))
+    dscale = sum(p[0] for p in partial_sums)  # (C,), block by block in a fixed order: deterministic
+    dbias = sum(p[1] for p in partial_sums)  # (C,)
+    return dx, dscale, dbias
+
+
+def _group_norm_backward_block(dout: Array, xhat: Array, rstd: Array, dx: Array, scale: Array, groups: int,
+                               ones: Array) -> tuple[Array, Array]:
+    """One block of n images: dout, xhat, dx (n, H*W*C), rstd (n, G). Returns its parts of dscale, dbias (C,)."""
+    xp = backend.array_module(dout)
+    n, (hw,) = dout.shape[0], ones.shape
+    c = dout.shape[1] // hw
+    per_group = hw * (c // groups)
+    dout, xhat, dx = (a.reshape(n, hw, c) for a in (dout, xhat, dx))  # (n, HW, C) views
+    dout_xhat = scratch("group_norm", dout)  # (n, HW, C)
+    xp.multiply(dout, xhat, out=dout_xhat)
+    s1, s2 = ones @ dout, ones @ dout_xhat  # (n, C): sums over positions of dout and of dout * xhat
+    mean_d = (s1 * scale).reshape(n, groups, -1).sum(axis=2) / per_group  # (n, G): mean_g(d)
+    mean_d_xhat = (s2 * scale).reshape(n, groups, -1).sum(axis=2) / per_group  # (n, G): mean_g(d * xhat)
+    rstd_c = xp.repeat(rstd, c // groups, axis=1)  # (n, C): each channel its group's rstd
+    xp.multiply(dout, (rstd_c * scale)[:, None, :], out=dx)  # (n, HW, C): rstd * d
+    dx -= (rstd_c * xp.repeat(mean_d, c // groups, axis=1))[:, None, :]  # - rstd * mean_g(d)
+    xp.multiply(xhat, (rstd_c * xp.repeat(mean_d_xhat, c // groups, axis=1))[:, None, :], out=dout_xhat)
+    dx -= dout_xhat  # - rstd * xhat * mean_g(d * xhat)
+    return s2.sum(axis=0), s1.sum(axis=0)  # (C,) parts of dscale, dbias
 
 
 def relu_forward(x: Array) -> tuple[Array, tuple]:
