@@ -22,7 +22,7 @@ import tinymixer as tm  # before NumPy loads its BLAS: see tinymixer/_blas_threa
 import numpy as np
 
 from tinymixer.architectures import make_model
-from tinymixer.cli import Parser, number, positive_int
+from tinymixer.cli import HelpWithDefaults, Parser, number, positive_int
 from tinymixer.data import DataError, Dataset, find_data, load_folder, normalize
 from tinymixer.evaluate import evaluate
 from tinymixer.train import fit, train_step
@@ -59,9 +59,17 @@ class Preset:
     extra: dict[str, Any] = field(default_factory=dict)  # the experiment's own settings (fractions, ...)
 
 
+class _KeepLines(HelpWithDefaults):
+    """--help with the defaults, and the description and the presets' list as written (one preset a line)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "".join(indent + line for line in text.splitlines(keepends=True))
+
+
 def build_parser(prog: str, description: str, presets: dict[str, Preset], experiment: str) -> Parser:
     """The options every experiment has; an experiment adds its own to the returned parser."""
-    parser = Parser(prog=prog, description=description)
+    epilog = "presets:\n" + "\n".join(f"  {name}: {describe_preset(p)}" for name, p in presets.items())
+    parser = Parser(prog=prog, description=description, epilog=epilog, formatter_class=_KeepLines)
     parser.add_argument("--preset", choices=list(presets), default=next(iter(presets)),
                         help="named settings: " + "; ".join(f"{name}: {p.sized_for}" for name, p in presets.items()))
     parser.add_argument("--quick", action="store_true", help="the same as --preset quick (CI: seconds)")
@@ -69,15 +77,16 @@ def build_parser(prog: str, description: str, presets: dict[str, Preset], experi
                         help="a CIFAR-layout folder or its parent (default: CIFAR-10, downloaded once into the cache "
                              "as examples/cifar10.py does)")
     parser.add_argument("--out", type=Path, default=Path("runs/paper") / experiment, help="where the report goes")
-    parser.add_argument("--epochs", type=positive_int, default=None, help="override the preset's epochs")
-    parser.add_argument("--batch-size", type=positive_int, default=None, help="override the preset's batch size")
+    parser.add_argument("--epochs", type=positive_int, default=None, metavar="N", help="override the preset's epochs")
+    parser.add_argument("--batch-size", type=positive_int, default=None, metavar="N",
+                        help="override the preset's batch size")
     parser.add_argument("--train-size", type=positive_int, default=None, metavar="N",
                         help="train on a stratified random subset of N training images (default: the preset's)")
     parser.add_argument("--test-size", type=positive_int, default=None, metavar="N",
                         help="evaluate on the first N test images (default: the preset's)")
-    parser.add_argument("--lr-mixer", type=number(float, 0, low_open=True), default=None,
+    parser.add_argument("--lr-mixer", type=number(float, 0, low_open=True), default=None, metavar="LR",
                         help="the Mixers' learning rate (skips their sweep)")
-    parser.add_argument("--lr-cnn", type=number(float, 0, low_open=True), default=None,
+    parser.add_argument("--lr-cnn", type=number(float, 0, low_open=True), default=None, metavar="LR",
                         help="the CNNs' learning rate (skips their sweep)")
     parser.add_argument("--no-sweep", action="store_true",
                         help=f"skip the learning-rate sweep: use {DOCUMENTED_LR} unless --lr-* says otherwise")
@@ -85,6 +94,18 @@ def build_parser(prog: str, description: str, presets: dict[str, Preset], experi
     parser.add_argument("--backend", choices=["auto", "numpy", "cupy"], default="auto", help="array library")
     parser.add_argument("--yes", action="store_true", help="do not wait 5 s after printing the estimate")
     return parser
+
+
+def describe_preset(preset: Preset) -> str:
+    """One line of --help: what a preset sets."""
+    parts = [" vs ".join(preset.models), f"{preset.epochs} epochs", f"batch {preset.batch_size}",
+             f"crop {preset.crop_padding}" if preset.crop_padding else "no crop", "flip" if preset.flip else "no flip"]
+    if preset.train_size or preset.test_size:
+        parts.append(f"at most {preset.train_size or 'all'} training / {preset.test_size or 'all'} test images")
+    parts.append(f"lr sweep {','.join(f'{lr:g}' for lr in preset.sweep)}" if preset.sweep else
+                 f"lr {DOCUMENTED_LR} (no sweep)")
+    parts += [f"{k} {','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in preset.extra.items()]
+    return ", ".join(parts)
 
 
 def resolve(args: Any, presets: dict[str, Preset]) -> Preset:

@@ -148,7 +148,8 @@ def report(results: dict[str, Any], preset_name: str) -> str:
     quick = common.quick_note(s)
     return f"""# Accuracy against compute: Mixer sizes vs CNN sizes (paper Fig. 1 / Table 2 in spirit)
 
-Preset `{preset_name}` ({s['sized_for']}): {s['train_images']} training and {s['test_images']} test images of
+Preset `{preset_name}`, sized for {s['sized_for']}. This run:
+{s['train_images']} training and {s['test_images']} test images of
 {'x'.join(map(str, s['image_shape']))}, {s['num_classes']} classes; {s['epochs']} epochs for every model, batch
 {s['batch_size']}, crop padding {s['crop_padding_used']}, flip {s['flip']}, the fine-tuning recipe (SGD momentum
 0.9, clipping at 1, {s['warmup']} warm-up then cosine; train.fit), seed {s['seed']}, backend {s['backend']}, run

@@ -177,7 +177,8 @@ def report(results: dict[str, Any], preset_name: str) -> str:
     verdict = verdict[0].upper() + verdict[1:]
     return f"""# Accuracy against training-set size: Mixer vs CNN (paper section 3.3)
 
-Preset `{preset_name}` ({s['sized_for']}): up to {s['train_images']} training and {s['test_images']} test images
+Preset `{preset_name}`, sized for {s['sized_for']}. This run:
+up to {s['train_images']} training and {s['test_images']} test images
 of {'x'.join(map(str, s['image_shape']))}, {s['num_classes']} classes; batch {s['batch_size']}, crop padding
 {s['crop_padding_used']}, flip {s['flip']}, the fine-tuning recipe (SGD momentum 0.9, clipping at 1,
 {s['warmup']} warm-up then cosine; train.fit), seed {s['seed']}, run time {common.format_seconds(results['seconds'])}.

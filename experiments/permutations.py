@@ -219,7 +219,8 @@ def report(results: dict[str, Any], preset_name: str) -> str:
     findings += common.quick_note(s)
     return f"""# Fixed permutations of the input: Mixer vs CNN (paper Fig. 4)
 
-Preset `{preset_name}` ({s['sized_for']}): {s['train_images']} training and {s['test_images']} test images of
+Preset `{preset_name}`, sized for {s['sized_for']}. This run:
+{s['train_images']} training and {s['test_images']} test images of
 {'x'.join(map(str, s['image_shape']))}, {s['num_classes']} classes; {s['epochs']} epochs, batch {s['batch_size']},
 crop padding {s['crop_padding_used']}, flip {s['flip']}, the fine-tuning recipe (SGD momentum 0.9, clipping at 1,
 {s['warmup']} warm-up then cosine; train.fit), seed {s['seed']}, run time

@@ -190,7 +190,8 @@ def report(results: dict[str, Any], preset_name: str) -> str:
     quick = common.quick_note(s, "pictures")
     return f"""# Token-mixing weights as pictures (paper Fig. 5)
 
-Preset `{preset_name}` ({s['sized_for']}): {s['model']} (patch {s['patch_size']}, a {s['grid'][0]}x{s['grid'][1]}
+Preset `{preset_name}`, sized for {s['sized_for']}. This run:
+{s['model']} (patch {s['patch_size']}, a {s['grid'][0]}x{s['grid'][1]}
 patch grid) trained on {s['train_images']} images of {'x'.join(map(str, s['image_shape']))} for {s['epochs']}
 epochs, batch {s['batch_size']}, lr {s['lr']:g}, crop padding {s['crop_padding_used']}, flip {s['flip']}, the
 fine-tuning recipe (train.fit), seed {s['seed']}: test accuracy {common.percent(results['test_accuracy'])}%, run
@@ -213,7 +214,7 @@ the pairs sorted by spatial frequency (the power-weighted mean |k| of the 2-D FF
 
 {table}
 
-A mean pair correlation near -1 means the pairs are mirror images of opposite sign; random initial weights give
+A mean pair correlation near -1 means each pair is one picture and its negative; random initial weights give
 weakly negative ones (the most negative of many random pairs). A lower mean frequency means smoother, more
 global pictures. The paper finds, after ImageNet-scale pre-training, local and global detectors of many
 frequencies, in opposite-phase pairs, lower blocks more local.
