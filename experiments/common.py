@@ -157,6 +157,17 @@ def load_data(data_dir: Path | None, train_size: int | None = None, test_size: i
     return data
 
 
+def require_batches(data: Dataset, preset: Preset) -> None:
+    """A one-line error (exit 2) when the training set (or the sweep's part of it) is less than one batch."""
+    if len(data.train_labels) < preset.batch_size:
+        fail(f"{len(data.train_labels)} training images is less than one batch of {preset.batch_size}: lower "
+             f"--batch-size")
+    if preset.sweep and len(data.train_labels) - min(preset.sweep_validation, len(data.train_labels) // 5) \
+            < preset.batch_size:
+        fail(f"the learning-rate sweep holds out a fifth of the {len(data.train_labels)} training images and keeps "
+             f"less than one batch of {preset.batch_size}: lower --batch-size, or give --no-sweep")
+
+
 def stratified_subset(labels: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
     """Sorted indices of ``size`` items with the classes in the proportions of ``labels`` (largest remainders).
 

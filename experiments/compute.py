@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     if {common.family(name) for name in models} != {"Mixer", "CNN"}:
         common.fail(f"--models {','.join(models)}: give at least one Mixer and one CNN")
     data = common.load_data(args.data_dir, preset.train_size, preset.test_size, args.seed)
+    common.require_batches(data, preset)
     steps = preset.epochs * (len(data.train_labels) // preset.batch_size)
     batch = min(preset.extra["throughput_batch"], len(data.test_labels))
     plan = common.sweep_plan(models, data, preset, args) + [

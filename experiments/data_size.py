@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     preset = common.resolve(args, PRESETS)
     fractions = args.fractions or preset.extra["fractions"]
     data = common.load_data(args.data_dir, preset.train_size, preset.test_size, args.seed)
+    common.require_batches(data, preset)
     total = len(data.train_labels)
     steps = preset.epochs * (total // preset.batch_size)  # every subset gets this many steps
     subsets = []

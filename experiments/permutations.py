@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     preset_name = "quick" if args.quick else args.preset
     preset = common.resolve(args, PRESETS)
     data = common.load_data(args.data_dir, preset.train_size, preset.test_size, args.seed)
+    common.require_batches(data, preset)
     mixer_name, cnn_name = preset.models
     h, w, _ = data.image_shape
     mixer = common.build_model(mixer_name, data, args.seed)
@@ -128,6 +129,7 @@ def exact_check(name: str, data: Any, permutation: PixelPermutation, lr: float, 
     initial weights on the original images, B from A's initial weights permuted (permute_mixer_params) on the
     permuted images (train.fit's ``transform``). Returns the largest |difference| of their test logits (B on the
     permuted test images) and of their weights (A's permuted), and how far training moved A's weights."""
+    batch_size = min(batch_size, len(data.train_labels))
     rows = np.arange(min(steps * batch_size, len(data.train_labels)))
     images, labels = data.train_images[rows], data.train_labels[rows]
     a = common.build_model(name, data, seed, dtype="float64")

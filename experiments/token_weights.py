@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     preset = common.resolve(args, PRESETS)
     name = args.model or preset.models[0]
     data = common.load_data(args.data_dir, preset.train_size, preset.test_size, args.seed)
+    common.require_batches(data, preset)
     model = common.build_model(name, data, args.seed)
     log(f"{name}: {common.describe(model)}")
     steps = preset.epochs * (len(data.train_labels) // preset.batch_size)

@@ -253,3 +253,12 @@ def test_a_bad_option_or_a_missing_data_set_is_one_line_and_exit_2(tmp_path, cap
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "no data set" in error
+
+
+def test_fewer_training_images_than_a_batch_is_one_line_and_exit_2(data_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        load("permutations").main(["--quick", "--data-dir", str(data_dir), "--out", str(tmp_path), "--train-size",
+                                   "20", "--backend", "numpy"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "less than one batch of 32" in error
