@@ -373,8 +373,8 @@ def im2col(images: Array, kernel_size: int, stride: int = 1, padding: int = 0) -
     one GEMM.  Inputs: images (B, H, W, C_in).  Returns columns (B, H_out, W_out, K*K*C_in) with
     H_out = (H + 2p - K) // s + 1 (likewise W_out).  Rows and columns past the last whole window are dropped.
 
-    Vectorised over batch and pixels: one strided-slice copy per kernel offset (i, j), K*K in all.  The
-    non-overlapping case (s = K, p = 0: ``patchify``) is a reshape and one transpose instead, the same numbers.
+    Vectorised over batch and pixels: one copy of a strided view of the padded images (``_im2col_by_offsets``).
+    The non-overlapping case (s = K, p = 0: ``patchify``) is a reshape and one transpose instead, the same numbers.
     """
     h_out, w_out = _checked_window(images.shape, kernel_size, stride, padding)
     b, _, _, c = images.shape
