@@ -8,6 +8,7 @@ see experiments/README.md.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
@@ -88,6 +89,8 @@ def build_parser(prog: str, description: str, presets: dict[str, Preset], experi
                         help="the Mixers' learning rate (skips their sweep)")
     parser.add_argument("--lr-cnn", type=number(float, 0, low_open=True), default=None, metavar="LR",
                         help="the CNNs' learning rate (skips their sweep)")
+    parser.add_argument("--fresh-sweep", action="store_true",
+                        help=f"sweep even when {SWEEP_CACHE} beside --out has this sweep's result")
     parser.add_argument("--no-sweep", action="store_true",
                         help=f"skip the learning-rate sweep: use {DOCUMENTED_LR} unless --lr-* says otherwise")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights, data order, subsets, permutations")
@@ -268,8 +271,13 @@ def choose_lrs(names: Iterable[str], data: Dataset, preset: Preset, args: Any) -
     of the training set (a stratified ``sweep_validation`` images; ``sweep_train`` of the rest, ``sweep_epochs``
     epochs, the same recipe), the family's first model standing for the family; else DOCUMENTED_LR.
 
-    The test set is never looked at. Returns the rates and a record of how each was chosen (for the report)."""
+    A sweep's result is kept in ``SWEEP_CACHE`` beside the run's folder (``args.out.parent``), under a key of
+    everything it depends on (the training images and labels, the model, the grid, the sweep's and the recipe's
+    settings, the seed): the next experiment on the same data and settings reuses it instead of sweeping again
+    (``--fresh-sweep`` sweeps anyway). The test set is never looked at. Returns the rates and a record of how each
+    was chosen (for the report)."""
     given = {"Mixer": args.lr_mixer, "CNN": args.lr_cnn}
+    cache = sweep_cache(args)
     representative: dict[str, str] = {}
     for name in names:
         representative.setdefault(family(name), name)
@@ -280,8 +288,51 @@ def choose_lrs(names: Iterable[str], data: Dataset, preset: Preset, args: Any) -
         elif not preset.sweep:
             lrs[fam], how[fam] = DOCUMENTED_LR[fam], {"how": "documented default (no sweep)"}
         else:
+            key = sweep_key(name, data, preset, args.seed)
+            known = cached_sweep(key, args)
+            if known is not None:
+                lrs[fam], how[fam] = known["lr"], known["record"] | {"how": known["record"]["how"] + f" (reused from "
+                                                                    f"{cache}: the same data and settings)"}
+                log(f"learning rate of the {fam}s: {lrs[fam]:g}, from the sweep kept in {cache}")
+                continue
             lrs[fam], how[fam] = sweep_lr(name, data, preset, args.seed)
+            if cache is not None:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                write_json(cache, _read_cache(cache) | {key: {"lr": lrs[fam], "record": how[fam]}})
     return lrs, how
+
+
+SWEEP_CACHE = "lr_sweeps.json"
+
+
+def sweep_cache(args: Any) -> Path | None:
+    """Where sweeps are kept: SWEEP_CACHE beside the run's folder (None without one)."""
+    out = getattr(args, "out", None)
+    return Path(out).parent / SWEEP_CACHE if out is not None else None
+
+
+def cached_sweep(key: str, args: Any) -> dict[str, Any] | None:
+    """The kept result of the sweep of this key, unless there is none or --fresh-sweep."""
+    if getattr(args, "fresh_sweep", False):
+        return None
+    return _read_cache(sweep_cache(args)).get(key)
+
+
+def sweep_key(name: str, data: Dataset, preset: Preset, seed: int) -> str:
+    """What a sweep's result depends on, as one string."""
+    digest = hashlib.sha1(data.train_images.tobytes())
+    digest.update(data.train_labels.astype(np.int64).tobytes())
+    settings = [name, digest.hexdigest()[:20], sorted(preset.sweep), preset.sweep_epochs, preset.sweep_train,
+                preset.sweep_validation, preset.batch_size, crop_padding_for(preset, data), preset.flip,
+                preset.warmup, seed, EXTEND_SWEEP]
+    return json.dumps(settings)
+
+
+def _read_cache(path: Path | None) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text()) if path is not None and path.exists() else {}
+    except (OSError, ValueError):
+        return {}  # a broken cache is no cache: sweep again
 
 
 def sweep_split(data: Dataset, preset: Preset, seed: int) -> Dataset:
@@ -426,7 +477,8 @@ def sweep_plan(names: Iterable[str], data: Dataset, preset: Preset, args: Any) -
         train_images = min(train_images, preset.sweep_train)
     steps = preset.sweep_epochs * (train_images // preset.batch_size)
     return [Planned(name, steps, preset.batch_size, validation) for fam, name in representative.items()
-            if given[fam] is None for _ in preset.sweep]
+            if given[fam] is None and cached_sweep(sweep_key(name, data, preset, args.seed), args) is None
+            for _ in preset.sweep]
 
 
 # ----------------------------------------------------------------------------------------------------------------

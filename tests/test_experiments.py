@@ -140,7 +140,7 @@ def test_the_automatic_patch_size_keeps_sixteen_tokens():
     assert common.auto_patch_size(4, 16, 16) == 4 and common.auto_patch_size(4, 12, 12) == 3
 
 
-def test_the_sweep_scores_on_held_out_training_images_and_extends_past_the_grids_edge(monkeypatch):
+def test_the_sweep_scores_on_held_out_training_images_and_extends_past_the_grids_edge(monkeypatch, tmp_path):
     """A validation accuracy that peaks at lr 0.27: the grid 0.01, 0.03 is extended by its ratio (x3) twice, to
     0.09 and 0.27, and 0.27 wins. The sweep never sees the test set. --lr-cnn skips the CNNs' sweep."""
     common = load("common")
@@ -155,12 +155,24 @@ def test_the_sweep_scores_on_held_out_training_images_and_extends_past_the_grids
     monkeypatch.setattr(common, "train", fake_train)
     preset = common.Preset(sized_for="test", models=("micro/4", "cnn-micro"), epochs=1, batch_size=16,
                            sweep=(0.01, 0.03), sweep_epochs=1, sweep_train=None, sweep_validation=30)
-    args = type("Args", (), {"lr_mixer": None, "lr_cnn": 0.2, "seed": 0})()
+    args = type("Args", (), {"lr_mixer": None, "lr_cnn": 0.2, "seed": 0, "out": tmp_path / "one"})()
     lrs, how = common.choose_lrs(["micro/4", "cnn-micro"], data, preset, args)
     assert lrs == {"Mixer": 0.27, "CNN": 0.2} and how["CNN"]["how"] == "given on the command line"
     assert [lr for lr, *_ in seen] == [0.01, 0.03, 0.09, 0.27]
     assert all(tuple(rest) == (170, 30, True) for _, *rest in seen)  # 30 held out of the 200 training images
     assert list(how["Mixer"]["validation_accuracy"]) == ["0.01", "0.03", "0.09", "0.27"]
+    # the next experiment beside it, on the same data and settings, reuses the sweep; other data does not
+    seen.clear()
+    args.out = tmp_path / "two"
+    again, how = common.choose_lrs(["micro/4", "cnn-micro"], data, preset, args)
+    assert again == lrs and not seen and "reused" in how["Mixer"]["how"]
+    assert how["Mixer"]["validation_accuracy"]["0.27"] == 1.0
+    data.train_labels[0] = (data.train_labels[0] + 1) % 4
+    assert common.choose_lrs(["micro/4"], data, preset, args)[0] == {"Mixer": 0.27} and len(seen) == 4
+    seen.clear()
+    args.fresh_sweep = True
+    common.choose_lrs(["micro/4"], data, preset, args)
+    assert len(seen) == 4
     seen.clear()
     no_sweep = common.replace(preset, sweep=())
     args.lr_cnn = None
