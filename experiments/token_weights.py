@@ -13,6 +13,10 @@ Here, for each of the first (up to) three blocks:
   a pair's is the mean of its two units', and the pairs are shown from low to high frequency;
 * each unit's colours are scaled to its own largest |weight| (red positive, blue negative).
 
+The Mixer is trained with the other experiments' recipe (train.fit's fine-tuning recipe, crop and flip) at
+``--lr-mixer`` (default 0.05, the recipe's documented rate; no sweep here: the pictures, not the last point of
+accuracy, are the point; the sweep options do nothing in this script).
+
 The same figure is drawn for the untrained model (the initial weights, paired and sorted the same way), so the
 structure training adds is visible; the report gives each block's mean pair correlation and mean frequency, trained
 and at initialisation.
