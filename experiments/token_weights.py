@@ -50,6 +50,8 @@ PRESETS = {
                    batch_size=128, crop_padding=4, flip=True),
     "digits": Preset(sized_for="scikit-learn's 8x8 digits (1,437 training images, 8x8x1; a 4x4 patch grid)",
                      models=("micro/4",), epochs=30, batch_size=32, crop_padding=0, flip=False),
+    "mnist": Preset(sized_for=common.MNIST_SIZED + " (a 7x7 patch grid)",
+                    models=("micro/4",), epochs=30, batch_size=64, crop_padding=2, flip=False),
     "quick": Preset(sized_for="CI: a few hundred images, seconds", models=("micro/4",), epochs=2, batch_size=32,
                     crop_padding=4, flip=True, train_size=128, test_size=64),
 }
