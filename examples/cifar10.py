@@ -37,24 +37,8 @@ import tinymixer as tm  # before NumPy loads its BLAS: see tinymixer/_blas_threa
 import numpy as np
 from tqdm import tqdm
 
-from tinymixer import distributed
-from tinymixer.augment import (
-    apply_augmentation,
-    apply_cutmix,
-    apply_randaugment,
-    apply_random_erasing,
-    draw_augmentation,
-    draw_cutmix,
-    draw_mixup,
-    draw_randaugment,
-    draw_random_erasing,
-)
-from tinymixer.averaging import ExponentialMovingAverage
 from tinymixer.backend import use_device
-from tinymixer.blocks import masks_rows
-from tinymixer.checkpoint import CheckpointError, config_from_params, load_checkpoint, load_params_into, save_checkpoint
 from tinymixer.chunks import batch_shards
-from tinymixer.cli import Parser, duration, number
 from tinymixer.data import (
     CIFAR10_MD5,
     CIFAR10_URL,
@@ -66,11 +50,33 @@ from tinymixer.data import (
     normalize,
     resize_batch,
 )
-from tinymixer.evaluate import confusion_matrix, evaluate, format_confusion_matrix
-from tinymixer.files import atomic_open
-from tinymixer.plots import plot_confusion_matrix, plot_learning_curves
-from tinymixer.pretrained import PretrainedError, load_for_finetuning
-from tinymixer.train import train_step
+from tinymixer.nn.blocks import masks_rows
+from tinymixer.tools.cli import Parser, duration, number
+from tinymixer.tools.files import atomic_open
+from tinymixer.tools.plots import plot_confusion_matrix, plot_learning_curves
+from tinymixer.training import distributed
+from tinymixer.training.augment import (
+    apply_augmentation,
+    apply_cutmix,
+    apply_randaugment,
+    apply_random_erasing,
+    draw_augmentation,
+    draw_cutmix,
+    draw_mixup,
+    draw_randaugment,
+    draw_random_erasing,
+)
+from tinymixer.training.averaging import ExponentialMovingAverage
+from tinymixer.training.checkpoint import (
+    CheckpointError,
+    config_from_params,
+    load_checkpoint,
+    load_params_into,
+    save_checkpoint,
+)
+from tinymixer.training.evaluate import confusion_matrix, evaluate, format_confusion_matrix
+from tinymixer.training.train import train_step
+from tinymixer.transfer.pretrained import PretrainedError, load_for_finetuning
 
 # The options a checkpoint remembers, restored by --resume (the rest belong to one invocation: --out, --resume,
 # --backend, progress and logging). The model's shape is remembered as the model itself (meta["model"]).
@@ -80,7 +86,7 @@ REMEMBERED = ["model", "config", "patch_size", "dtype", "init", "image_size", "h
               "mixup", "randaugment", "cutmix", "random_erasing", "ema", "crop_padding", "flip", "seed", "dropout",
               "stochastic_depth"]
 MODEL_OPTIONS = ["model", "config", "patch_size", "dtype", "init", "image_size"]
-Model = tm.MlpMixer | tm.ResNet  # the networks this script trains (tinymixer.network.Network)
+Model = tm.MlpMixer | tm.ResNet  # the networks this script trains (tinymixer.nn.network.Network)
 # --model: each family's sizes, and its default (--config auto)
 FAMILIES = {"mixer": "micro/4", "cnn": "cnn-micro"}
 # Named sets of defaults (--recipe): every option a recipe sets can still be given on its own, and wins.
@@ -166,7 +172,7 @@ def build_parser() -> Parser:
     model = p.add_argument_group("model")
     model.add_argument("--model", default="mixer", choices=list(FAMILIES),
                        help="the network: the MLP-Mixer, or the CNN baseline (a pre-activation ResNet with GroupNorm, "
-                            "tinymixer/cnn.py) to compare it with")
+                            "tinymixer/nn/cnn.py) to compare it with")
     model.add_argument("--config", default="auto", choices=["auto", *tm.MODEL_NAMES], metavar="SIZE",
                        help=f"size; auto: {FAMILIES['mixer']} or {FAMILIES['cnn']}. Mixer sizes: "
                             f"{', '.join(tm.SIZES)}; CNN sizes: {', '.join(tm.CNN_SIZES)}")
@@ -761,7 +767,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 masks = masks_rows(model.draw_masks(rng, len(index)), rows)  # dropout, stochastic depth (or None)
                 lr = lr_at(state["global_step"])
-                # forward -> loss -> backward -> (all-reduce) -> clip -> SGD update (tinymixer/train.py)
+                # forward -> loss -> backward -> (all-reduce) -> clip -> SGD update (tinymixer/training/train.py)
                 loss, logits = train_step(model, optimizer, images, labels, lr, args.clip, args.label_smoothing, mix,
                                           comm=comm, global_batch=len(index), accumulate=args.accumulate,
                                           head_only=args.head_only, masks=masks)

@@ -8,12 +8,12 @@ The model (an official Mixer .npz, or a checkpoint of examples/cifar10.py) is fr
 (MlpMixer.features: the last LayerNorm, averaged over the tokens) are computed once, in batches, for the training
 images the draws use and for the test set. For every shot count and seed, `shots` training images per class are
 drawn, a linear classifier is fitted to them in closed form (regularised least squares to {-1, +1} targets, with
-the official whitening and bias: tinymixer/fewshot.py) and scored on the test set. The table gives the mean and
+the official whitening and bias: tinymixer/transfer/fewshot.py) and scored on the test set. The table gives the mean and
 standard deviation over the seeds. The defaults are the official evaluator's: shots 1 5 10 25, 3 seeds, l2 1024.
 
 The data is any folder in the CIFAR "python version" layout (--data-dir; `python -m tinymixer.data` makes one).
 Images whose size is not the model's are resized to the model's resolution, a batch at a time, as the official
-evaluation resizes (tinymixer.images.resize_image: tf.image.resize's bilinear interpolation, half-pixel centres,
+evaluation resizes (tinymixer.data.images.resize_image: tf.image.resize's bilinear interpolation, half-pixel centres,
 no antialiasing); --image-size N resizes them to N x N instead and takes the model's resolution from the centre,
 as the official few-shot pipeline does (resize(256)|central_crop(224): --image-size 256 for a 224-pixel model).
 Pixels are scaled to [-1, 1] as the official input pipeline does.
@@ -40,11 +40,11 @@ import tinymixer as tm  # before NumPy loads its BLAS: see tinymixer/_blas_threa
 import numpy as np
 from tqdm import tqdm
 
-from tinymixer.checkpoint import CheckpointError, load_model
-from tinymixer.cli import Parser, number
 from tinymixer.data import DATA_DIR_ENV, DataError, find_data, load_folder, normalize
-from tinymixer.fewshot import L2, NUM_SEEDS, SHOTS, few_shot_evaluation, few_shot_rows, mean_and_std
-from tinymixer.images import resize_image
+from tinymixer.data.images import resize_image
+from tinymixer.tools.cli import Parser, number
+from tinymixer.training.checkpoint import CheckpointError, load_model
+from tinymixer.transfer.fewshot import L2, NUM_SEEDS, SHOTS, few_shot_evaluation, few_shot_rows, mean_and_std
 
 # ----------------------------------------------------------------------------------------------------------------
 # Options

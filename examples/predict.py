@@ -5,11 +5,12 @@
     python examples/predict.py --image-folder photos/ --checkpoint Mixer-B_16.npz  # accuracy on labelled folders
     python examples/predict.py --help                                              # every option, with its default
 
-The model is rebuilt from the checkpoint alone (tinymixer.checkpoint.load_model): an official .npz (imagenet1k/ or
-imagenet21k/ Mixer-B_16.npz, ...) has its configuration read off the parameter shapes, a checkpoint written by
-examples/cifar10.py carries it. Every image is read upright (EXIF orientation), made RGB (transparency on white),
-resized to the model's resolution as the official evaluation does (the whole picture, bilinear; --crop keeps the
-aspect ratio and takes the centre instead), scaled to [-1, 1], and classified in batches (evaluation passes only).
+The model is rebuilt from the checkpoint alone (tinymixer.training.checkpoint.load_model): an official .npz
+(imagenet1k/ or imagenet21k/ Mixer-B_16.npz, ...) has its configuration read off the parameter shapes, a checkpoint
+written by examples/cifar10.py carries it. Every image is read upright (EXIF orientation), made RGB (transparency on
+white), resized to the model's resolution as the official evaluation does (the whole picture, bilinear; --crop keeps
+the aspect ratio and takes the centre instead), scaled to [-1, 1], and classified in batches (evaluation passes
+only).
 
 Class names: --labels FILE (one per line) if given; else those a cifar10.py checkpoint stored; else, for a
 1000-class head, the ImageNet-1k names shipped with tinymixer; else the class indices (e.g. a 21,843-class head).
@@ -30,17 +31,17 @@ import tinymixer as tm  # before NumPy loads its BLAS: see tinymixer/_blas_threa
 # isort: on
 import numpy as np
 
-from tinymixer.checkpoint import META_KEY, CheckpointError, load_model
-from tinymixer.cli import Parser, positive_int
 from tinymixer.data import DataError
-from tinymixer.evaluate import predict_logits
-from tinymixer.images import (
+from tinymixer.data.images import (
     image_files,
     imagenet1k_class_names,
     list_image_folder,
     load_image,
     read_class_names,
 )
+from tinymixer.tools.cli import Parser, positive_int
+from tinymixer.training.checkpoint import META_KEY, CheckpointError, load_model
+from tinymixer.training.evaluate import predict_logits
 
 PROG = "predict.py"
 

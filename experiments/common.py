@@ -22,11 +22,11 @@ import tinymixer as tm  # before NumPy loads its BLAS: see tinymixer/_blas_threa
 # isort: on
 import numpy as np
 
-from tinymixer.architectures import make_model
-from tinymixer.cli import HelpWithDefaults, Parser, number, positive_int
 from tinymixer.data import DataError, Dataset, find_data, load_folder, normalize
-from tinymixer.evaluate import evaluate
-from tinymixer.train import fit, train_step
+from tinymixer.nn.architectures import make_model
+from tinymixer.tools.cli import HelpWithDefaults, Parser, number, positive_int
+from tinymixer.training.evaluate import evaluate
+from tinymixer.training.train import fit, train_step
 
 MIN_TOKENS = 16  # as examples/cifar10.py: the automatic patch size keeps at least a 4 x 4 grid of tokens
 # The learning rates used when no sweep runs (--preset quick, or --no-sweep). Mixer: the fine-tuning recipe's
@@ -49,7 +49,7 @@ class Preset:
     32x32x3), ``digits`` for scikit-learn's 8x8 digits (1,437 training images), ``quick`` for CI (seconds)."""
 
     sized_for: str  # what the preset is made for, printed with the estimate
-    models: tuple[str, ...]  # the networks compared (Mixer sizes and CNN sizes, tinymixer.architectures)
+    models: tuple[str, ...]  # the networks compared (Mixer sizes and CNN sizes, tinymixer.nn.architectures)
     epochs: int  # epochs of every training run (data_size: at 100% of the training set)
     batch_size: int = 128
     crop_padding: int = 4  # random-crop padding in pixels (0: no crop)
@@ -130,7 +130,7 @@ def resolve(args: Any, presets: dict[str, Preset]) -> Preset:
 
 
 def fail(message: str) -> None:
-    """A problem found after parsing: one line on stderr, exit code 2 (as tinymixer.cli.Parser's errors)."""
+    """A problem found after parsing: one line on stderr, exit code 2 (as tinymixer.tools.cli.Parser's errors)."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(2)
 

@@ -32,7 +32,7 @@ import tinymixer as tm  # noqa: F401 - before NumPy loads its BLAS: see tinymixe
 import common
 from common import Planned, Preset, log
 
-from tinymixer.cli import number
+from tinymixer.tools.cli import number
 
 FRACTIONS = (0.1, 0.3, 1.0)
 PRESETS = {

@@ -4,8 +4,8 @@ Three versions of the same data set, each image permuted the same way:
 
 * original;
 * patch + pixel: a fixed permutation of the patch order and one of the pixels inside every patch (patch size = the
-  Mixer's); tinymixer.permutations.patch_and_pixel_permutation;
-* global: a fixed permutation of all pixels of the image (tinymixer.permutations.global_pixel_permutation).
+  Mixer's); tinymixer.data.permutations.patch_and_pixel_permutation;
+* global: a fixed permutation of all pixels of the image (tinymixer.data.permutations.global_pixel_permutation).
 
 A Mixer and a CNN of about the same parameter count are trained on each with the same budget and recipe (the
 fine-tuning recipe of train.fit: SGD momentum 0.9, clipping at 1, warm-up then cosine; random crop and flip,
@@ -39,14 +39,14 @@ import common
 import numpy as np
 from common import Planned, Preset, log
 
-from tinymixer.evaluate import predict_logits
-from tinymixer.permutations import (
+from tinymixer.data.permutations import (
     PixelPermutation,
     global_pixel_permutation,
     patch_and_pixel_permutation,
     permute_mixer_params,
 )
-from tinymixer.train import fit
+from tinymixer.training.evaluate import predict_logits
+from tinymixer.training.train import fit
 
 PRESETS = {
     "full": Preset(sized_for="CIFAR-10 (50,000 training images, 32x32x3)", models=("micro/4", "cnn-micro"),
@@ -250,7 +250,7 @@ The input versions, on a few test images: ![inputs](inputs.png)
 
 {check['model']} in float64, {check['steps']} steps of batch {check['batch_size']} without crop or flip, the same
 seed and batches: model A from its initial weights on the original images, model B from A's initial weights
-permuted (`tinymixer.permutations.permute_mixer_params`) on the patch + pixel shuffled images.
+permuted (`tinymixer.data.permutations.permute_mixer_params`) on the patch + pixel shuffled images.
 
 | quantity | value |
 |---|---|

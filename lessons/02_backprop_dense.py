@@ -19,8 +19,8 @@ import inspect
 import numpy as np
 from lesson_utils import plt, save_figure
 
-from tinymixer.gradcheck import check_gradients, numerical_gradient, rel_error
-from tinymixer.layers import dense_backward, dense_forward
+from tinymixer.nn.gradcheck import check_gradients, numerical_gradient, rel_error
+from tinymixer.nn.layers import dense_backward, dense_forward
 
 print(inspect.getsource(dense_backward))  # the library's code: nothing more than the three equations
 

@@ -22,8 +22,8 @@ import math
 import numpy as np
 from lesson_utils import plt, save_figure
 
-from tinymixer.gradcheck import check_gradients
-from tinymixer.layers import gelu_backward, gelu_forward
+from tinymixer.nn.gradcheck import check_gradients
+from tinymixer.nn.layers import gelu_backward, gelu_forward
 
 x = np.linspace(-4, 4, 801)
 ones = np.ones_like(x)
@@ -74,5 +74,5 @@ save_figure(fig, "03_gelu")
 # 1. Where is GELU's minimum? (Solve gelu'(x) = 0 numerically with the arrays above.) Why is GELU not monotone?
 # 2. Derive g'(x) for the tanh form from $\tanh' = 1 - \tanh^2$. The library caches gelu'(x) instead of x:
 #    what does that save in the backward, and what does it cost in an evaluation pass (`train=False`)?
-# 3. NumPy has no erf; `tinymixer/special.py` builds one. Why must it be accurate to float64 round-off for the
+# 3. NumPy has no erf; `tinymixer/nn/special.py` builds one. Why must it be accurate to float64 round-off for the
 #    gradient check of the exact form to pass at 1e-7?

@@ -20,8 +20,8 @@
 import numpy as np
 from lesson_utils import plt, save_figure
 
-from tinymixer.gradcheck import check_gradients
-from tinymixer.layers import layer_norm_backward, layer_norm_forward
+from tinymixer.nn.gradcheck import check_gradients
+from tinymixer.nn.layers import layer_norm_backward, layer_norm_forward
 
 rng = np.random.default_rng(0)
 C = 32

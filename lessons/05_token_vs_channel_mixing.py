@@ -19,15 +19,15 @@ import numpy as np
 from lesson_utils import code_after_docstring, plt, save_figure
 from matplotlib.ticker import MaxNLocator
 
-from tinymixer import blocks
-from tinymixer.blocks import (
+from tinymixer.nn import blocks
+from tinymixer.nn.blocks import (
     channel_mixing_backward,
     channel_mixing_forward,
     token_mixing_backward,
     token_mixing_forward,
 )
 
-print("In tinymixer/blocks.py, each mixing is one call of the same MLP block, on a different axis:")
+print("In tinymixer/nn/blocks.py, each mixing is one call of the same MLP block, on a different axis:")
 for function in (token_mixing_forward, channel_mixing_forward):
     print(f"  {function.__name__:22s} {code_after_docstring(function)}")  # the whole code after the docstring
 

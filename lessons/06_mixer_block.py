@@ -12,8 +12,8 @@ import numpy as np
 from lesson_utils import pick, plt, print_code, save_figure
 
 import tinymixer as tm
-from tinymixer.blocks import mixer_block_backward, mixer_block_forward, prefixed
-from tinymixer.gradcheck import check_gradients
+from tinymixer.nn.blocks import mixer_block_backward, mixer_block_forward, prefixed
+from tinymixer.nn.gradcheck import check_gradients
 
 # The forward numbers its steps; the backward says which step each line undoes.
 print_code(mixer_block_forward)

@@ -11,7 +11,7 @@ import numpy as np
 from lesson_utils import pick, plt, save_figure
 
 import tinymixer as tm
-from tinymixer.gradcheck import directional_check
+from tinymixer.nn.gradcheck import directional_check
 
 model = tm.MlpMixer.from_name("micro/4", num_classes=10, image_size=32, seed=0)
 print(f"micro/4: {model.num_params():,} parameters, S = {model.num_tokens} tokens, "

@@ -6,7 +6,7 @@
 #
 # The data: `synthetic_shapes`, six shape classes drawn at random positions, sizes and colours on noisy
 # backgrounds — made on the spot, no download. (`examples/cifar10.py` runs the same loop on CIFAR-10, with
-# checkpoints and resume.) The loop is `tinymixer.train.fit`, built on `train_step`:
+# checkpoints and resume.) The loop is `tinymixer.training.train.fit`, built on `train_step`:
 
 # %%
 import numpy as np
@@ -14,7 +14,7 @@ from lesson_utils import pick, plt, print_code, save_figure, training_model
 from matplotlib.ticker import MaxNLocator
 
 from tinymixer.data import SHAPE_NAMES, synthetic_shapes
-from tinymixer.train import fit, train_step
+from tinymixer.training.train import fit, train_step
 
 print_code(train_step)
 

@@ -12,7 +12,7 @@ from lesson_utils import pick, plt, save_figure, training_model
 
 import tinymixer as tm
 from tinymixer.data import SHAPE_NAMES, synthetic_shapes
-from tinymixer.train import fit
+from tinymixer.training.train import fit
 
 size, patch = 32, 4
 grid = size // patch  # an 8x8 grid of patches: S = 64 tokens

@@ -14,9 +14,9 @@ from matplotlib.ticker import MaxNLocator
 
 import tinymixer as tm
 from tinymixer.data import SHAPE_NAMES, normalize, synthetic_shapes
-from tinymixer.evaluate import predict_logits
-from tinymixer.layers import patchify, unpatchify
-from tinymixer.train import fit
+from tinymixer.nn.layers import patchify, unpatchify
+from tinymixer.training.evaluate import predict_logits
+from tinymixer.training.train import fit
 
 size, P = 16, 4
 S, pixels = (size // P) ** 2, P * P

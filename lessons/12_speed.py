@@ -15,8 +15,9 @@ import numpy as np
 from lesson_utils import pick, plt, save_figure
 
 import tinymixer as tm
-from tinymixer import backend, blocks, chunks, layers
-from tinymixer import model as model_module
+from tinymixer import backend, chunks
+from tinymixer.nn import blocks, layers
+from tinymixer.nn import mixer as model_module
 
 size_name, batch = pick("tiny/4", "micro/4"), pick(128, 32)
 model = tm.MlpMixer.from_name(size_name, num_classes=10, image_size=32, seed=0)

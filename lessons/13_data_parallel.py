@@ -38,11 +38,11 @@ import numpy as np
 from lesson_utils import pick, plt, print_code, save_figure
 
 import tinymixer as tm
-from tinymixer.bench_parallel import GLOBAL_BATCH, GPU_TFLOPS, LINKS, ring_allreduce_seconds, scaling_efficiency
 from tinymixer.chunks import THREADS_ENV
 from tinymixer.data import normalize, synthetic_shapes
-from tinymixer.distributed import shard_of
-from tinymixer.train import train_step
+from tinymixer.tools.bench_parallel import GLOBAL_BATCH, GPU_TFLOPS, LINKS, ring_allreduce_seconds, scaling_efficiency
+from tinymixer.training.distributed import shard_of
+from tinymixer.training.train import train_step
 
 print_code(shard_of)
 print_code(train_step)
@@ -245,8 +245,8 @@ assert difference / scale < 1e-12 and identical
 #
 # $$t_\text{all-reduce} = 2\,\frac{N-1}{N}\cdot\frac{4P}{\text{bandwidth}} + 2(N-1)\,\lambda.$$
 #
-# `tinymixer.bench_parallel` holds this cost model (and `python -m tinymixer.bench_parallel` measures the real
-# thing on this machine's cores under `mpiexec`).
+# `tinymixer.tools.bench_parallel` holds this cost model (and `python -m tinymixer.tools.bench_parallel` measures
+# the real thing on this machine's cores under `mpiexec`).
 
 # %%
 print_code(ring_allreduce_seconds)
@@ -334,8 +334,8 @@ save_figure(fig, "13_scaling_model")
 # the all-reduce with the backward, in buckets, layer by layer.
 #
 # ## Running it for real
-# `tinymixer.distributed` uses MPI through mpi4py (NCCL for GPU arrays). Install the extra, which brings mpi4py and
-# the MPICH wheel with its own `mpiexec`, and start the same script N times:
+# `tinymixer.training.distributed` uses MPI through mpi4py (NCCL for GPU arrays). Install the extra, which brings
+# mpi4py and the MPICH wheel with its own `mpiexec`, and start the same script N times:
 #
 # ```bash
 # pip install -e ".[mpi]"
@@ -346,7 +346,7 @@ save_figure(fig, "13_scaling_model")
 # rows of every global batch (`shard_of`), and all-reduces the gradient buffer in `train_step`; rank 0 alone prints
 # and writes the run folder. On one machine the processes share its cores (`distributed.share_the_cores` gives each
 # its part), so they do the work one process with all the threads would do: the point is several machines, or one
-# GPU per process (`python -m tinymixer.bench_parallel` times both layouts on your machine).
+# GPU per process (`python -m tinymixer.tools.bench_parallel` times both layouts on your machine).
 # `tests/test_distributed.py` runs `mpiexec -n 2` and `-n 3` and checks, as this lesson did, that the
 # weights equal one process's in float64 up to rounding.
 #

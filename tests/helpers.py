@@ -71,7 +71,7 @@ def mlp_params(rng: np.random.Generator, d: int, hidden: int) -> dict[str, np.nd
 
 def block_params(rng: np.random.Generator, s: int, c: int, ds: int, dc: int) -> dict[str, np.ndarray]:
     """Random parameters of a Mixer block on S tokens x C channels, LayerNorm scales and biases randomised too."""
-    from tinymixer.blocks import prefixed
+    from tinymixer.nn.blocks import prefixed
 
     params = {"LayerNorm_0/scale": 1 + 0.3 * rng.standard_normal(c), "LayerNorm_0/bias": 0.3 * rng.standard_normal(c),
               "LayerNorm_1/scale": 1 + 0.3 * rng.standard_normal(c), "LayerNorm_1/bias": 0.3 * rng.standard_normal(c)}

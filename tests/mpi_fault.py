@@ -7,7 +7,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from tinymixer import distributed
+from tinymixer.training import distributed
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "cifar10.py"
 spec = importlib.util.spec_from_file_location("cifar10_script", SCRIPT)

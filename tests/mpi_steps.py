@@ -1,10 +1,10 @@
 """Run under ``mpiexec -n N``: several data-parallel training steps against a one-process run of the same steps.
 
-Every rank trains the same float64 model on its share of each global batch (``tinymixer.train.train_step`` with the
-communicator); rank 0 also trains a second copy on the whole batches alone. Prints one JSON line (rank 0):
+Every rank trains the same float64 model on its share of each global batch (``tinymixer.training.train.train_step``
+with the communicator); rank 0 also trains a second copy on the whole batches alone. Prints one JSON line (rank 0):
 the largest difference between the data-parallel weights and the one-process weights (relative to the largest
-weight), and whether all ranks held bit-identical weights after every step (checked by an all-reduce of the
-largest difference from rank 0's weights, which rank 0 broadcasts every step).
+weight), and whether all ranks held bit-identical weights after every step (checked by an all-reduce of the largest
+difference from rank 0's weights, which rank 0 broadcasts every step).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import sys
 import numpy as np
 
 import tinymixer as tm
-from tinymixer import distributed
-from tinymixer.train import train_step
+from tinymixer.training import distributed
+from tinymixer.training.train import train_step
 
 
 def main(steps: int = 6, batch: int = 24) -> None:

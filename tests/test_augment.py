@@ -1,5 +1,6 @@
-"""tinymixer.augment: RandAugment's operations against Pillow and hand-worked values, the official level-to-argument
-mapping, determinism, rows-vs-whole equality (data parallel), CutMix's label weight, random erasing."""
+"""tinymixer.training.augment: RandAugment's operations against Pillow and hand-worked values, the official
+level-to-argument mapping, determinism, rows-vs-whole equality (data parallel), CutMix's label weight, random
+erasing."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageOps
 
-from tinymixer import augment as A
+from tinymixer.training import augment as A
 
 F = A.FILL
 

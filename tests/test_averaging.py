@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import tinymixer as tm
-from tinymixer.averaging import ExponentialMovingAverage
+from tinymixer.training.averaging import ExponentialMovingAverage
 
 
 def test_the_average_by_hand():

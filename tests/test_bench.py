@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from tinymixer import BLAS_THREADS_SLEEP_AT_ONCE, bench
+from tinymixer import BLAS_THREADS_SLEEP_AT_ONCE
+from tinymixer.tools import bench
 
 
 def test_measure_checks_pytorch_computes_the_same_network():
@@ -139,7 +140,7 @@ def test_help_shows_the_program_and_every_default(capsys, monkeypatch):
         bench.main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    assert text.startswith("usage: python -m tinymixer.bench ")
+    assert text.startswith("usage: python -m tinymixer.tools.bench ")
     for default in ["(default: ['tiny/4', 'small/4'])", "(default: 128)", "(default: 32)", "(default: [1, 2])",
                     "(default: 7)", "(default: numpy)", "(default: False)", "(default: None)"]:
         assert default in text
@@ -161,7 +162,7 @@ def test_a_bad_option_is_one_line_and_exit_code_2(args, message, capsys):
     assert exit_info.value.code == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert captured.err.startswith(f"python -m tinymixer.bench: error: {message}")
+    assert captured.err.startswith(f"python -m tinymixer.tools.bench: error: {message}")
     assert captured.err.count("\n") == 1
 
 
@@ -169,6 +170,7 @@ def test_a_bad_option_from_the_shell_has_no_traceback():
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "tinymixer.bench", "--threads", "0"], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "tinymixer.tools.bench", "--threads", "0"], capture_output=True,
+                          text=True)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr

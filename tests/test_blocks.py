@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from helpers import assert_gradients_ok, block_params, mlp_params
 
-from tinymixer.blocks import (
+from tinymixer.nn.blocks import (
     channel_mixing_backward,
     channel_mixing_forward,
     mixer_block_backward,
@@ -20,8 +20,8 @@ from tinymixer.blocks import (
     token_mixing_backward,
     token_mixing_forward,
 )
-from tinymixer.gradcheck import check_gradients
-from tinymixer.layers import gelu_forward, layer_norm_forward
+from tinymixer.nn.gradcheck import check_gradients
+from tinymixer.nn.layers import gelu_forward, layer_norm_forward
 
 
 @pytest.mark.parametrize("form", ["tanh", "erf"])

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 import tinymixer as tm
-from tinymixer.checkpoint import CheckpointError, load_checkpoint, load_model, load_params_into, save_checkpoint
+from tinymixer.training.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_model,
+    load_params_into,
+    save_checkpoint,
+)
 
 
 def test_round_trip_is_exact_and_uses_official_names(tmp_path):

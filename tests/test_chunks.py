@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tinymixer import chunks
-from tinymixer.layers import gelu_backward, gelu_forward, layer_norm_backward, layer_norm_forward
+from tinymixer.nn.layers import gelu_backward, gelu_forward, layer_norm_backward, layer_norm_forward
 
 
 def test_every_row_is_visited_once_and_results_come_in_block_order(monkeypatch):

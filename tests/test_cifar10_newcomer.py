@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from test_cifar10_script import DIGITS_ARGS, SCRIPT, cifar10, digits_folder, params_of
 
-from tinymixer.checkpoint import load_checkpoint, load_model
+from tinymixer.training.checkpoint import load_checkpoint, load_model
 
 QUICK = ["--limit-train", "256", "--no-progress"]
 
@@ -166,7 +166,7 @@ def test_resume_of_a_checkpoint_written_before_options_were_remembered(tmp_path,
     out = tmp_path / "run"
     assert cifar10.main(["--data-dir", str(digits), "--epochs", "2", "--out", str(out), "--stop-after-epoch", "1",
                          "--no-flip"] + QUICK) == 0
-    from tinymixer.checkpoint import save_checkpoint
+    from tinymixer.training.checkpoint import save_checkpoint
 
     params, momentum, meta = load_checkpoint(out / "checkpoint.npz")
     options = meta.pop("options")
@@ -192,7 +192,7 @@ def test_help_shows_every_default():
     result = run_script("--help")
     assert result.returncode == 0 and result.stdout.startswith("usage: cifar10.py")
     help_text = " ".join(result.stdout.split())
-    for expected in ["(default: micro/4)", "(default: 5%)", "(default: auto)", "(default: 128)", "(default: 0.05)",
+    for expected in ["(default: mixer)", "(default: 5%)", "(default: auto)", "(default: 128)", "(default: 0.05)",
                      "(default: 15)", "(default: runs/cifar10)", "(default: True)", "(default: 1.0)"]:
         assert expected in help_text, expected
 
@@ -252,7 +252,7 @@ def test_outputs_honour_the_umask_and_the_best_checkpoint_is_kept(tmp_path, digi
     best = metrics["best"]
     assert best["accuracy"] == max(h["test_accuracy"] for h in metrics["epochs"])
     from tinymixer.data import load_folder
-    from tinymixer.evaluate import evaluate
+    from tinymixer.training.evaluate import evaluate
 
     data = load_folder(digits / "cifar-10-batches-py")
     again = evaluate(load_model(out / "best.npz"), data.test_images, data.test_labels)["accuracy"]

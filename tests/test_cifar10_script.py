@@ -18,8 +18,8 @@ import pytest
 from helpers import make_cifar_archive
 from test_data import served  # noqa: F401 - the fixture
 
-from tinymixer.checkpoint import CheckpointError, load_checkpoint
 from tinymixer.data import Dataset, save_folder
+from tinymixer.training.checkpoint import CheckpointError, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "cifar10.py"

@@ -1,4 +1,4 @@
-"""The CNN baseline (tinymixer/cnn.py): GroupNorm against its definition, every new layer and the whole network
+"""The CNN baseline (tinymixer/nn/cnn.py): GroupNorm against its definition, every new layer and the whole network
 against finite differences (float64), the whole network against PyTorch (its conv2d, group_norm, relu and
 autograd; float64), and the network in the places every model goes: config round trip, checkpoints, training.
 """
@@ -10,9 +10,8 @@ import pytest
 from helpers import assert_gradients_ok
 
 import tinymixer as tm
-from tinymixer.architectures import MODEL_NAMES, make_model, model_from_config
-from tinymixer.checkpoint import load_model, save_checkpoint
-from tinymixer.cnn import (
+from tinymixer.nn.architectures import MODEL_NAMES, make_model, model_from_config
+from tinymixer.nn.cnn import (
     CNN_SIZES,
     ResNet,
     group_norm_backward,
@@ -22,7 +21,8 @@ from tinymixer.cnn import (
     residual_block_backward,
     residual_block_forward,
 )
-from tinymixer.gradcheck import check_gradients, directional_check, rel_error
+from tinymixer.nn.gradcheck import check_gradients, directional_check, rel_error
+from tinymixer.training.checkpoint import load_model, save_checkpoint
 
 
 def small_resnet(seed: int = 0, **overrides) -> ResNet:
@@ -42,7 +42,7 @@ class ReluPatterns:
     difference can tell whether its stencil crossed a kink."""
 
     def __init__(self, monkeypatch):
-        import tinymixer.cnn as cnn
+        import tinymixer.nn.cnn as cnn
 
         self.patterns: list = []
         original = cnn.relu_forward
@@ -292,7 +292,7 @@ def test_flops_count_the_convolutions():
 
 def test_shards_give_the_same_logits_and_gradients(monkeypatch):
     """The batch cut into shards on threads (as on a multi-core CPU) gives what one pass gives."""
-    import tinymixer.network as network
+    import tinymixer.nn.network as network
 
     model = small_resnet()
     images = np.random.default_rng(5).uniform(-1, 1, (6, 7, 5, 3))
@@ -327,7 +327,7 @@ def test_trains_through_fit():
     test accuracy in three short epochs (measured 89%)."""
     from sklearn.datasets import load_digits
 
-    from tinymixer.train import fit
+    from tinymixer.training.train import fit
 
     digits = load_digits()
     images, labels = (digits.images / 16 * 255).astype(np.uint8)[..., None], digits.target

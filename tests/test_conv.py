@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from helpers import assert_gradients_ok
 
-from tinymixer.gradcheck import check_gradients
-from tinymixer.layers import (
+from tinymixer.nn.gradcheck import check_gradients
+from tinymixer.nn.layers import (
     _im2col_by_offsets,
     col2im,
     conv2d_backward,

@@ -1,4 +1,4 @@
-"""Export to the official layout and conversion to and from timm's MlpMixer (``tinymixer/convert.py``).
+"""Export to the official layout and conversion to and from timm's MlpMixer (``tinymixer/transfer/convert.py``).
 
 The timm side is checked against an independent PyTorch forward of timm's ``MlpMixer`` written here from timm's
 source (conv stem with stride P, row-major flattening of the grid, LayerNorm eps 1e-6, ``Linear`` layers, exact
@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 import tinymixer as tm
-from tinymixer import convert
-from tinymixer.checkpoint import load_model, save_checkpoint
+from tinymixer.training.checkpoint import load_model, save_checkpoint
+from tinymixer.transfer import convert
 
 try:
     import torch
@@ -261,7 +261,7 @@ def test_load_pth_unwraps_training_checkpoints(tmp_path):
 
 
 def test_torch_is_not_imported_by_the_module_and_its_absence_is_a_clear_error(monkeypatch):
-    code = "import sys, tinymixer.convert; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, tinymixer.transfer.convert; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
     monkeypatch.setitem(sys.modules, "torch", None)  # what an environment without PyTorch looks like
     with pytest.raises(ImportError, match="needs PyTorch"):
@@ -293,9 +293,9 @@ def test_cli_npz_to_pth_and_back(tmp_path, capsys):
 
 
 def test_cli_runs_as_a_module(tmp_path):
-    """``python -m tinymixer.convert`` itself, .npz -> .npz (no torch needed)."""
+    """``python -m tinymixer.transfer.convert`` itself, .npz -> .npz (no torch needed)."""
     convert.save_official(small_model(image_size=16), tmp_path / "a.npz")
-    done = subprocess.run([sys.executable, "-m", "tinymixer.convert", str(tmp_path / "a.npz"),
+    done = subprocess.run([sys.executable, "-m", "tinymixer.transfer.convert", str(tmp_path / "a.npz"),
                            str(tmp_path / "b.npz")], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "wrote" in done.stdout and zipfile.is_zipfile(tmp_path / "b.npz")

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from helpers import fake_cifar, make_cifar_archive
 
-from tinymixer import augment as A
 from tinymixer import data as D
+from tinymixer.training import augment as A
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Data-parallel training (tinymixer/distributed.py): the pieces in one process, then real runs of `mpiexec -n 2`.
+"""Data-parallel training (tinymixer/training/distributed.py): the pieces in one process, then real runs of
+`mpiexec -n 2`.
 
 The multi-process tests need mpi4py and an `mpiexec` (the `test` extra brings both: mpi4py and the MPICH wheel).
 Without them they are skipped, except under CI (``CI`` set), where a missing MPI is a failure.
@@ -19,8 +20,8 @@ import numpy as np
 import pytest
 from test_cifar10_script import SCRIPT, cifar10, digits_folder
 
-from tinymixer import distributed
-from tinymixer.checkpoint import load_checkpoint
+from tinymixer.training import distributed
+from tinymixer.training.checkpoint import load_checkpoint
 
 TESTS = Path(__file__).resolve().parent
 MPIEXEC = shutil.which("mpiexec", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
@@ -64,7 +65,7 @@ def weights_close(a: Path, b: Path, tol: float = 1e-12) -> float:
 
 
 def test_without_a_launcher_nothing_changes_and_mpi4py_is_not_imported():
-    code = ("import sys, tinymixer.distributed as d; c = d.init(); "
+    code = ("import sys, tinymixer.training.distributed as d; c = d.init(); "
             "print(type(c).__name__, c.size, c.rank, 'mpi4py' in sys.modules)")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_", "SLURM_"))}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
@@ -74,7 +75,7 @@ def test_without_a_launcher_nothing_changes_and_mpi4py_is_not_imported():
 def test_a_launcher_without_mpi4py_is_refused(tmp_path):
     """N processes that each ran alone would write over each other's files: refuse, and say what to install."""
     (tmp_path / "mpi4py.py").write_text("raise ImportError('no mpi4py here')\n")
-    code = "import tinymixer.distributed as d; d.run(lambda: 0)"
+    code = "import tinymixer.training.distributed as d; d.run(lambda: 0)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=dict(os.environ, PMI_SIZE="2", PMI_RANK="0", PYTHONPATH=str(tmp_path)))
     assert out.returncode == 1 and "started by an MPI launcher with 2 processes, but mpi4py" in out.stderr
@@ -106,7 +107,7 @@ def test_the_ranks_rows_tile_the_batch_in_order(batch, ranks):
 
 
 def test_augmenting_some_rows_equals_those_rows_of_the_whole_batch():
-    from tinymixer.augment import apply_augmentation, augment, draw_augmentation
+    from tinymixer.training.augment import apply_augmentation, augment, draw_augmentation
 
     images = np.random.default_rng(0).integers(0, 256, (10, 8, 8, 3), dtype=np.uint8)
     whole = augment(images, np.random.default_rng(5), 2, True)
@@ -207,7 +208,7 @@ def test_ctrl_c_stops_every_rank_at_the_same_step_and_saves(tmp_path, digits):
 
 
 def test_ring_allreduce_cost_model_by_hand():
-    from tinymixer.bench_parallel import ring_allreduce_seconds, scaling_efficiency
+    from tinymixer.tools.bench_parallel import ring_allreduce_seconds, scaling_efficiency
 
     assert ring_allreduce_seconds(1e9, 1, 1e9) == 0.0
     assert ring_allreduce_seconds(1e9, 2, 1e9) == pytest.approx(1.0)  # 2 (2 - 1) / 2 x 1 GB at 1 GB/s
@@ -218,10 +219,10 @@ def test_ring_allreduce_cost_model_by_hand():
 
 @needs_mpi
 def test_parallel_benchmark_runs_every_layout():
-    result = subprocess.run([sys.executable, "-m", "tinymixer.bench_parallel", "--config", "micro/4", "--steps", "1",
-                             "--batch-size", "32"], capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-m", "tinymixer.tools.bench_parallel", "--config", "micro/4", "--steps",
+                             "1", "--batch-size", "32"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    from tinymixer.bench_parallel import cores
+    from tinymixer.tools.bench_parallel import cores
 
     assert "| 1 x 1 |" in result.stdout and "N = 512" in result.stdout
     assert cores() == 1 or f"| {cores()} x 1 |" in result.stdout  # P processes of one thread, through mpiexec

@@ -1,4 +1,4 @@
-"""experiments/ (issue 13: the paper's comparisons, Mixer vs CNN) and tinymixer/permutations.py.
+"""experiments/ (issue 13: the paper's comparisons, Mixer vs CNN) and tinymixer/data/permutations.py.
 
 The scripts run in-process in their --quick mode on a small random CIFAR-layout folder: the plumbing, the files
 and keys they write, and the exact permutation check. The permutations themselves are tested on their own."""
@@ -16,8 +16,7 @@ from helpers import fake_cifar
 
 import tinymixer as tm
 from tinymixer.data import normalize, save_folder
-from tinymixer.layers import patchify
-from tinymixer.permutations import (
+from tinymixer.data.permutations import (
     global_pixel_permutation,
     inverse_order,
     is_permutation,
@@ -25,6 +24,7 @@ from tinymixer.permutations import (
     permute_images,
     permute_mixer_params,
 )
+from tinymixer.nn.layers import patchify
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -58,7 +58,7 @@ def run(name: str, data_dir: Path, out: Path, capsys, *extra: str) -> tuple[dict
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# tinymixer/permutations.py
+# tinymixer/data/permutations.py
 
 
 @pytest.mark.parametrize("hw, patch", [((16, 16), 4), ((8, 12), 4), ((6, 6), 2)])

@@ -14,7 +14,7 @@ from helpers import small_model
 import tinymixer as tm
 from tinymixer import chunks
 from tinymixer.data import Dataset, save_folder
-from tinymixer.fewshot import (
+from tinymixer.transfer.fewshot import (
     BIAS_FEATURE,
     L2,
     STD_EPS,
@@ -49,8 +49,8 @@ def test_features_are_the_pre_logits_the_head_maps_to_the_logits():
 
 def test_features_by_the_definition():
     """The last LayerNorm of the blocks' output, averaged over the tokens, computed here from the model's parts."""
-    from tinymixer.blocks import mixer_block_forward, subtree
-    from tinymixer.layers import stem_forward
+    from tinymixer.nn.blocks import mixer_block_forward, subtree
+    from tinymixer.nn.layers import stem_forward
 
     model = small_model()
     p = model.params

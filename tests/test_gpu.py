@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import tinymixer as tm
-from tinymixer import backend, blocks, cnn, layers
+from tinymixer import backend
+from tinymixer.nn import blocks, cnn, layers
 
 cupy, WHY_NOT = backend._load_cupy()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(cupy is None, reason=f"needs a GPU: {WHY_NOT}")]
@@ -122,7 +123,7 @@ def test_nccl_allreduce_on_one_rank_and_a_step_through_it():
     in-place all-reduce of a GPU buffer (one rank: the sum is the buffer itself), and a training step whose
     gradient buffer goes through NCCL and comes back unchanged, on the device."""
     pytest.importorskip("mpi4py")
-    from tinymixer import distributed
+    from tinymixer.training import distributed
 
     comm = distributed.MpiCommunicator()  # a singleton MPI world: no mpiexec needed
     comm.use_nccl()

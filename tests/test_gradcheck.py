@@ -9,8 +9,8 @@ import pytest
 from helpers import small_model
 
 import tinymixer as tm
-from tinymixer import blocks, layers
-from tinymixer.gradcheck import check_gradients, directional_check, numerical_gradient, rel_error
+from tinymixer.nn import blocks, layers
+from tinymixer.nn.gradcheck import check_gradients, directional_check, numerical_gradient, rel_error
 
 
 def test_rel_error_definition():

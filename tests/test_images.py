@@ -1,4 +1,4 @@
-"""tinymixer.images: pictures of every common kind read as uint8 RGB with the right pixels, the official resize
+"""tinymixer.data.images: pictures of every common kind read as uint8 RGB with the right pixels, the official resize
 (tf.image.resize's bilinear, checked against TensorFlow's documented output, Pillow and a plain formula), folders
 in the ImageFolder convention, and the shipped ImageNet-1k class names. Tiny images made with Pillow here."""
 
@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from tinymixer.data import DataError, load_folder
-from tinymixer.images import (
+from tinymixer.data.images import (
     bilinear_resize,
     image_files,
     image_folder_to_cifar,

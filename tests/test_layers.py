@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from helpers import assert_gradients_ok
 
-from tinymixer.gradcheck import check_gradients
-from tinymixer.layers import (
+from tinymixer.nn.gradcheck import check_gradients
+from tinymixer.nn.layers import (
     dense_backward,
     dense_forward,
     gelu_backward,
@@ -25,7 +25,7 @@ from tinymixer.layers import (
     stem_forward,
     unpatchify,
 )
-from tinymixer.special import erf
+from tinymixer.nn.special import erf
 
 # -- dense --------------------------------------------------------------------------------------------------------
 

@@ -77,7 +77,7 @@ def accuracies(stdout: str, start: str) -> dict[str, float]:
 
 def test_lesson_5_opens_with_a_sentence_then_the_two_labelled_lines_of_code(run_lesson):
     lines = run_lesson("05_token_vs_channel_mixing").stdout.splitlines()
-    assert lines[0].startswith("In tinymixer/blocks.py"), lines[:3]  # not a bare line of source code
+    assert lines[0].startswith("In tinymixer/nn/blocks.py"), lines[:3]  # not a bare line of source code
     assert re.fullmatch(r"\s+token_mixing_forward\s+return mlp_block_forward\(.*axis=-2.*\)", lines[1]), lines[1]
     assert re.fullmatch(r"\s+channel_mixing_forward\s+return mlp_block_forward\(.*axis=-1.*\)", lines[2]), lines[2]
 

@@ -8,8 +8,8 @@ from helpers import small_model
 
 import tinymixer as tm
 from tinymixer import chunks
-from tinymixer.gradcheck import directional_check, numerical_gradient, rel_error
-from tinymixer.model import describe_size
+from tinymixer.nn.gradcheck import directional_check, numerical_gradient, rel_error
+from tinymixer.nn.mixer import describe_size
 
 
 def loss_fn(model, images, labels):

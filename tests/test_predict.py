@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 import tinymixer as tm
-from tinymixer.checkpoint import save_checkpoint
-from tinymixer.evaluate import predict_logits
-from tinymixer.images import imagenet1k_class_names, load_image
+from tinymixer.data.images import imagenet1k_class_names, load_image
+from tinymixer.training.checkpoint import save_checkpoint
+from tinymixer.training.evaluate import predict_logits
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "predict.py"
@@ -80,7 +80,7 @@ def results(out: str) -> dict[str, list[tuple[float, str]]]:
 
 
 def expected_top(checkpoint: Path, path: Path, k: int) -> tuple[np.ndarray, np.ndarray]:
-    model = tm.checkpoint.load_model(checkpoint)
+    model = tm.training.checkpoint.load_model(checkpoint)
     logits = predict_logits(model, load_image(path, model.image_size)[None])[0].astype(np.float64)
     probs = np.exp(logits - logits.max())
     probs /= probs.sum()
@@ -124,7 +124,7 @@ def test_class_names_from_labels_file_checkpoint_meta_or_indices(files, tmp_path
     _, out, _ = run([photo, "--checkpoint", files["seven"], "--top", "3", "--labels", labels], capsys)
     assert [name for _, name in results(out)[str(photo)]] == [f"name{i}" for i in top]
 
-    model = tm.checkpoint.load_model(files["seven"])  # a checkpoint as cifar10.py writes it, class names in meta
+    model = tm.training.checkpoint.load_model(files["seven"])  # as cifar10.py writes it, class names in meta
     stored = save_checkpoint(tmp_path / "best.npz", model.params,
                              meta={"model": model.config(), "class_names": [f"kind{i}" for i in range(7)]})
     _, out, _ = run([photo, "--checkpoint", stored, "--top", "3"], capsys)

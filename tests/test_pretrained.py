@@ -7,10 +7,16 @@ import pytest
 from helpers import small_model
 
 import tinymixer as tm
-from tinymixer.blocks import subtree, token_mixing_forward
-from tinymixer.checkpoint import save_checkpoint
-from tinymixer.gradcheck import directional_check
-from tinymixer.pretrained import PretrainedError, adapt, expand_token_mixing, load_for_finetuning, tile_of_tokens
+from tinymixer.nn.blocks import subtree, token_mixing_forward
+from tinymixer.nn.gradcheck import directional_check
+from tinymixer.training.checkpoint import save_checkpoint
+from tinymixer.transfer.pretrained import (
+    PretrainedError,
+    adapt,
+    expand_token_mixing,
+    load_for_finetuning,
+    tile_of_tokens,
+)
 
 
 def pretrained(seed: int = 0) -> tm.MlpMixer:

@@ -11,18 +11,19 @@ import pytest
 from helpers import TOL, assert_gradients_ok, block_params, mlp_params, small_model
 
 import tinymixer as tm
-from tinymixer import blocks, chunks
-from tinymixer.blocks import BlockMasks, draw_block_masks, masks_rows, mixer_block_backward, mixer_block_forward
-from tinymixer.checkpoint import config_from_params, load_model, save_checkpoint
-from tinymixer.gradcheck import check_gradients, numerical_gradient, rel_error
-from tinymixer.layers import (
+from tinymixer import chunks
+from tinymixer.nn import blocks
+from tinymixer.nn.blocks import BlockMasks, draw_block_masks, masks_rows, mixer_block_backward, mixer_block_forward
+from tinymixer.nn.gradcheck import check_gradients, numerical_gradient, rel_error
+from tinymixer.nn.layers import (
     dropout_backward,
     dropout_forward,
     keep_mask,
     stochastic_depth_backward,
     stochastic_depth_forward,
 )
-from tinymixer.train import train_step
+from tinymixer.training.checkpoint import config_from_params, load_model, save_checkpoint
+from tinymixer.training.train import train_step
 
 # -- the layers ---------------------------------------------------------------------------------------------------
 
@@ -140,7 +141,7 @@ def test_mixer_block_branches_are_skipped_per_example(rng):
     plain, _ = mixer_block_forward(x, p)
     assert not np.allclose(y[0], plain[0])  # kept branches still see dropout inside their MLPs
     # image 2 kept its token branch and skipped its channel branch: y = u = x + TokenMixing(LN_0(x)) / (1 - 0.4)
-    ln0 = tm.layers.layer_norm_forward(x, p["LayerNorm_0/scale"], p["LayerNorm_0/bias"])[0]
+    ln0 = tm.nn.layers.layer_norm_forward(x, p["LayerNorm_0/scale"], p["LayerNorm_0/bias"])[0]
     token = blocks.token_mixing_forward(ln0, blocks.subtree(p, "token_mixing"), dropout=(0.3, masks.token_dropout))[0]
     np.testing.assert_allclose(y[2], x[2] + token[2] / 0.6, rtol=1e-12, atol=1e-12)
 
@@ -361,7 +362,7 @@ def test_checkpoints_with_and_without_the_rates_load(tmp_path):
 
 
 def test_train_step_of_a_regularized_model_needs_its_masks():
-    # train_step (tinymixer/train.py) passes no rng yet: a regularised model refuses rather than draw unseeded
+    # train_step (tinymixer/training/train.py) passes no rng yet: a regularised model refuses rather than draw unseeded
     model = regularized_model("float32")
     images = np.random.default_rng(0).standard_normal((4, 8, 8, 3)).astype(np.float32)
     with pytest.raises(ValueError, match="rng="):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import tinymixer as tm
-from tinymixer import selfcheck
+from tinymixer.tools import selfcheck
 
 ROOT = Path(__file__).resolve().parents[1]
 

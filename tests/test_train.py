@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import tinymixer as tm
-from tinymixer.train import fit
+from tinymixer.training.train import fit
 
 
 def tiny_data(n: int = 64):
@@ -27,8 +27,8 @@ def test_a_warmup_longer_than_the_run_is_an_error_not_silently_capped():
 
 def test_the_default_warmup_is_a_share_of_the_run(monkeypatch):
     seen = []
-    real = tm.train.warmup_cosine
-    monkeypatch.setattr(tm.train, "warmup_cosine", lambda *a: seen.append(a) or real(*a))
+    real = tm.training.train.warmup_cosine
+    monkeypatch.setattr(tm.training.train, "warmup_cosine", lambda *a: seen.append(a) or real(*a))
     images, labels = tiny_data()
     history = fit(tiny_model(), images, labels, epochs=5, batch_size=16)
     assert len(history) == 5 and {a[3] for a in seen} == {1}  # 5% of 20 steps
@@ -42,7 +42,7 @@ def test_fewer_images_than_a_batch_is_an_error():
 
 def one_step(model, images, labels, **kwargs):
     optimizer = tm.SGD(momentum=0.9)
-    return tm.train.train_step(model, optimizer, images, labels, 0.1, 0.0, **kwargs)
+    return tm.training.train.train_step(model, optimizer, images, labels, 0.1, 0.0, **kwargs)
 
 
 def float64_model(seed: int = 0):
@@ -90,18 +90,18 @@ def test_transform_sees_each_augmented_batch_and_the_model_trains_on_what_it_ret
     scaling: training through a transform that blanks every batch is training on blank images."""
     images, labels = tiny_data()
     seen = []
-    real_augment = tm.train.augment
+    real_augment = tm.training.train.augment
     marked = lambda batch, rng, padding, flip: np.full_like(real_augment(batch, rng, padding, flip), 7)  # noqa: E731
 
     def record(batch):
         seen.append(batch.copy())
         return np.zeros_like(batch)
 
-    monkeypatch.setattr(tm.train, "augment", marked)
+    monkeypatch.setattr(tm.training.train, "augment", marked)
     through, direct = tiny_model(), tiny_model()
     fit(through, images, labels, epochs=2, batch_size=16, crop_padding=2, flip=True, transform=record)
     assert len(seen) == 8 and all(b.shape == (16, 8, 8, 3) and b.dtype == np.uint8 and (b == 7).all() for b in seen)
-    monkeypatch.setattr(tm.train, "augment", real_augment)
+    monkeypatch.setattr(tm.training.train, "augment", real_augment)
     fit(direct, np.zeros_like(images), labels, epochs=2, batch_size=16, crop_padding=2, flip=True)  # same draws
     for name in through.params:
         np.testing.assert_array_equal(through.params[name], direct.params[name])
@@ -120,7 +120,7 @@ def test_no_transform_leaves_the_run_as_before():
 
 def test_every_epoch_record_has_the_wall_time_so_far_and_progress_gets_each_record(monkeypatch):
     clock = iter(range(100, 200, 10))  # perf_counter: 100 at the start, then +10 s at each epoch's end
-    monkeypatch.setattr(tm.train.time, "perf_counter", lambda: float(next(clock)))
+    monkeypatch.setattr(tm.training.train.time, "perf_counter", lambda: float(next(clock)))
     images, labels = tiny_data()
     reported = []
     history = fit(tiny_model(), images, labels, epochs=3, batch_size=16, test=(images[:8], labels[:8]),

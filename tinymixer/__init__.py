@@ -6,7 +6,6 @@ Every forward and backward pass is written by hand and proven by finite-differen
 import os as _os
 
 from ._blas_threads import BLAS_THREADS_SLEEP_AT_ONCE  # first: before anything loads NumPy
-from .architectures import MODEL_NAMES, make_model, model_from_config
 from .backend import (
     array_module,
     backend_name,
@@ -17,11 +16,12 @@ from .backend import (
     to_device,
     to_host,
 )
-from .cnn import CNN_SIZES, ResNet
-from .gradcheck import check_gradients, directional_check, numerical_gradient, rel_error
-from .layers import softmax_cross_entropy
-from .model import SIZES, MixerSize, MlpMixer, describe_size
-from .optim import (
+from .nn.architectures import MODEL_NAMES, make_model, model_from_config
+from .nn.cnn import CNN_SIZES, ResNet
+from .nn.gradcheck import check_gradients, directional_check, numerical_gradient, rel_error
+from .nn.layers import softmax_cross_entropy
+from .nn.mixer import SIZES, MixerSize, MlpMixer, describe_size
+from .training.optim import (
     SCHEDULES,
     SGD,
     Adam,

@@ -1,8 +1,8 @@
 """``python -m tinymixer``: versions, backend, BLAS, threads and settings, then a self-check of a few seconds
-(``tinymixer/selfcheck.py``; ``--help`` for the options)."""
+(``tinymixer/tools/selfcheck.py``; ``--help`` for the options)."""
 
 import sys
 
-from .selfcheck import main
+from .tools.selfcheck import main
 
 sys.exit(main())

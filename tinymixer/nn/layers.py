@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from .backend import array_module
-from .chunks import BLOCK_ELEMENTS, for_row_blocks, rows, scratch
+from ..backend import array_module
+from ..chunks import BLOCK_ELEMENTS, for_row_blocks, rows, scratch
 from .special import erf
 
 Array = Any  # numpy.ndarray or cupy.ndarray

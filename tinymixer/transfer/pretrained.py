@@ -135,8 +135,8 @@ def load_for_finetuning(path: Path | str, num_classes: int, image_size: tuple[in
     """A model for fine-tuning from a checkpoint (official layout, or one written by this project): all weights
     but the head loaded, a new head for ``num_classes``, the token mixing expanded for ``image_size``. Returns
     (model, notes)."""
-    from .checkpoint import config_from_params, load_checkpoint, load_params_into
-    from .model import MlpMixer
+    from ..nn.mixer import MlpMixer
+    from ..training.checkpoint import config_from_params, load_checkpoint, load_params_into
 
     params, _, meta = load_checkpoint(path)
     config = dict(meta["model"]) if "model" in meta else config_from_params(params, path)

@@ -1,4 +1,4 @@
-"""The networks by name: every Mixer size (model.SIZES) and every CNN baseline size (cnn.CNN_SIZES), built the
+"""The networks by name: every Mixer size (mixer.SIZES) and every CNN baseline size (cnn.CNN_SIZES), built the
 same way, and rebuilt from the ``config()`` a checkpoint stores.
 
     make_model("tiny/4", num_classes=10, image_size=32)       # an MlpMixer
@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from .cnn import CNN_SIZES, ResNet
-from .model import SIZES, MlpMixer
+from .mixer import SIZES, MlpMixer
 from .network import Network
 
 MODEL_NAMES: list[str] = [*SIZES, *CNN_SIZES]

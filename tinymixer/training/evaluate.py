@@ -6,10 +6,10 @@ from typing import Any
 
 import numpy as np
 
-from .backend import to_host
-from .data import normalize, resize_batch
+from ..backend import to_host
+from ..data import normalize, resize_batch
+from ..nn.layers import softmax_cross_entropy
 from .distributed import shard_of
-from .layers import softmax_cross_entropy
 
 
 def predict_logits(model: Any, images: np.ndarray, batch_size: int = 256, resize: bool = False) -> np.ndarray:
@@ -31,8 +31,8 @@ def evaluate(model: Any, images: np.ndarray, labels: np.ndarray, batch_size: int
              resize: bool = False) -> dict[str, Any]:
     """Mean cross-entropy, accuracy and the predicted classes of a labelled set.
 
-    With ``comm`` (``tinymixer.distributed``, several ranks) each rank predicts its contiguous share of the set,
-    and the loss sums and predictions are combined, so every rank gets the whole set's result."""
+    With ``comm`` (``tinymixer.training.distributed``, several ranks) each rank predicts its contiguous share of the
+    set, and the loss sums and predictions are combined, so every rank gets the whole set's result."""
     rows = shard_of(len(labels), comm) if comm is not None else slice(None)
     logits = predict_logits(model, images[rows], batch_size, resize)
     loss, _ = softmax_cross_entropy(logits, labels[rows]) if len(logits) else (0.0, None)

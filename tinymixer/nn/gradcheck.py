@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .backend import array_module, to_host
+from ..backend import array_module, to_host
 
 Array = Any
 

@@ -1,8 +1,8 @@
 """Benchmark: tinymixer's training step and inference, against PyTorch's eager CPU step when PyTorch is installed.
 
-    python -m tinymixer.bench                                   # tiny/4 and small/4, batch 128, 1 and 2 threads
-    python -m tinymixer.bench --configs micro/4 --threads 2 --json bench.json
-    python -m tinymixer.bench --configs cnn-micro cnn-tiny                    # the CNN baseline (cnn.py)
+    python -m tinymixer.tools.bench                                   # tiny/4 and small/4, batch 128, 1 and 2 threads
+    python -m tinymixer.tools.bench --configs micro/4 --threads 2 --json bench.json
+    python -m tinymixer.tools.bench --configs cnn-micro cnn-tiny                    # the CNN baseline (cnn.py)
 
 For each thread count a fresh worker process runs with the BLAS and OpenMP thread counts set (so that the
 libraries see them when they load); it measures, per model size:
@@ -82,7 +82,7 @@ def _gemm_gflops(np: Any, n: int = 2048, repeats: int = 5) -> list[float]:
 
 
 def _timed(fn: Any) -> float:
-    from . import backend
+    from .. import backend
 
     start = time.perf_counter()
     fn()
@@ -217,13 +217,13 @@ def _torch_resnet(torch: Any, model: Any) -> Any:
 
 def _torch_network(torch: Any, model: Any) -> Any:
     """``model`` (an MlpMixer or a ResNet) as the same PyTorch nn.Module, with its weights."""
-    from .cnn import ResNet
+    from ..nn.cnn import ResNet
 
     return _torch_resnet(torch, model) if isinstance(model, ResNet) else _torch_mixer(torch, model)
 
 
 def _host_params(model: Any) -> dict[str, Any]:
-    from .backend import to_host
+    from ..backend import to_host
 
     return {k: to_host(v) for k, v in model.params.items()}
 
@@ -233,8 +233,8 @@ def measure(config: str, batch_size: int, image_size: int, repeats: int, use_tor
     import numpy as np
 
     import tinymixer as tm
-    from tinymixer.architectures import make_model
-    from tinymixer.train import train_step
+    from tinymixer.nn.architectures import make_model
+    from tinymixer.training.train import train_step
 
     model = make_model(config, num_classes=10, image_size=image_size, seed=0)
     rng = np.random.default_rng(0)
@@ -306,8 +306,8 @@ def memory_worker(config: str, framework: str, batch_size: int, image_size: int)
     import numpy as np
 
     import tinymixer as tm
-    from tinymixer.architectures import make_model
-    from tinymixer.train import train_step
+    from tinymixer.nn.architectures import make_model
+    from tinymixer.training.train import train_step
 
     rng = np.random.default_rng(0)
     images = rng.uniform(-1, 1, (batch_size, image_size, image_size, 3)).astype(np.float32)
@@ -589,9 +589,9 @@ def _positive_int(text: str) -> int:
 
 
 def _parser() -> Parser:
-    from .architectures import MODEL_NAMES
+    from ..nn.architectures import MODEL_NAMES
 
-    p = Parser(prog="python -m tinymixer.bench", description=__doc__.split("\n\n")[0],
+    p = Parser(prog="python -m tinymixer.tools.bench", description=__doc__.split("\n\n")[0],
                 epilog="examples:\n" + __doc__.split("\n\n")[1].rstrip(), formatter_class=_HelpFormatter)
     p.add_argument("--configs", nargs="+", default=["tiny/4", "small/4"], choices=MODEL_NAMES, metavar="SIZE",
                    help=f"model sizes to time (Mixers and CNNs), of: {', '.join(MODEL_NAMES)}")
@@ -612,8 +612,8 @@ def _parser() -> Parser:
 
 def _check_args(p: Parser, args: argparse.Namespace) -> None:
     """Refuse, before anything runs, the option values that would only fail inside a worker."""
-    from . import set_backend
-    from .model import SIZES
+    from .. import set_backend
+    from ..nn.mixer import SIZES
 
     for config in (c for c in args.configs if c in SIZES):  # a Mixer's patches must tile the image; a CNN takes any
         patch = SIZES[config].patch_size
@@ -629,7 +629,7 @@ def _check_args(p: Parser, args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark from the command line (``python -m tinymixer.bench --help``); returns the exit code."""
+    """Run the benchmark from the command line (``python -m tinymixer.tools.bench --help``); returns the exit code."""
     p = _parser()
     args = p.parse_args(argv)
     if args.memory_of:
@@ -643,7 +643,7 @@ def main(argv: list[str] | None = None) -> int:
     for threads in args.threads:
         env = dict(os.environ, **{v: str(threads) for v in THREAD_VARIABLES})
         # (this process imported tinymixer, which put BLAS_THREADS_SLEEP_AT_ONCE in os.environ: the workers inherit it)
-        command = [sys.executable, "-m", "tinymixer.bench", "--worker", "--threads", str(threads), "--configs",
+        command = [sys.executable, "-m", "tinymixer.tools.bench", "--worker", "--threads", str(threads), "--configs",
                    *args.configs, "--batch-size", str(args.batch_size), "--image-size", str(args.image_size),
                    "--repeats", str(args.repeats), "--backend", args.backend] + (["--no-torch"] * args.no_torch)
         done = subprocess.run(command, env=env, capture_output=True, text=True)

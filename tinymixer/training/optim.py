@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from .backend import array_module
+from ..backend import array_module
 
 Array = Any
 DecayMask = Mapping[str, bool] | Callable[[str], bool] | None

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from .backend import to_host
-from .files import atomic_open
+from ..backend import to_host
+from ..tools.files import atomic_open
 
 META_KEY = "__meta__"
 OPTIMIZER_PREFIX = "optimizer/"
@@ -85,7 +85,7 @@ def load_model(path: Path | str, dtype: str | None = None) -> Any:
     A checkpoint written by this project carries its configuration; an official Mixer ``.npz`` (parameters only)
     has its configuration read off the parameter shapes (``config_from_params``). ``dtype`` overrides the saved one.
     """
-    from .architectures import model_from_config
+    from ..nn.architectures import model_from_config
 
     params, _, meta = load_checkpoint(path)
     config = dict(meta["model"]) if "model" in meta else config_from_params(params, path)

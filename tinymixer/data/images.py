@@ -2,7 +2,7 @@
 
 Pictures are decoded with Pillow, which is already installed as a dependency of matplotlib: no new dependency.
 Every function returns uint8 arrays, (H, W, 3) for one image and (N, H, W, 3) for many; ``tinymixer.data.normalize``
-(called by ``tinymixer.evaluate.predict_logits``) then scales them to [-1, 1].
+(called by ``tinymixer.training.evaluate.predict_logits``) then scales them to [-1, 1].
 
 **Reading** (``read_image``). EXIF orientation is applied (``PIL.ImageOps.exif_transpose``), so a phone photo is
 upright as a viewer shows it. Grey, black-and-white and palette images become RGB with R = G = B (or the palette's
@@ -31,7 +31,7 @@ module rounds); use it for pictures far from square, which the default squeezes.
 **Folders.** ``list_image_folder`` / ``load_image_folder`` read the ImageFolder convention
 (``root/<class name>/**/*.jpg|png|...``, classes sorted by name) with either ``root/train`` + ``root/test`` (or
 ``root/val``) subfolders or a seeded random hold-out, into a ``tinymixer.data.Dataset``; ``image_folder_to_cifar``
-(also ``python -m tinymixer.images ROOT OUT --size 32``) writes it as a CIFAR-layout folder that
+(also ``python -m tinymixer.data.images ROOT OUT --size 32``) writes it as a CIFAR-layout folder that
 ``examples/cifar10.py --data-dir OUT`` trains on. Images go straight into preallocated uint8 arrays.
 
 **ImageNet-1k class names** (``imagenet1k_class_names``): the file ``imagenet1k_classes.txt`` shipped in this
@@ -53,8 +53,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import Parser
-from .data import DataError, Dataset, bilinear_resize, is_cifar_folder, save_folder
+from ..data import DataError, Dataset, bilinear_resize, is_cifar_folder, save_folder
+from ..tools.cli import Parser
 
 WHITE = (255, 255, 255)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
@@ -308,14 +308,14 @@ def imagenet1k_class_names() -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# python -m tinymixer.images ROOT OUT --size 32
+# python -m tinymixer.data.images ROOT OUT --size 32
 
 
 def main(argv: list[str] | None = None) -> int:
     """Convert an ImageFolder tree into a CIFAR-layout folder."""
 
     parser = Parser(
-        prog="python -m tinymixer.images",
+        prog="python -m tinymixer.data.images",
         description="Write a folder of images in the ImageFolder layout (ROOT/<class name>/<images>, or "
                     "ROOT/train/<class name>/... and ROOT/test/<class name>/...) as a CIFAR-layout data folder "
                     "that examples/cifar10.py --data-dir trains on.")

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from . import backend
+from .. import backend
 from .blocks import (
     BlockMasks,
     draw_block_masks,

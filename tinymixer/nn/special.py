@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .backend import array_module
+from ..backend import array_module
 
 # Coefficients of P(s), lowest power first.
 _ERFC_POLY = (

@@ -11,11 +11,11 @@ from typing import Any
 
 import numpy as np
 
+from ..data import normalize
+from ..nn.blocks import masks_rows
+from ..nn.layers import dense_backward, dense_forward, softmax_cross_entropy
 from .augment import augment
-from .blocks import masks_rows
-from .data import normalize
 from .evaluate import evaluate
-from .layers import dense_backward, dense_forward, softmax_cross_entropy
 from .optim import SGD, clip_by_global_norm, warmup_cosine, warmup_steps
 
 HEAD = ("head/kernel", "head/bias")
@@ -40,8 +40,8 @@ def train_step(model: Any, optimizer: SGD, images: Any, labels: np.ndarray, lr: 
     ``head_only``: train the head alone, the rest frozen (a linear probe on the model's features): the features
     are computed in an evaluation pass, only the head's gradients are formed, and only the head is updated.
 
-    Data parallel (``comm`` from ``tinymixer.distributed`` with several ranks): ``images`` are this rank's share
-    of a batch of ``global_batch`` images. The loss and dL/dlogits are weighted by share / global_batch, so that
+    Data parallel (``comm`` from ``tinymixer.training.distributed`` with several ranks): ``images`` are this rank's
+    share of a batch of ``global_batch`` images. The loss and dL/dlogits are weighted by share / global_batch, so that
     the gradients summed over the ranks (one all-reduce of ``model.grad_buffer``) are the whole batch's gradient
     and every rank takes the same step; the returned loss is this rank's part of the batch's mean loss (their sum
     over the ranks is the batch's loss)."""

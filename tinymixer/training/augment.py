@@ -41,7 +41,7 @@ permutation of the batch); the labels mix by the pasted area actually kept after
 erasing (Zhong et al. 2020): each image with probability p gets one rectangle of random area and aspect ratio filled
 with a constant (the official CIFAR code's mean pixel by default).
 
-``python -m tinymixer.augment --bench`` measures images/s of each operation on CIFAR-shaped uint8 batches.
+``python -m tinymixer.training.augment --bench`` measures images/s of each operation on CIFAR-shaped uint8 batches.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from .cli import Parser
+from ..tools.cli import Parser
 
 MAX_LEVEL = 10.0  # the official code divides magnitudes by this (no clipping: 15, 20, 30 go beyond)
 FILL = 128  # the official fill of geometric operations and Cutout (grey)
@@ -593,7 +593,7 @@ def random_erasing(images: np.ndarray, rng: np.random.Generator, prob: float = 0
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# python -m tinymixer.augment --bench
+# python -m tinymixer.training.augment --bench
 
 
 def _time(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
@@ -612,7 +612,7 @@ def _step_seconds(config: str, images: np.ndarray, labels: np.ndarray, repeats: 
     """The median and fastest seconds of one float32 training step of ``config`` on ``images`` (normalised here)."""
     import tinymixer as tm
     from tinymixer.data import normalize
-    from tinymixer.train import train_step
+    from tinymixer.training.train import train_step
 
     model = tm.MlpMixer.from_name(config, num_classes=10, image_size=images.shape[1])
     x = model.xp.asarray(normalize(images))
@@ -665,8 +665,8 @@ def bench(batch_size: int = 128, image_size: int = 32, repeats: int = 20, step: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m tinymixer.augment --bench``: the benchmark; without --bench, the help."""
-    p = Parser(prog="python -m tinymixer.augment", description=__doc__.split("\n\n")[0])
+    """``python -m tinymixer.training.augment --bench``: the benchmark; without --bench, the help."""
+    p = Parser(prog="python -m tinymixer.training.augment", description=__doc__.split("\n\n")[0])
     p.add_argument("--bench", action="store_true", help="measure images/s of each augmentation")
     p.add_argument("--batch-size", type=int, default=128, help="images per batch")
     p.add_argument("--image-size", type=int, default=32, help="image side in pixels")

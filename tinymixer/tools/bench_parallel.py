@@ -1,6 +1,6 @@
-"""python -m tinymixer.bench_parallel: data-parallel training measured, and a cost model for many machines.
+"""python -m tinymixer.tools.bench_parallel: data-parallel training measured, and a cost model for many machines.
 
-Measured (``python -m tinymixer.bench_parallel``): one training step of a model (float32, random data) in each
+Measured (``python -m tinymixer.tools.bench_parallel``): one training step of a model (float32, random data) in each
 layout of this machine's cores — 1 process x 1 thread, 1 process x T threads, P processes x 1 thread under
 ``mpiexec`` — with the step's time, the all-reduce's share of it (timed inside the step, so waiting for a slower
 rank counts) and the all-reduce alone (after a barrier: the transfer itself), and images/s.
@@ -62,9 +62,9 @@ def scaling_efficiency(seconds_per_image: float, global_batch: int, processes: i
 def measure(config: str, batch_size: int, steps: int, image_size: int) -> dict | None:
     """Time ``steps`` training steps (after 2 to warm up) in the current world; rank 0 returns the medians."""
     import tinymixer as tm
-    from tinymixer import distributed
     from tinymixer.chunks import num_threads
-    from tinymixer.layers import softmax_cross_entropy
+    from tinymixer.nn.layers import softmax_cross_entropy
+    from tinymixer.training import distributed
 
     comm = distributed.init()
     tm.set_backend("numpy")
@@ -114,7 +114,7 @@ def measure(config: str, batch_size: int, steps: int, image_size: int) -> dict |
 
 def run_layout(processes: int, threads: int, args: argparse.Namespace) -> dict:
     """Measure one layout in fresh processes (mpiexec for more than one)."""
-    command = [sys.executable, "-m", "tinymixer.bench_parallel", "--worker", "--config", args.config,
+    command = [sys.executable, "-m", "tinymixer.tools.bench_parallel", "--worker", "--config", args.config,
                "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--image-size", str(args.image_size)]
     if processes > 1:
         command = [mpiexec(), "-n", str(processes)] + command
@@ -180,7 +180,7 @@ def _ms(seconds: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = Parser(prog="python -m tinymixer.bench_parallel", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="python -m tinymixer.tools.bench_parallel", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="tiny/4", help="model size")
     parser.add_argument("--batch-size", type=int, default=128, help="global batch")
     parser.add_argument("--image-size", type=int, default=32, help="image side in pixels")
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.worker:
-        from tinymixer import distributed
+        from tinymixer.training import distributed
 
         def worker() -> int:
             result = measure(args.config, args.batch_size, args.steps, args.image_size)

@@ -31,14 +31,15 @@ import numpy as np
 
 import tinymixer as tm
 
-from . import backend, chunks, data, distributed
+from .. import backend, chunks, data
+from ..nn.gradcheck import directional_check
+from ..nn.layers import softmax_cross_entropy
+from ..nn.mixer import MlpMixer
+from ..training import distributed
+from ..training.optim import SGD
+from ..training.train import train_step
 from .bench import blas_description
 from .cli import Parser
-from .gradcheck import directional_check
-from .layers import softmax_cross_entropy
-from .model import MlpMixer
-from .optim import SGD
-from .train import train_step
 
 # The environment variables that change what tinymixer does, with what each one does.
 ENVIRONMENT = {

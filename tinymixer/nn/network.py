@@ -1,6 +1,6 @@
 """What every network here shares: a flat dict of parameters, a training forward that keeps caches, a backward
 that fills ``grads`` (views of one contiguous ``grad_buffer``), a batch cut into shards run on threads, the linear
-head on pooled features, and input checks. ``MlpMixer`` (model.py) and the CNN baseline ``ResNet`` (cnn.py) are
+head on pooled features, and input checks. ``MlpMixer`` (mixer.py) and the CNN baseline ``ResNet`` (cnn.py) are
 subclasses: each writes only its own body, from images to the pooled features (B, C), and that body's backward.
 
     logits = features(images) @ W_head + b_head        features: the subclass's body, (B, C)
@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from . import backend
+from .. import backend
+from ..chunks import batch_shards, for_shards
 from .blocks import masks_rows
-from .chunks import batch_shards, for_shards
 from .layers import Array, dense_backward, dense_forward
 
 

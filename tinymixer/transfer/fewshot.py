@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from .backend import to_host
+from ..backend import to_host
 
 L2 = 2.0 ** 10  # the official default regularisation (config.l2_reg)
 BIAS_FEATURE = 100.0  # the official BIAS_CONSTANT: the constant feature that carries the bias

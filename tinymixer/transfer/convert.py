@@ -5,7 +5,7 @@ metadata) as float32 under exactly the official names and shapes (``stem/kernel`
 ``head/bias`` (K,)). That is what the official code reads: ``vit_jax/checkpoint.py``'s ``load`` takes every array
 of the file with ``np.load(allow_pickle=False)``, splits the names at '/' into a nested tree (``recover_tree``)
 and renumbers ``Name_i`` submodules per class (``convert_pre_linen``, which leaves this layout as it is).
-``tinymixer.checkpoint.load_model`` reads it back, its configuration taken off the shapes.
+``tinymixer.training.checkpoint.load_model`` reads it back, its configuration taken off the shapes.
 
 **timm.** ``to_timm_state_dict(params)`` gives the state dict of ``timm.models.mlp_mixer.MlpMixer`` as NumPy
 arrays (``to_torch`` makes tensors of them), ``from_timm_state_dict(state_dict)`` the reverse, with the
@@ -43,7 +43,7 @@ fine-tuning in timm absorbs it. ``model_from_timm`` builds the tinymixer model o
 PyTorch is not needed by this module except to read or write ``.pth`` files (``to_torch``, ``load_pth``,
 ``save_pth``, the command line), which import it when called.
 
-Command line: ``python -m tinymixer.convert IN OUT``; the direction follows the suffixes:
+Command line: ``python -m tinymixer.transfer.convert IN OUT``; the direction follows the suffixes:
 ``.npz -> .pth``/``.pt`` (a tinymixer or official checkpoint to a timm state dict), ``.pth``/``.pt -> .npz`` (to
 the official layout), ``.npz -> .npz`` (a tinymixer checkpoint's parameters alone, in the official layout).
 """
@@ -57,11 +57,11 @@ from typing import Any
 
 import numpy as np
 
-from .backend import to_host
-from .checkpoint import CheckpointError, load_checkpoint
-from .cli import Parser
-from .files import atomic_open
-from .model import param_shapes
+from ..backend import to_host
+from ..nn.mixer import param_shapes
+from ..tools.cli import Parser
+from ..tools.files import atomic_open
+from ..training.checkpoint import CheckpointError, load_checkpoint
 
 NPZ_SUFFIXES = (".npz",)
 TORCH_SUFFIXES = (".pth", ".pt")
@@ -131,8 +131,8 @@ def official_params(model_or_params: Any) -> dict[str, np.ndarray]:
 def save_official(model_or_params: Any, path: Path | str) -> Path:
     """Write a model's parameters as an official-layout ``.npz`` (float32, parameters only), atomically.
 
-    ``vit_jax``'s ``checkpoint.load`` and ``tinymixer.checkpoint.load_model`` read it; a model loaded back gives
-    the same logits as the one saved (a float64 model's weights are rounded to float32, as in any official file).
+    ``vit_jax``'s ``checkpoint.load`` and ``tinymixer.training.checkpoint.load_model`` read it; a model loaded back
+    gives the same logits as the one saved (a float64 model's weights are rounded to float32, as in any official file).
     """
     path = Path(path)
     arrays = official_params(model_or_params)
@@ -271,8 +271,8 @@ def model_from_timm(state_dict: Mapping[str, Any], image_size: int | tuple[int, 
                     dtype: str | None = None, gelu: str = "erf") -> Any:
     """A tinymixer ``MlpMixer`` holding a timm ``MlpMixer`` state dict, with the exact GELU that timm computes
     (``gelu="tanh"`` for weights trained by the official JAX code, whose function that is)."""
-    from .checkpoint import load_params_into
-    from .model import MlpMixer
+    from ..nn.mixer import MlpMixer
+    from ..training.checkpoint import load_params_into
 
     params, config = from_timm_state_dict(state_dict, image_size)
     config["gelu"] = gelu
@@ -400,10 +400,10 @@ def convert_file(source: Path | str, target: Path | str) -> str:
             raise ConversionError(f"{source}: {exc}") from exc
         save_official(params, target)
         return (f"wrote {target}: official-layout Mixer ({_describe(config)}), float32.\n"
-                f"GELU: timm computes these weights with the exact (erf) form; tinymixer.checkpoint.load_model"
+                f"GELU: timm computes these weights with the exact (erf) form; tinymixer.training.checkpoint.load_model"
                 f"('{target}') builds the official tanh form (the original function of weights trained by the "
                 f"official JAX code), which differs slightly; for timm's function use gelu='erf': "
-                f"tinymixer.convert.model_from_timm(tinymixer.convert.load_pth('{source}'))")
+                f"tinymixer.transfer.convert.model_from_timm(tinymixer.transfer.convert.load_pth('{source}'))")
 
     params, config, kind = _npz_model(source)
     if dst in NPZ_SUFFIXES:
@@ -420,9 +420,9 @@ def convert_file(source: Path | str, target: Path | str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m tinymixer.convert IN OUT``: exit 0 on success, 2 with a one-line error on bad input."""
+    """``python -m tinymixer.transfer.convert IN OUT``: exit 0 on success, 2 with a one-line error on bad input."""
     parser = Parser(
-        prog="python -m tinymixer.convert",
+        prog="python -m tinymixer.transfer.convert",
         description="Convert MLP-Mixer weights; the direction follows the suffixes. IN.npz (a tinymixer checkpoint "
                     "or the official layout) -> OUT.pth/.pt: a timm MlpMixer state dict (needs PyTorch). "
                     "IN.pth/.pt (a timm MlpMixer state dict) -> OUT.npz: the official layout. IN.npz -> OUT.npz: "

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from . import backend
+from .. import backend
 
 Array = Any
 
@@ -170,7 +170,7 @@ def share_the_cores(processes_here: int) -> int:
     them (at least 1), unless the user set a thread count (TINYMIXER_THREADS, OMP_NUM_THREADS, ...). Sets
     TINYMIXER_THREADS (the batch's shards, ``chunks.num_threads``) and the BLAS library's threads to it, so that
     N processes of T threads never ask for more than the cores there are."""
-    from .chunks import THREADS_ENV, num_threads
+    from ..chunks import THREADS_ENV, num_threads
 
     if any(os.environ.get(name) for name in (THREADS_ENV, "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                               "MKL_NUM_THREADS")):

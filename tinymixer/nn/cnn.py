@@ -34,11 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from . import backend
+from .. import backend
+from ..chunks import for_row_blocks, scratch
 from .blocks import prefixed, subtree
-from .chunks import for_row_blocks, scratch
 from .layers import Array, conv2d_backward, conv2d_forward, mean_pool_backward, mean_pool_forward
-from .model import lecun_normal
+from .mixer import lecun_normal
 from .network import Network
 
 GROUP_NORM_EPS = 1e-6  # Flax's GroupNorm default, as the Mixer's LayerNorm
