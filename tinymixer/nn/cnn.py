@@ -270,11 +270,7 @@ class ResNet(Network):
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
         self.num_classes, self.widths, self.depths, self.groups = num_classes, widths, depths, groups
         self.image_size, self.in_channels = (h, w), in_channels
-        self.xp = backend.get_backend()
-        self.params: dict[str, Array] = {
-            k: self.xp.asarray(v, dtype=self.dtype) for k, v in self.init_params(seed).items()
-        }
-        self._reset_state()
+        self._initialise(seed)
 
     @classmethod
     def from_name(cls, name: str, *, num_classes: int, image_size: int | tuple[int, int] = 32,

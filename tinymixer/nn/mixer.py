@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from .. import backend
 from .blocks import (
     BlockMasks,
     draw_block_masks,
@@ -188,11 +187,7 @@ class MlpMixer(Network):
         self.gelu = gelu
         self.dropout = float(dropout)
         self.stochastic_depth = float(stochastic_depth)
-        self.xp = backend.get_backend()
-        self.params: dict[str, Array] = {
-            k: self.xp.asarray(v, dtype=self.dtype) for k, v in self.init_params(seed).items()
-        }
-        self._reset_state()
+        self._initialise(seed)
 
     @classmethod
     def from_name(cls, name: str, *, num_classes: int, image_size: int | tuple[int, int] = 224,

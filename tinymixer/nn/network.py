@@ -23,9 +23,10 @@ from .layers import Array, dense_backward, dense_forward
 
 
 class Network:
-    """The shared machinery. A subclass sets ``xp``, ``dtype``, ``params`` (ending with ``head/kernel`` and
-    ``head/bias``), ``image_size``, ``in_channels``, ``num_classes``, calls ``_reset_state()``, and implements
-    ``param_shapes``, ``config``, ``flops_per_image``, ``_features_shard`` and ``_features_backward``."""
+    """The shared machinery. A subclass sets ``dtype``, ``image_size``, ``in_channels``, ``num_classes``, calls
+    ``_initialise(seed)`` (which makes ``params`` from its ``init_params``, ending with ``head/kernel`` and
+    ``head/bias``), and implements ``param_shapes``, ``config``, ``flops_per_image``, ``init_params``,
+    ``_features_shard`` and ``_features_backward``."""
 
     xp: Any
     dtype: np.dtype
@@ -33,6 +34,15 @@ class Network:
     image_size: tuple[int, int]
     in_channels: int
     num_classes: int
+
+    def _initialise(self, seed: int) -> None:
+        """The parameters from ``init_params(seed)`` (NumPy, so a seed means the same weights on every backend),
+        moved to the backend's arrays in the network's dtype; no gradients or cache yet."""
+        self.xp = backend.get_backend()
+        self.params: dict[str, Array] = {
+            k: self.xp.asarray(v, dtype=self.dtype) for k, v in self.init_params(seed).items()
+        }
+        self._reset_state()
 
     def _reset_state(self) -> None:
         self.grads: dict[str, Array] = {}
@@ -49,6 +59,9 @@ class Network:
         raise NotImplementedError
 
     def flops_per_image(self) -> int:
+        raise NotImplementedError
+
+    def init_params(self, seed: int) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
     def _features_shard(self, x: Array, train: bool, masks: Any = None) -> tuple[Array, tuple | None]:
