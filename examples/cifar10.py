@@ -50,6 +50,7 @@ from tinymixer.data import (
     normalize,
     resize_batch,
 )
+from tinymixer.nn.architectures import MIN_TOKENS
 from tinymixer.nn.blocks import masks_rows
 from tinymixer.tools.cli import Parser, duration, number
 from tinymixer.tools.files import atomic_open
@@ -111,7 +112,6 @@ RECIPES = {
                       "epochs": 300, "warmup": "5ep", "schedule": "cosine", "end_lr": 1e-6, "label_smoothing": 0.1,
                       "randaugment": "2,9", "cutmix": 1.0, "clip": 0.0},
 }
-MIN_TOKENS = 16  # the automatic patch size keeps at least a 4 x 4 grid of tokens for token mixing to mix
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -397,13 +397,6 @@ def load_data(args: argparse.Namespace) -> Dataset:
                    data.class_names)
 
 
-def auto_patch_size(size_patch: int, h: int, w: int) -> int:
-    """The size's patch size if it tiles the image into at least MIN_TOKENS patches, else the largest smaller one
-    that does (so that an 8x8 image is not cut into 4 tokens)."""
-    fits = [p for p in range(size_patch, 0, -1) if h % p == 0 and w % p == 0 and (h // p) * (w // p) >= MIN_TOKENS]
-    return fits[0] if fits else 1
-
-
 def check_model_options(args: argparse.Namespace) -> None:
     """--config auto becomes the family's default size; a size of the other family, or an option the family does
     not have, is refused in one line."""
@@ -442,7 +435,7 @@ def build_model(args: argparse.Namespace, data: Dataset) -> Model:
     patch = args.patch_size
     if patch == "auto":
         size_patch = tm.SIZES[args.config].patch_size
-        patch = auto_patch_size(size_patch, h, w)
+        patch = tm.auto_patch_size(size_patch, (h, w))
         if patch != size_patch:
             log(f"note: patch size {patch}: {args.config}'s {size_patch} would leave "
                   f"{(h // size_patch) * (w // size_patch) if h % size_patch == w % size_patch == 0 else 'no whole'}"

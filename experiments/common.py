@@ -28,7 +28,6 @@ from tinymixer.tools.cli import HelpWithDefaults, Parser, number, positive_int
 from tinymixer.training.evaluate import evaluate
 from tinymixer.training.train import fit, train_step
 
-MIN_TOKENS = 16  # as examples/cifar10.py: the automatic patch size keeps at least a 4 x 4 grid of tokens
 # The learning rates used when no sweep runs (--preset quick, or --no-sweep). Mixer: the fine-tuning recipe's
 # default of examples/cifar10.py (batch 128). CNN: the usual SGD rate of a ResNet on CIFAR at batch 128 (0.1,
 # He et al. 2016), which suits a pre-activation ResNet with GroupNorm and clipping at 1 as well.
@@ -199,19 +198,12 @@ def family(name: str) -> str:
     return "CNN" if name.startswith("cnn") else "Mixer"
 
 
-def auto_patch_size(size_patch: int, h: int, w: int) -> int:
-    """The size's patch size if it tiles the image into at least MIN_TOKENS patches, else the largest smaller one
-    that does (as examples/cifar10.py: an 8x8 image is not cut into 4 tokens)."""
-    fits = [p for p in range(size_patch, 0, -1) if h % p == 0 and w % p == 0 and (h // p) * (w // p) >= MIN_TOKENS]
-    return fits[0] if fits else 1
-
-
 def build_model(name: str, data: Dataset, seed: int = 0, dtype: str = "float32") -> Any:
     """The named network for this data's images and classes (a Mixer with the automatic patch size)."""
     h, w, c = data.image_shape
     kwargs: dict[str, Any] = {"in_channels": c, "seed": seed, "dtype": dtype}
     if family(name) == "Mixer":
-        kwargs["patch_size"] = auto_patch_size(tm.SIZES[name].patch_size, h, w)
+        kwargs["patch_size"] = tm.auto_patch_size(tm.SIZES[name].patch_size, (h, w))
     try:
         return make_model(name, num_classes=data.num_classes, image_size=(h, w), **kwargs)
     except ValueError as exc:

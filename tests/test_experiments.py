@@ -135,9 +135,10 @@ def test_stratified_subsets_keep_the_class_shares_and_are_nested():
 
 
 def test_the_automatic_patch_size_keeps_sixteen_tokens():
-    common = load("common")
-    assert common.auto_patch_size(4, 32, 32) == 4 and common.auto_patch_size(4, 8, 8) == 2
-    assert common.auto_patch_size(4, 16, 16) == 4 and common.auto_patch_size(4, 12, 12) == 3
+    assert tm.auto_patch_size(4, (32, 32)) == 4 and tm.auto_patch_size(4, (8, 8)) == 2
+    assert tm.auto_patch_size(4, (16, 16)) == 4 and tm.auto_patch_size(4, (12, 12)) == 3
+    assert tm.auto_patch_size(4, (3, 3)) == 1  # no patch leaves 16 tokens: pixels as tokens
+    assert tm.auto_patch_size(16, (224, 224)) == 16 and tm.auto_patch_size(4, (28, 28)) == 4
 
 
 def test_the_sweep_scores_on_held_out_training_images_and_extends_past_the_grids_edge(monkeypatch, tmp_path):

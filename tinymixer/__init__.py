@@ -16,7 +16,7 @@ from .backend import (
     to_device,
     to_host,
 )
-from .nn.architectures import MODEL_NAMES, make_model, model_from_config
+from .nn.architectures import MODEL_NAMES, auto_patch_size, make_model, model_from_config
 from .nn.cnn import CNN_SIZES, ResNet
 from .nn.gradcheck import check_gradients, directional_check, numerical_gradient, rel_error
 from .nn.layers import softmax_cross_entropy
@@ -50,7 +50,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MlpMixer", "MixerSize", "SIZES", "describe_size", "softmax_cross_entropy",
-    "ResNet", "CNN_SIZES", "make_model", "model_from_config", "MODEL_NAMES",
+    "ResNet", "CNN_SIZES", "make_model", "model_from_config", "MODEL_NAMES", "auto_patch_size",
     "SGD", "Adam", "AdamW", "decay_mask", "clip_by_global_norm", "global_norm",
     "warmup_cosine", "warmup_linear_decay", "schedule", "SCHEDULES", "warmup_steps",
     "check_gradients", "directional_check", "numerical_gradient", "rel_error",

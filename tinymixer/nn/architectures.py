@@ -16,6 +16,16 @@ from .network import Network
 
 MODEL_NAMES: list[str] = [*SIZES, *CNN_SIZES]
 
+MIN_TOKENS = 16  # the automatic patch size keeps at least a 4 x 4 grid of tokens for token mixing to mix
+
+
+def auto_patch_size(size_patch: int, image_hw: tuple[int, int], min_tokens: int = MIN_TOKENS) -> int:
+    """The size's patch size if it tiles (H, W) images into at least ``min_tokens`` patches, else the largest
+    smaller one that does (so that an 8x8 image is not cut into 4 tokens); 1 if none does."""
+    h, w = image_hw
+    fits = [p for p in range(size_patch, 0, -1) if h % p == 0 and w % p == 0 and (h // p) * (w // p) >= min_tokens]
+    return fits[0] if fits else 1
+
 
 def make_model(name: str, *, num_classes: int, image_size: int | tuple[int, int] = 32, **kwargs: Any) -> Network:
     """The named network; keywords of its class's constructor (``seed``, ``dtype``, ``in_channels``,
