@@ -272,6 +272,23 @@ def test_whole_network_matches_pytorch():
     assert errors[worst] < 1e-10, {k: v for k, v in errors.items() if v >= 1e-10}
 
 
+def test_initialisation_is_he_normal_with_a_zero_head_and_deterministic():
+    """The shared ``Network.init_params`` with the CNN's ``init_kernel``: variance 2 / fan_in (not the Mixer's 1)."""
+    model = tm.make_model("cnn-tiny", num_classes=10, image_size=32, seed=3, dtype="float64")
+    p = model.params
+    assert np.all(p["head/kernel"] == 0) and np.all(p["head/bias"] == 0)
+    assert all(np.all(v == 1) for k, v in p.items() if k.endswith("/scale"))
+    assert all(np.all(v == 0) for k, v in p.items() if k.endswith("/bias"))
+    conv = p["stage2/block1/conv2/kernel"]  # (3, 3, 160, 160): fan-in 1,440
+    assert conv.shape == (3, 3, 160, 160)
+    assert conv.std() == pytest.approx(np.sqrt(2 / 1440), rel=0.01)
+    assert np.abs(conv).max() <= 2 * np.sqrt(2 / 1440) / 0.87962566103423978
+    again = tm.make_model("cnn-tiny", num_classes=10, image_size=32, seed=3, dtype="float64")
+    assert all(np.array_equal(p[k], again.params[k]) for k in p)
+    other = tm.make_model("cnn-tiny", num_classes=10, image_size=32, seed=4, dtype="float64")
+    assert not np.array_equal(p["stem/kernel"], other.params["stem/kernel"])
+
+
 def test_sizes_pair_with_the_mixers_in_parameters():
     """Each CNN size has within 15% of the parameters of the Mixer it is compared with (32x32, 10 classes)."""
     for cnn, mixer in [("cnn-micro", "micro/4"), ("cnn-tiny", "tiny/4"), ("cnn-small", "small/4")]:

@@ -313,19 +313,10 @@ class ResNet(Network):
                        "head/kernel": (c, self.num_classes), "head/bias": (self.num_classes,)})
         return shapes
 
-    def init_params(self, seed: int) -> dict[str, np.ndarray]:
-        """He-normal convolution kernels, GroupNorm scales 1 and biases 0, a zero head; on the host, in float64,
-        from one seeded generator (the same weights on every backend)."""
-        rng = np.random.default_rng(seed)
-        params = {}
-        for name, shape in self.param_shapes().items():
-            if name == "head/kernel" or name.endswith("/bias"):
-                params[name] = np.zeros(shape)
-            elif name.endswith("/scale"):
-                params[name] = np.ones(shape)
-            else:  # a convolution kernel (K, K, C_in, C_out): fan-in K*K*C_in
-                params[name] = he_normal(rng, shape, fan_in=math.prod(shape[:-1]))
-        return params
+    def init_kernel(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+        """He-normal for every convolution kernel (K, K, C_in, C_out), fan-in = all axes but the last.
+        (Biases 0, GroupNorm scales 1 and a zero head: ``Network.init_params``.)"""
+        return he_normal(rng, shape, fan_in=math.prod(shape[:-1]))
 
     def flops_per_image(self) -> int:
         """2 x the multiply-adds of one image's convolutions and head (norms, ReLUs and sums are a few percent)."""

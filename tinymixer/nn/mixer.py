@@ -220,19 +220,10 @@ class MlpMixer(Network):
         return param_shapes(self.num_blocks, self.patch_size, self.hidden_dim, self.tokens_mlp_dim,
                             self.channels_mlp_dim, self.num_tokens, self.in_channels, self.num_classes)
 
-    def init_params(self, seed: int) -> dict[str, np.ndarray]:
-        """The official initialisation, on the host in float64 from one seeded NumPy generator: LeCun-normal
-        kernels (fan-in = all axes but the last), zero biases, LayerNorm scales one, and a zero head kernel."""
-        rng = np.random.default_rng(seed)
-        params = {}
-        for name, shape in self.param_shapes().items():
-            if name == "head/kernel" or name.endswith("/bias"):
-                params[name] = np.zeros(shape)
-            elif name.endswith("/scale"):
-                params[name] = np.ones(shape)
-            else:  # a Dense or the stem's conv kernel
-                params[name] = lecun_normal(rng, shape, fan_in=math.prod(shape[:-1]))
-        return params
+    def init_kernel(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+        """The official initialiser: LeCun-normal for every Dense and the stem's conv kernel, fan-in = all axes
+        but the last. (Zero biases, LayerNorm scales one and a zero head: ``Network.init_params``.)"""
+        return lecun_normal(rng, shape, fan_in=math.prod(shape[:-1]))
 
     def flops_per_image(self) -> int:
         """Multiply-adds x 2 of the forward pass's matrix multiplies (the elementwise work is a few percent).

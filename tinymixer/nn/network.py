@@ -25,7 +25,7 @@ from .layers import Array, dense_backward, dense_forward
 class Network:
     """The shared machinery. A subclass sets ``dtype``, ``image_size``, ``in_channels``, ``num_classes``, calls
     ``_initialise(seed)`` (which makes ``params`` from its ``init_params``, ending with ``head/kernel`` and
-    ``head/bias``), and implements ``param_shapes``, ``config``, ``flops_per_image``, ``init_params``,
+    ``head/bias``), and implements ``param_shapes``, ``config``, ``flops_per_image``, ``init_kernel``,
     ``_features_shard`` and ``_features_backward``."""
 
     xp: Any
@@ -61,8 +61,25 @@ class Network:
     def flops_per_image(self) -> int:
         raise NotImplementedError
 
-    def init_params(self, seed: int) -> dict[str, np.ndarray]:
+    def init_kernel(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+        """A fresh kernel of ``shape`` (..., C_out), drawn from ``rng``: the family's initialiser."""
         raise NotImplementedError
+
+    def init_params(self, seed: int) -> dict[str, np.ndarray]:
+        """Fresh parameters on the host in float64, from one seeded NumPy generator (so a seed means the same
+        weights on every backend), in ``param_shapes`` order: zero biases and a zero head kernel (the first
+        logits are all 0: every class starts equally likely), norm scales one, every other kernel from
+        ``init_kernel``."""
+        rng = np.random.default_rng(seed)
+        params = {}
+        for name, shape in self.param_shapes().items():
+            if name == "head/kernel" or name.endswith("/bias"):
+                params[name] = np.zeros(shape)
+            elif name.endswith("/scale"):
+                params[name] = np.ones(shape)
+            else:
+                params[name] = self.init_kernel(rng, shape)
+        return params
 
     def _features_shard(self, x: Array, train: bool, masks: Any = None) -> tuple[Array, tuple | None]:
         """The body on one batch (or shard): features (B, C) and, when ``train``, the caches its backward needs."""
