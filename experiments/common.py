@@ -102,6 +102,15 @@ def build_parser(prog: str, description: str, presets: dict[str, Preset], experi
     return parser
 
 
+def add_seeds_option(parser: Parser, what: str) -> None:
+    """--seeds N: every training run repeated with seeds --seed, --seed+1, ... (weights and data order), ``what``
+    staying those of --seed, so the report can tell a difference from the noise of a random start."""
+    parser.add_argument("--seeds", type=positive_int, default=1, metavar="N",
+                        help=f"train every model N times (seeds --seed, --seed+1, ...: the weights and the data "
+                             f"order) and report mean +- standard deviation; {what} and the learning-rate sweep "
+                             f"stay those of --seed")
+
+
 def describe_preset(preset: Preset) -> str:
     """One line of --help: what a preset sets."""
     parts = [" vs ".join(preset.models), f"{preset.epochs} epochs", f"batch {preset.batch_size}",
@@ -259,6 +268,35 @@ def train(model: Any, data: Dataset, preset: Preset, lr: float, *, seed: int = 0
         accuracy, loss = result["accuracy"], result["loss"]
     return {"history": history, "test_accuracy": accuracy, "test_loss": loss, "seconds": seconds, "lr": lr,
             "epochs": epochs, "steps": epochs * (len(data.train_labels) // preset.batch_size)}
+
+
+def repeated(train_one: Callable[[int], dict[str, Any]], seeds: Sequence[int]) -> dict[str, Any]:
+    """``train_one(seed)`` for every seed. Returns the first seed's result as it is (one seed: nothing added);
+    with more, the others' results under ``repeats`` and every seed's test accuracy in ``test_accuracy_by_seed``."""
+    results = [train_one(seed) for seed in seeds]
+    first = results[0] | {"seed": seeds[0]}
+    if len(results) > 1:
+        first["repeats"] = [r | {"seed": seed} for r, seed in zip(results[1:], seeds[1:], strict=True)]
+        first["test_accuracy_by_seed"] = [r["test_accuracy"] for r in results]
+    return first
+
+
+def all_seeds(run: dict[str, Any]) -> list[dict[str, Any]]:
+    """A ``repeated`` result and its repeats: one result per seed."""
+    return [run, *run.get("repeats", [])]
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """The mean and the sample standard deviation (ddof 1; 0 for one value)."""
+    values = np.asarray(values, dtype=float)
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def percent_spread(values: Sequence[float], signed: bool = False) -> str:
+    """Fractions as percent (or, ``signed``, as points with a sign): '97.50', or '97.50 ± 0.31' for several seeds."""
+    mean, std = mean_std(values)
+    text = f"{100 * mean + 0.0:+.2f}" if signed else f"{100 * mean:.2f}"  # + 0.0: no "-0.00"
+    return text if len(values) == 1 else f"{text} ± {100 * std:.2f}"
 
 
 def choose_lrs(names: Iterable[str], data: Dataset, preset: Preset, args: Any) -> tuple[dict[str, float], dict]:

@@ -5,6 +5,8 @@ Both models are trained on 10%, 30% and 100% of the training set: fixed, class-s
 subset gets the SAME number of optimisation steps: epochs scale as 1/fraction (the preset's ``epochs`` are the
 epochs at 100%). The rest is the recipe of the other experiments (train.fit's fine-tuning recipe, crop and flip),
 one learning rate per model family chosen on the whole training set (common.choose_lrs) and kept for every subset.
+With --seeds N every run is repeated with N seeds (weights and data order; the subsets stay those of --seed) and
+the report gives mean +- standard deviation.
 
 The paper's finding: with less data the Mixer overfits more than the ResNet and falls behind it; as the data grows
 the Mixer gains faster, and the gap shrinks (at JFT-300M's full size Mixer-H/14 passes the BiT ResNet).
@@ -30,6 +32,7 @@ from typing import Any
 import tinymixer as tm  # noqa: F401 - before NumPy loads its BLAS: see tinymixer/_blas_threads.py
 # isort: on
 import common
+import numpy as np
 from common import Planned, Preset, log
 
 from tinymixer.tools.cli import number
@@ -57,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = common.build_parser("experiments/data_size.py", __doc__.split("\n\n")[0], PRESETS, "data_size")
     parser.add_argument("--fractions", type=fractions_list, default=None, metavar="F,F,...",
                         help=f"shares of the training set (default: the preset's, {','.join(map(str, FRACTIONS))})")
+    common.add_seeds_option(parser, "the subsets")
     args = parser.parse_args(argv)
+    seeds = [args.seed + i for i in range(args.seeds)]
     preset_name = "quick" if args.quick else args.preset
     preset = common.resolve(args, PRESETS)
     fractions = args.fractions or preset.extra["fractions"]
@@ -81,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
     plan = common.sweep_plan(preset.models, data, preset, args) + [
         Planned(name, s["steps"], preset.batch_size, len(data.test_labels)) for s in subsets
-        for name in preset.models]
+        for name in preset.models for _ in seeds]
     common.announce(common.estimate(plan, data, args.seed), preset, preset_name, wait=not (args.yes or args.quick))
     start = time.perf_counter()
     lrs, lr_how = common.choose_lrs(preset.models, data, preset, args)
@@ -91,19 +96,24 @@ def main(argv: list[str] | None = None) -> int:
     for s in subsets:
         part = common.subset(data, common.stratified_subset(data.train_labels, s["images"], args.seed))
         for name in preset.models:
-            model = common.build_model(name, part, args.seed)
-            result = common.train(model, part, preset, lrs[common.family(name)], seed=args.seed, epochs=s["epochs"],
-                                  curves=False, label=f"[{name}, {100 * s['fraction']:g}%]")
-            result["train_accuracy"] = result["history"][-1]["train_accuracy"]
-            runs[name].append(s | result)
-            log(f"{name} on {s['images']} images: test accuracy {100 * result['test_accuracy']:.2f}%")
+            def train_one(seed: int, name: str = name, part: Any = part, s: dict = s) -> dict[str, Any]:
+                model = common.build_model(name, part, seed)
+                result = common.train(model, part, preset, lrs[common.family(name)], seed=seed, epochs=s["epochs"],
+                                      curves=False, label=f"[{name}, {100 * s['fraction']:g}%]")
+                result["train_accuracy"] = result["history"][-1]["train_accuracy"]
+                log(f"{name} on {s['images']} images" + (f", seed {seed}" if len(seeds) > 1 else "")
+                    + f": test accuracy {100 * result['test_accuracy']:.2f}%")
+                return result
+
+            runs[name].append(s | common.repeated(train_one, seeds))
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     plot(runs, out / "data_size.png")
     results = {"experiment": "data_size", "settings": common.settings(preset, preset_name, args, data),
                "subsets": subsets, "learning_rates": lrs, "learning_rate_choice": lr_how,
-               "test_accuracy": {name: {str(r["fraction"]): r["test_accuracy"] for r in rs}
+               "seeds": seeds,
+               "test_accuracy": {name: {str(r["fraction"]): mean(r, "test_accuracy") for r in rs}
                                  for name, rs in runs.items()},
                "runs": runs, "seconds": time.perf_counter() - start}
     results["gap"] = gap_summary(results)
@@ -111,6 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     (out / "report.md").write_text(report(results, preset_name))
     log(f"wrote {out / 'report.md'}, results.json, data_size.png ({common.format_seconds(results['seconds'])})")
     return 0
+
+
+def mean(run: dict[str, Any], key: str) -> float:
+    """``key`` averaged over the seeds of one run (common.repeated)."""
+    return common.mean_std([r[key] for r in common.all_seeds(run)])[0]
+
+
+def values(run: dict[str, Any], key: str) -> list[float]:
+    return [r[key] for r in common.all_seeds(run)]
 
 
 def fractions_list(text: str) -> tuple[float, ...]:
@@ -136,15 +155,19 @@ def gap_summary(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def plot(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
-    """Test accuracy (solid) and final training accuracy (dashed) against the number of training images, log x."""
+    """Test accuracy (solid) and final training accuracy (dashed) against the number of training images, log x;
+    with several seeds, their means and the test accuracy's standard deviation as error bars."""
     plt = common.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, rs in runs.items():
         style = common.MODEL_STYLE[common.family(name)]
         sizes = [r["images"] for r in rs]
-        ax.plot(sizes, [100 * r["test_accuracy"] for r in rs], lw=2, label=f"{name} ({common.family(name)}), test",
-                **style)
-        ax.plot(sizes, [100 * r["train_accuracy"] for r in rs], ls="--", lw=1, alpha=0.6, color=style["color"],
+        test = 100 * np.array([common.mean_std(values(r, "test_accuracy")) for r in rs])  # (sizes, [mean, std])
+        seeds = len(common.all_seeds(rs[0]))
+        ax.errorbar(sizes, test[:, 0], yerr=test[:, 1] if seeds > 1 else None, lw=2, capsize=3,
+                    label=f"{name} ({common.family(name)}), test" + (f", {seeds} seeds" if seeds > 1 else ""),
+                    **style)
+        ax.plot(sizes, [100 * mean(r, "train_accuracy") for r in rs], ls="--", lw=1, alpha=0.6, color=style["color"],
                 marker=style["marker"], markerfacecolor="none", label=f"{name}, train (last epoch)")
     ax.set_xscale("log")
     ax.set_xticks(sizes, [str(s) for s in sizes])
@@ -162,11 +185,14 @@ def report(results: dict[str, Any], preset_name: str) -> str:
     s, gap, runs = results["settings"], results["gap"], results["runs"]
     mixer, cnn = gap["mixer"], gap["cnn"]
     rows = []
+
+    def accuracy(run: dict[str, Any]) -> str:  # "test (train)"
+        return f"{common.percent_spread(values(run, 'test_accuracy'))} ({common.percent(mean(run, 'train_accuracy'))})"
+
     for m, c in zip(runs[mixer], runs[cnn], strict=True):
-        rows.append([f"{100 * m['fraction']:g}%", m["images"], m["epochs"], m["steps"],
-                     f"{common.percent(m['test_accuracy'])} ({common.percent(m['train_accuracy'])})",
-                     f"{common.percent(c['test_accuracy'])} ({common.percent(c['train_accuracy'])})",
-                     f"{100 * (c['test_accuracy'] - m['test_accuracy']):+.2f}"])
+        gaps = [b - a for a, b in zip(values(m, "test_accuracy"), values(c, "test_accuracy"), strict=True)]
+        rows.append([f"{100 * m['fraction']:g}%", m["images"], m["epochs"], m["steps"], accuracy(m), accuracy(c),
+                     common.percent_spread(gaps, signed=True)])
     table = common.markdown_table(["share", "images", "epochs", "steps", f"{mixer} test (train) %",
                                    f"{cnn} test (train) %", "CNN - Mixer (points)"], rows)
     first, last = gap["smallest"], gap["largest"]
@@ -179,6 +205,11 @@ def report(results: dict[str, Any], preset_name: str) -> str:
         verdict = (f"the gap does not shrink: the CNN minus the Mixer is {first:+.2f} points on the smallest subset "
                    f"and {last:+.2f} on the whole set")
     quick = common.quick_note(s)
+    n = len(results.get("seeds", [s["seed"]]))
+    if n > 1:
+        table += (f"\n\nMean ± standard deviation over {n} seeds ({', '.join(map(str, results['seeds']))}: the "
+                  f"initial weights and the data order; the subsets are the same); the gap is paired by seed.")
+    seeds_text = f"seed {s['seed']}" if n == 1 else f"seeds {', '.join(map(str, results['seeds']))}"
     verdict = verdict[0].upper() + verdict[1:]
     return f"""# Accuracy against training-set size: Mixer vs CNN (paper section 3.3)
 
@@ -186,7 +217,7 @@ Preset `{preset_name}`, sized for {s['sized_for']}. This run:
 up to {s['train_images']} training and {s['test_images']} test images
 of {'x'.join(map(str, s['image_shape']))}, {s['num_classes']} classes; batch {s['batch_size']}, crop padding
 {s['crop_padding_used']}, flip {s['flip']}, the fine-tuning recipe (SGD momentum 0.9, clipping at 1,
-{s['warmup']} warm-up then cosine; train.fit), seed {s['seed']}, run time {common.format_seconds(results['seconds'])}.
+{s['warmup']} warm-up then cosine; train.fit), {seeds_text}, run time {common.format_seconds(results['seconds'])}.
 The subsets are fixed, class-stratified and nested; every one gets the same number of optimisation steps (as the
 paper's 233/70/23/7 epochs on 3/10/30/100% of JFT-300M): epochs scale as 1/share.
 

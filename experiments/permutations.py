@@ -11,7 +11,9 @@ A Mixer and a CNN of about the same parameter count are trained on each with the
 fine-tuning recipe of train.fit: SGD momentum 0.9, clipping at 1, warm-up then cosine; random crop and flip,
 applied BEFORE the fixed permutation, as an input pipeline would; each family's learning rate from a sweep on a
 validation split of the training set in the full preset, see common.choose_lrs). Every model starts from its own
-seed's initialisation, as the paper's runs do.
+seed's initialisation, as the paper's runs do. With --seeds N every run is repeated with N seeds (weights and data
+order; the permutations stay those of --seed) and the report gives mean +- standard deviation, and each model's
+change under a permutation paired by seed (the same initial weights and batches on both versions of the images).
 
 Plus the exact check: a float64 Mixer trained for a few steps on patch+pixel-shuffled images (no crop or flip)
 from the permuted initial weights, and the same Mixer trained on the original images from the original weights,
@@ -19,6 +21,7 @@ are the same model in two coordinate systems: their test logits and (permuted) w
 
     python experiments/permutations.py                      # full: CIFAR-10 (micro/4 vs cnn-micro, 20 epochs)
     python experiments/permutations.py --preset digits --data-dir /tmp/digits
+    python experiments/permutations.py --preset mnist --data-dir /tmp/mnist5k --seeds 3
     python experiments/permutations.py --quick --data-dir DIR
 
 The full preset is sized for CIFAR-10 (50,000 training images of 32x32x3): it prints its expected run time on
@@ -70,7 +73,9 @@ VERSIONS = ["original", "patch + pixel shuffle", "global pixel shuffle"]
 
 def main(argv: list[str] | None = None) -> int:
     parser = common.build_parser("experiments/permutations.py", __doc__.split("\n\n")[0], PRESETS, "permutations")
+    common.add_seeds_option(parser, "the permutations")
     args = parser.parse_args(argv)
+    seeds = [args.seed + i for i in range(args.seeds)]
     preset_name = "quick" if args.quick else args.preset
     preset = common.resolve(args, PRESETS)
     data = common.load_data(args.data_dir, preset.train_size, preset.test_size, args.seed)
@@ -88,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = preset.epochs * (len(data.train_labels) // preset.batch_size)
     plan = common.sweep_plan(preset.models, data, preset, args) + [
         Planned(name, steps, preset.batch_size, preset.epochs * len(data.test_labels))
-        for name in preset.models for _ in VERSIONS]
+        for name in preset.models for _ in VERSIONS for _ in seeds]
     plan.append(Planned(mixer_name, 4 * preset.extra["check_steps"], preset.extra["check_batch"], 0))  # float64
     common.announce(common.estimate(plan, data, args.seed), preset, preset_name, wait=not (args.yes or args.quick))
     start = time.perf_counter()
@@ -103,10 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, dict[str, Any]] = {name: {} for name in preset.models}
     for version, permutation in permutations.items():
         for name in preset.models:
-            log(f"{name} on the {version} images")
-            model = common.build_model(name, data, args.seed)
-            runs[name][version] = common.train(model, data, preset, lrs[common.family(name)], seed=args.seed,
-                                               transform=permutation, label=f"[{name}, {version}]")
+            def train_one(seed: int, name: str = name, version: str = version,
+                          permutation: PixelPermutation | None = permutation) -> dict[str, Any]:
+                log(f"{name} on the {version} images" + (f", seed {seed}" if len(seeds) > 1 else ""))
+                return common.train(common.build_model(name, data, seed), data, preset, lrs[common.family(name)],
+                                    seed=seed, transform=permutation, label=f"[{name}, {version}]")
+
+            runs[name][version] = common.repeated(train_one, seeds)
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -117,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
                                  "flops_per_image": m.flops_per_image()} for name, m in [(mixer_name, mixer),
                                                                                         (cnn_name, cnn)]},
                "learning_rates": lrs, "learning_rate_choice": lr_how, "exact_check": check,
-               "final_test_accuracy": {name: {v: r["test_accuracy"] for v, r in by.items()}
+               "seeds": seeds,
+               "final_test_accuracy": {name: {v: common.mean_std(accuracies(r))[0] for v, r in by.items()}
                                        for name, by in runs.items()},
                "runs": runs, "seconds": time.perf_counter() - start}
     common.write_json(out / "results.json", results)
@@ -154,17 +163,29 @@ def exact_check(name: str, data: Any, permutation: PixelPermutation, lr: float, 
             "max_abs_logit": float(np.abs(logits_a).max())}
 
 
+def accuracies(run: dict[str, Any]) -> list[float]:
+    """The final test accuracy of every seed of one run (common.repeated)."""
+    return [r["test_accuracy"] for r in common.all_seeds(run)]
+
+
 def plot_curves(runs: dict[str, dict[str, Any]], path: Path) -> None:
-    """Test accuracy per epoch: one panel per input version, both models in each."""
+    """Test accuracy per epoch: one panel per input version, both models in each (with several seeds, their mean
+    and the band from the lowest to the highest seed)."""
     plt = common.pyplot()
     from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, len(VERSIONS), figsize=(5 * len(VERSIONS), 4), sharey=True)
     for ax, version in zip(axes, VERSIONS, strict=True):
         for name, by_version in runs.items():
-            history = by_version[version]["history"]
-            ax.plot([r["epoch"] for r in history], [100 * r["test_accuracy"] for r in history], lw=2, markersize=4,
-                    label=f"{name} ({common.family(name)})", **common.MODEL_STYLE[common.family(name)])
+            curves = 100 * np.array([[r["test_accuracy"] for r in run["history"]]
+                                     for run in common.all_seeds(by_version[version])])  # (seeds, epochs)
+            epochs = [r["epoch"] for r in by_version[version]["history"]]
+            style = common.MODEL_STYLE[common.family(name)]
+            seeds = f", mean of {len(curves)} seeds" if len(curves) > 1 else ""
+            ax.plot(epochs, curves.mean(axis=0), lw=2, markersize=4, label=f"{name} ({common.family(name)}){seeds}",
+                    **style)
+            if len(curves) > 1:
+                ax.fill_between(epochs, curves.min(axis=0), curves.max(axis=0), color=style["color"], alpha=0.15)
         ax.set(title=version, xlabel="epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs
         ax.grid(alpha=0.3)
@@ -197,39 +218,49 @@ def plot_inputs(data: Any, permutations: dict[str, PixelPermutation | None], pat
 
 
 def report(results: dict[str, Any], preset_name: str) -> str:
-    s, check, accuracy = results["settings"], results["exact_check"], results["final_test_accuracy"]
-    rows = []
-    for name, by_version in accuracy.items():
-        base = by_version["original"]
-        rows.append([f"{name} ({common.family(name)})", common.percent(base)]
-                    + [f"{common.percent(by_version[v])} ({100 * (by_version[v] - base):+.2f})" for v in VERSIONS[1:]])
+    s, check, runs = results["settings"], results["exact_check"], results["runs"]
+    n = len(results.get("seeds", [s["seed"]]))
+
+    def change(name: str, version: str) -> list[float]:
+        """Accuracy on ``version`` minus on the original images, seed by seed (the same start on both)."""
+        original = accuracies(runs[name]["original"])
+        return [a - b for a, b in zip(accuracies(runs[name][version]), original, strict=True)]
+
+    rows = [[f"{name} ({common.family(name)})", common.percent_spread(accuracies(by_version["original"]))]
+            + [f"{common.percent_spread(accuracies(by_version[v]))} "
+               f"({common.percent_spread(change(name, v), signed=True)})" for v in VERSIONS[1:]]
+            for name, by_version in runs.items()]
     table = common.markdown_table(["model", "original", "patch + pixel shuffle (change)",
                                    "global pixel shuffle (change)"], rows)
-    mixer, cnn = (n for n in accuracy if common.family(n) == "Mixer"), (n for n in accuracy
-                                                                       if common.family(n) == "CNN")
-    mixer, cnn = next(mixer), next(cnn)
+    if n > 1:
+        table += (f"\n\nMean ± standard deviation over {n} seeds ({', '.join(map(str, results['seeds']))}: the "
+                  f"initial weights and the data order; the permutations are the same). A change is paired by seed.")
+    mixer = next(name for name in runs if common.family(name) == "Mixer")
+    cnn = next(name for name in runs if common.family(name) == "CNN")
 
-    def drop(name: str, version: str) -> float:
-        return 100 * (accuracy[name]["original"] - accuracy[name][version]) + 0.0  # no "-0.00"
+    def points(name: str, version: str) -> str:
+        return common.percent_spread(change(name, version), signed=True)
 
+    noise = "the seeds' noise" if n > 1 else "the seed's noise"
     findings = (
-        f"- Patch + pixel shuffle: the Mixer's accuracy changes by {0.0 - drop(mixer, VERSIONS[1]):+.2f} points, "
-        f"the CNN's by {0.0 - drop(cnn, VERSIONS[1]):+.2f}. For the Mixer any difference is the seed's noise "
+        f"- Patch + pixel shuffle: the Mixer's accuracy changes by {points(mixer, VERSIONS[1])} points, "
+        f"the CNN's by {points(cnn, VERSIONS[1])}. For the Mixer any difference is {noise} "
         f"(the runs start from different, equally distributed weights): the exact check below shows that "
         f"training on these images *is* training the same model.\n"
-        f"- Global pixel shuffle: the Mixer loses {drop(mixer, VERSIONS[2]):.2f} points, the CNN "
-        f"{drop(cnn, VERSIONS[2]):.2f}.\n"
+        f"- Global pixel shuffle: the Mixer's accuracy changes by {points(mixer, VERSIONS[2])} points, the CNN's "
+        f"by {points(cnn, VERSIONS[2])}.\n"
         f"- The paper (section 3.4, Fig. 4) found the Mixer invariant to the patch + pixel shuffle while the ResNet "
         f"dropped sharply, and under the global shuffle a much smaller drop for the Mixer (about 45%) than for the "
         f"ResNet (about 75%).")
     findings += common.quick_note(s)
+    seeds_text = f"seed {s['seed']}" if n == 1 else f"seeds {', '.join(map(str, results['seeds']))}"
     return f"""# Fixed permutations of the input: Mixer vs CNN (paper Fig. 4)
 
 Preset `{preset_name}`, sized for {s['sized_for']}. This run:
 {s['train_images']} training and {s['test_images']} test images of
 {'x'.join(map(str, s['image_shape']))}, {s['num_classes']} classes; {s['epochs']} epochs, batch {s['batch_size']},
 crop padding {s['crop_padding_used']}, flip {s['flip']}, the fine-tuning recipe (SGD momentum 0.9, clipping at 1,
-{s['warmup']} warm-up then cosine; train.fit), seed {s['seed']}, run time
+{s['warmup']} warm-up then cosine; train.fit), {seeds_text}, run time
 {common.format_seconds(results['seconds'])}. The crop and flip come first, then the fixed permutation.
 
 ## Final test accuracy (%)

@@ -219,6 +219,36 @@ def test_data_size_script_gives_every_subset_the_same_number_of_steps(data_dir, 
     assert "| CNN - Mixer (points) |" in (tmp_path / "size" / "report.md").read_text()
 
 
+def test_seeds_repeat_every_run_and_the_reports_give_mean_and_spread(data_dir, tmp_path, capsys):
+    common = load("common")
+    results, printed = run("permutations", data_dir, tmp_path / "perm", capsys, "--seeds", "2", "--seed", "5")
+    assert results["seeds"] == [5, 6] and "seed 6" in printed
+    for name, by_version in results["runs"].items():
+        for version, first in by_version.items():
+            repeats = first["repeats"]
+            assert first["seed"] == 5 and [r["seed"] for r in repeats] == [6]
+            by_seed = [first["test_accuracy"], repeats[0]["test_accuracy"]]
+            assert first["test_accuracy_by_seed"] == by_seed
+            assert results["final_test_accuracy"][name][version] == pytest.approx(np.mean(by_seed))
+            # another seed is another run (other initial weights), not a copy of the first
+            assert [r["train_loss"] for r in first["history"]] != [r["train_loss"] for r in repeats[0]["history"]]
+    report = (tmp_path / "perm" / "report.md").read_text()
+    assert "Mean ± standard deviation over 2 seeds (5, 6" in report and report.count(" ± ") >= 6
+
+    results, _ = run("data_size", data_dir, tmp_path / "size", capsys, "--seeds", "2")
+    for rs in results["runs"].values():
+        for r in rs:
+            assert r["test_accuracy_by_seed"] == [r["test_accuracy"], r["repeats"][0]["test_accuracy"]]
+    full = results["runs"]["micro/4"][-1]
+    assert results["test_accuracy"]["micro/4"]["1.0"] == pytest.approx(np.mean(full["test_accuracy_by_seed"]))
+    assert "Mean ± standard deviation over 2 seeds" in (tmp_path / "size" / "report.md").read_text()
+
+    # one seed: the same results.json layout as before --seeds existed, and no spread in the cells
+    assert common.repeated(lambda seed: {"test_accuracy": 0.5}, [3]) == {"test_accuracy": 0.5, "seed": 3}
+    assert common.percent_spread([0.975]) == "97.50" and common.percent_spread([-0.01], signed=True) == "-1.00"
+    assert common.percent_spread([0.9, 0.8]) == "85.00 ± 7.07"  # sample standard deviation (ddof 1)
+
+
 def test_compute_script_measures_flops_time_and_throughput(data_dir, tmp_path, capsys):
     results, _ = run("compute", data_dir, tmp_path / "compute", capsys)
     assert (tmp_path / "compute" / "compute.png").stat().st_size > 0
