@@ -81,15 +81,16 @@ from tinymixer.transfer.pretrained import PretrainedError, load_for_finetuning
 
 # The options a checkpoint remembers, restored by --resume (the rest belong to one invocation: --out, --resume,
 # --backend, progress and logging). The model's shape is remembered as the model itself (meta["model"]).
-REMEMBERED = ["model", "config", "patch_size", "dtype", "init", "image_size", "head_only", "accumulate", "recipe",
-              "data_dir", "data_url", "data_md5", "validation", "limit_train", "limit_test", "epochs", "batch_size",
-              "optimizer", "schedule", "end_lr", "lr", "warmup", "clip", "momentum", "weight_decay", "label_smoothing",
-              "mixup", "randaugment", "cutmix", "random_erasing", "ema", "crop_padding", "flip", "seed", "dropout",
-              "stochastic_depth"]
-MODEL_OPTIONS = ["model", "config", "patch_size", "dtype", "init", "image_size"]
+REMEMBERED = ["model", "config", "patch_size", "dtype", "init", "keep_head", "image_size", "head_only", "accumulate",
+              "recipe", "data_dir", "data_url", "data_md5", "validation", "limit_train", "limit_test", "epochs",
+              "batch_size", "optimizer", "schedule", "end_lr", "lr", "warmup", "clip", "momentum", "weight_decay",
+              "label_smoothing", "mixup", "randaugment", "cutmix", "random_erasing", "ema", "crop_padding", "flip",
+              "seed", "dropout", "stochastic_depth"]
+MODEL_OPTIONS = ["model", "config", "patch_size", "dtype", "init", "keep_head", "image_size"]
 Model = tm.MlpMixer | tm.ResNet  # the networks this script trains (tinymixer.nn.network.Network)
 # --model: each family's sizes, and its default (--config auto)
 FAMILIES = {"mixer": "micro/4", "cnn": "cnn-micro"}
+ARCHITECTURES = {"mixer": "mixer", "cnn": "resnet"}  # --model: the "architecture" of its checkpoints' config
 # Named sets of defaults (--recipe): every option a recipe sets can still be given on its own, and wins.
 RECIPES = {
     # the defaults below: the paper's fine-tuning recipe (SGD momentum, clipping, warm-up + cosine), sized for a CPU
@@ -183,8 +184,11 @@ def build_parser() -> Parser:
 
     tune = p.add_argument_group("fine-tuning from a checkpoint")
     tune.add_argument("--init", type=Path, metavar="CHECKPOINT",
-                      help="start from these weights (an official Mixer .npz, or a run's checkpoint): all but the "
-                           "head, a new zero head for the data's classes; the size comes from the checkpoint")
+                      help="start from these weights (an official Mixer .npz, or a checkpoint of this script, of "
+                           "the --model family): all but the head, a new zero head for the data's classes; the "
+                           "size comes from the checkpoint")
+    tune.add_argument("--keep-head", action="store_true",
+                      help="with --init: keep the checkpoint's head instead (its classes must be the data's)")
     tune.add_argument("--image-size", type=pos, metavar="N",
                       help="resize the images to NxN on the fly (e.g. 224 for an official checkpoint); a grid of "
                            "patches a whole multiple of the checkpoint's gets the paper's block-diagonal token mixing")
@@ -204,9 +208,11 @@ def build_parser() -> Parser:
     data.add_argument("--validation", type=whole, metavar="N", default=0,
                       help="hold out N training images and evaluate on them instead of the test set (0: off)")
     data.add_argument("--limit-train", type=pos, metavar="N",
-                      help="use only the first N training images (quick runs)")
+                      help="train on N of the training images (quick runs): a random subset (--seed) with every "
+                           "class in proportion")
     data.add_argument("--limit-test", type=pos, metavar="N",
-                      help="evaluate on only the first N test (or validation) images")
+                      help="evaluate on N of the test (or validation) images: a random subset (--seed) with every "
+                           "class in proportion")
 
     train = p.add_argument_group("training (the paper's fine-tuning recipe)")
     described = "; ".join(f"{name}: " + (", ".join(f"{k.replace('_', '-')} {v}" for k, v in values.items())
@@ -301,8 +307,8 @@ def remembered_argv(options: dict) -> list[str]:
             continue
         if name == "flip":
             words.append("--flip" if value in (True, "True") else "--no-flip")
-        elif name == "head_only":
-            words += ["--head-only"] if value in (True, "True") else []
+        elif name in ("head_only", "keep_head"):
+            words += [flag] if value in (True, "True") else []
         else:
             words.append(f"{flag}={value}")
     return words
@@ -392,9 +398,8 @@ def load_data(args: argparse.Namespace) -> Dataset:
             fail(f"--validation {args.validation} holds out every training image (there are "
                  f"{len(data.train_labels)}); hold out fewer")
         data = data.split_validation(args.validation, seed=args.seed)
-    n, m = args.limit_train, args.limit_test  # None keeps everything
-    return Dataset(data.train_images[:n], data.train_labels[:n], data.test_images[:m], data.test_labels[:m],
-                   data.class_names)
+    # a seeded subset with every class in proportion (the first N of data sorted by class would be a few classes)
+    return data.limited(args.limit_train, args.limit_test, seed=args.seed)
 
 
 def check_model_options(args: argparse.Namespace) -> None:
@@ -407,10 +412,12 @@ def check_model_options(args: argparse.Namespace) -> None:
         fail(f"--config {args.config} is not a {args.model} size; --model {args.model} takes {', '.join(sizes)}")
     if args.model == "cnn":
         unused = [f"--{name.replace('_', '-')} {getattr(args, name)}" for name in ("patch_size", "dropout",
-                  "stochastic_depth", "init") if getattr(args, name) not in ("auto", 0, 0.0, None)]
+                  "stochastic_depth") if getattr(args, name) not in ("auto", 0, 0.0, None)]
         if unused:
-            fail(f"{', '.join(unused)}: the CNN has no patches, dropout, stochastic depth or pre-trained weights to "
-                 f"start from; leave these options out with --model cnn")
+            fail(f"{', '.join(unused)}: the CNN has no patches, dropout or stochastic depth; leave these options "
+                 f"out with --model cnn")
+    if args.keep_head and not args.init:
+        fail("--keep-head keeps the head of --init's checkpoint; give --init CHECKPOINT, or leave it out")
 
 
 def build_model(args: argparse.Namespace, data: Dataset) -> Model:
@@ -418,20 +425,28 @@ def build_model(args: argparse.Namespace, data: Dataset) -> Model:
     h, w, c = data.image_shape
     if args.image_size:
         h = w = args.image_size
+    if args.init:
+        try:
+            model, notes = load_for_finetuning(args.init, data.num_classes, (h, w), args.dtype, args.seed,
+                                               keep_head=args.keep_head, architecture=ARCHITECTURES[args.model])
+        except PretrainedError as exc:
+            hint = ""
+            if "cannot move between the two families" in str(exc):
+                other = next(name for name, arch in ARCHITECTURES.items() if arch != ARCHITECTURES[args.model])
+                hint = f"; to fine-tune it, add --model {other}"
+            fail(f"--init {args.init}: {exc}{hint}")
+        for note in notes:
+            log(f"note: --init {args.init}: {note}" + (" (--keep-head)" if "head kept" in note else
+                                                      " (--keep-head keeps a matching one)" if "new zero" in note
+                                                      else ""))
+        if model.in_channels != c:
+            fail(f"--init {args.init} takes images of {model.in_channels} channels, the data has {c}")
+        if args.model == "mixer":
+            model.dropout, model.stochastic_depth = args.dropout, args.stochastic_depth  # this run's
+        return model
     if args.model == "cnn":
         return tm.ResNet.from_name(args.config, num_classes=data.num_classes, image_size=(h, w), in_channels=c,
                                    seed=args.seed, dtype=args.dtype)
-    if args.init:
-        try:
-            model, notes = load_for_finetuning(args.init, data.num_classes, (h, w), args.dtype, args.seed)
-        except PretrainedError as exc:
-            fail(f"--init {args.init}: {exc}")
-        for note in notes:
-            log(f"note: --init {args.init}: {note}")
-        if model.in_channels != c:
-            fail(f"--init {args.init} takes images of {model.in_channels} channels, the data has {c}")
-        model.dropout, model.stochastic_depth = args.dropout, args.stochastic_depth  # this run's, not pre-training's
-        return model
     patch = args.patch_size
     if patch == "auto":
         size_patch = tm.SIZES[args.config].patch_size

@@ -1,11 +1,12 @@
-"""Few-shot linear evaluation of a Mixer's frozen features, as in the paper: 1, 5, 10, 25 images per class.
+"""Few-shot linear evaluation of a network's frozen features, as in the paper: 1, 5, 10, 25 images per class.
 
     python examples/fewshot.py --checkpoint Mixer-B_16.npz --data-dir DIR     # an official checkpoint
     python examples/fewshot.py --checkpoint runs/cifar10/best.npz --data-dir DIR --shots 1 5 --seeds 5
     python examples/fewshot.py --help                                         # every option, with its default
 
-The model (an official Mixer .npz, or a checkpoint of examples/cifar10.py) is frozen: its pre-logits features
-(MlpMixer.features: the last LayerNorm, averaged over the tokens) are computed once, in batches, for the training
+The model (an official Mixer .npz, or a checkpoint of examples/cifar10.py: a Mixer or the CNN) is frozen: its
+pre-logits features (``features``: for a Mixer the last LayerNorm averaged over the tokens, for the CNN the last
+GroupNorm and ReLU averaged over the positions) are computed once, in batches, for the training
 images the draws use and for the test set. For every shot count and seed, `shots` training images per class are
 drawn, a linear classifier is fitted to them in closed form (regularised least squares to {-1, +1} targets, with
 the official whitening and bias: tinymixer/transfer/fewshot.py) and scored on the test set. The table gives the mean and
@@ -25,7 +26,7 @@ shared with other developers, load average 4.4-5.1 during the four runs): 35-45 
 per 1000 images, with the process getting about 0.8 of a core (28-29 s of CPU time per 64 images); on two idle
 cores that would be about 15 s per 64, some 230 s per 1000 (an extrapolation, not measured). CIFAR-10's whole test set
 (10,000 images) plus the at most 750 training images of 3 seeds x 25 shots is therefore 40 minutes to 2 hours on
-such a machine; --limit-test N evaluates on the first N test images for a quicker estimate.
+such a machine; --limit-test N evaluates on N of the test images (every class in proportion) for a quicker estimate.
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ import tinymixer as tm  # before NumPy loads its BLAS: see tinymixer/_blas_threa
 import numpy as np
 from tqdm import tqdm
 
-from tinymixer.data import DATA_DIR_ENV, DataError, find_data, load_folder, normalize
+from tinymixer.data import DATA_DIR_ENV, DataError, class_balanced_subset, find_data, load_folder, normalize
 from tinymixer.data.images import resize_image
+from tinymixer.nn.network import Network
 from tinymixer.tools.cli import Parser, number
 from tinymixer.training.checkpoint import CheckpointError, load_model
 from tinymixer.transfer.fewshot import L2, NUM_SEEDS, SHOTS, few_shot_evaluation, few_shot_rows, mean_and_std
@@ -75,7 +77,8 @@ def build_parser() -> Parser:
     p.add_argument("--image-size", type=pos, metavar="N",
                    help="resize images to N x N, then crop the model's resolution from the centre (default: resize "
                         "straight to the model's resolution)")
-    p.add_argument("--limit-test", type=pos, metavar="N", help="evaluate on only the first N test images")
+    p.add_argument("--limit-test", type=pos, metavar="N",
+                   help="evaluate on N of the test images: a random subset (seed 0) with every class in proportion")
     p.add_argument("--backend", default="auto", choices=["auto", "numpy", "cupy"], help="array library")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -96,11 +99,11 @@ def resize_and_crop(images: np.ndarray, resize_to: tuple[int, int], crop: tuple[
     return images[:, top:top + ch, left:left + cw]  # (B, ch, cw, C)
 
 
-def compute_features(model: tm.MlpMixer, images: np.ndarray, resize_to: tuple[int, int], batch_size: int,
+def compute_features(model: Network, images: np.ndarray, resize_to: tuple[int, int], batch_size: int,
                      desc: str, progress: bool) -> np.ndarray:
     """The model's pre-logits features (N, C) on the host, float32, for uint8 images (N, H, W, C): a batch at a
     time resized, scaled to [-1, 1], and passed through the frozen model."""
-    out = np.zeros((len(images), model.hidden_dim), dtype=np.float32)  # (N, C)
+    out = np.zeros((len(images), model.feature_dim), dtype=np.float32)  # (N, C)
     with tqdm(total=len(images), desc=desc, unit="img", disable=not progress, leave=False) as bar:
         for start in range(0, len(images), batch_size):
             batch = resize_and_crop(images[start:start + batch_size], resize_to, model.image_size)  # (b, h, w, C_in)
@@ -127,14 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as exc:
         fail(str(exc))
     h, w = model.image_size
-    print(f"model: {args.checkpoint} ({model.num_blocks} blocks, patch {model.patch_size}, C {model.hidden_dim}, "
-          f"{h}x{w} images; features of {model.hidden_dim} dimensions)")
+    print(f"model: {args.checkpoint} ({model.describe()}, {h}x{w} images; features of {model.feature_dim} "
+          f"dimensions)")
     try:
         folder = find_data(args.data_dir, download=args.download, progress=not args.no_progress)
         data = load_folder(folder)
     except DataError as exc:
         fail(str(exc))
-    test_images, test_labels = data.test_images[:args.limit_test], data.test_labels[:args.limit_test]
+    keep = class_balanced_subset(data.test_labels, args.limit_test)  # every class in proportion, not the first N
+    test_images, test_labels = data.test_images[keep], data.test_labels[keep]
     hd, wd, cd = data.image_shape
     print(f"data: {folder} ({len(data.train_labels)} training and {len(test_labels)} test images, {hd}x{wd}x{cd}, "
           f"{data.num_classes} classes)")
@@ -157,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         fail(f"--shots {max(args.shots)}: {exc}")
     start = time.perf_counter()
     progress = not args.no_progress
-    train_features = np.zeros((len(data.train_labels), model.hidden_dim), dtype=np.float32)  # (N, C)
+    train_features = np.zeros((len(data.train_labels), model.feature_dim), dtype=np.float32)  # (N, C)
     # Only the drawn rows are computed and ever read; the others stay zero (and np.zeros leaves untouched pages of
     # a large array unallocated, so 50,000 x 768 floats cost only the rows written).
     train_features[rows] = compute_features(model, data.train_images[rows], resize_to, args.batch_size,

@@ -1,4 +1,4 @@
-"""Classify your own images with a trained MLP-Mixer: an official pretrained checkpoint or one from cifar10.py.
+"""Classify your own images with a trained network: an official pretrained Mixer, or any checkpoint of cifar10.py.
 
     python examples/predict.py photo.jpg dir/ --checkpoint Mixer-B_16.npz       # top-5 classes of every image
     python examples/predict.py cat.png --checkpoint runs/cifar10/best.npz --top 3
@@ -7,16 +7,16 @@
 
 The model is rebuilt from the checkpoint alone (tinymixer.training.checkpoint.load_model): an official .npz
 (imagenet1k/ or imagenet21k/ Mixer-B_16.npz, ...) has its configuration read off the parameter shapes, a checkpoint
-written by examples/cifar10.py carries it. Every image is read upright (EXIF orientation), made RGB (transparency on
-white), resized to the model's resolution as the official evaluation does (the whole picture, bilinear; --crop keeps
-the aspect ratio and takes the centre instead), scaled to [-1, 1], and classified in batches (evaluation passes
-only).
+written by examples/cifar10.py carries it (a Mixer or the CNN baseline, --model cnn). Every image is read upright
+(EXIF orientation), made RGB (transparency on white), resized to the model's resolution as the official evaluation
+does (the whole picture, bilinear; --crop keeps the aspect ratio and takes the centre instead), scaled to [-1, 1],
+and classified in batches (evaluation passes only). --top K larger than the model's classes shows them all.
 
 Class names: --labels FILE (one per line) if given; else those a cifar10.py checkpoint stored; else, for a
 1000-class head, the ImageNet-1k names shipped with tinymixer; else the class indices (e.g. a 21,843-class head).
 
 Exit status: 0; 1 when some image files could not be read (the others are still classified); 2 for bad options, a
-checkpoint that is not a Mixer, or no images at all.
+checkpoint that is not one of the project's networks, or no images at all.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from tinymixer.data.images import (
     load_image,
     read_class_names,
 )
+from tinymixer.nn.network import Network
 from tinymixer.tools.cli import Parser, positive_int
 from tinymixer.training.checkpoint import META_KEY, CheckpointError, load_model
 from tinymixer.training.evaluate import predict_logits
@@ -53,7 +54,8 @@ PROG = "predict.py"
 def build_parser() -> Parser:
     p = Parser(prog=PROG,
                description="Print the top classes (softmax probabilities) of each image, or the accuracy on an "
-                           "ImageFolder tree, with a trained Mixer: an official checkpoint or one from cifar10.py.")
+                           "ImageFolder tree, with a trained network: an official Mixer checkpoint or any checkpoint "
+                           "of cifar10.py (Mixer or CNN).")
     p.add_argument("images", nargs="*", type=Path, metavar="IMAGE",
                    help="image files, or folders (their image files are taken, sorted)")
     p.add_argument("--checkpoint", type=Path, required=True, metavar="NPZ",
@@ -87,7 +89,7 @@ def checkpoint_meta(path: Path) -> dict:
         return json.loads(str(npz[META_KEY])) if META_KEY in npz.files else {}
 
 
-def class_names_for(model: tm.MlpMixer, checkpoint: Path, labels: Path | None) -> tuple[list[str] | None, str]:
+def class_names_for(model: Network, checkpoint: Path, labels: Path | None) -> tuple[list[str] | None, str]:
     """(the class names or None for indices, where they come from)."""
     k = model.num_classes
     stored = checkpoint_meta(checkpoint).get("class_names")
@@ -131,7 +133,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def predict_batches(model: tm.MlpMixer, paths: list[Path], args: argparse.Namespace):
+def predict_batches(model: Network, paths: list[Path], args: argparse.Namespace):
     """Yield (paths read, probabilities (n, K)) batch by batch; an unreadable file is reported on stderr, counted
     in ``args.unreadable`` and left out."""
     for start in range(0, len(paths), args.batch_size):
@@ -155,7 +157,7 @@ def top_classes(probs: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(part, order, axis=1)
 
 
-def classify(model: tm.MlpMixer, paths: list[Path], names: list[str] | None, args: argparse.Namespace) -> None:
+def classify(model: Network, paths: list[Path], names: list[str] | None, args: argparse.Namespace) -> None:
     for batch, probs in predict_batches(model, paths, args):
         for path, p, best in zip(batch, probs, top_classes(probs, args.top), strict=True):
             print(path)
@@ -163,7 +165,7 @@ def classify(model: tm.MlpMixer, paths: list[Path], names: list[str] | None, arg
                 print(f"  {p[i]:7.2%}  {label(i, names)}")
 
 
-def evaluate_folder(model: tm.MlpMixer, root: Path, names: list[str] | None, args: argparse.Namespace) -> None:
+def evaluate_folder(model: Network, root: Path, names: list[str] | None, args: argparse.Namespace) -> None:
     """Top-1 and top-K accuracy on ROOT/<class>/<images>, class folders matched to the model's classes."""
     paths, folder_labels, folders = list_image_folder(root)
     lookup = {key(n): i for i, n in enumerate(names or [])}
@@ -217,9 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, DataError) as error:
         fail(str(error))
     h, w = model.image_size
-    blocks = f"{model.num_blocks} block{'s' if model.num_blocks != 1 else ''}"
-    print(f"{args.checkpoint}: Mixer of {blocks}, patch {model.patch_size}, {h}x{w} images, {model.num_classes} "
-          f"classes ({source})")
+    print(f"{args.checkpoint}: {model.describe()}, {h}x{w} images, {model.num_classes} classes ({source})")
+    if args.top > model.num_classes:
+        print(f"note: --top {args.top} is more than the model's {model.num_classes} classes: top-{model.num_classes}")
+        args.top = model.num_classes
     if paths:
         classify(model, paths, names, args)
     if args.image_folder is not None:

@@ -189,12 +189,24 @@ def test_defaults_fit_small_images_and_short_runs(tmp_path, digits, capsys):
 
 
 def test_help_shows_every_default():
+    import re
+
     result = run_script("--help")
     assert result.returncode == 0 and result.stdout.startswith("usage: cifar10.py")
     help_text = " ".join(result.stdout.split())
     for expected in ["(default: mixer)", "(default: 5%)", "(default: auto)", "(default: 128)", "(default: 0.05)",
                      "(default: 15)", "(default: runs/cifar10)", "(default: True)", "(default: 1.0)"]:
         assert expected in help_text, expected
+    # every option whose default is a value (0 included: --seed, --weight-decay, --mixup ...) shows it
+    parser = cifar10.build_parser()
+    formatter = parser.formatter_class("cifar10.py")
+    for action in parser._actions:
+        if action.default is not None and action.default is not False and action.dest != "help":
+            assert "%(default)" in formatter._get_help_string(action), action.option_strings
+    for flag, default in [("--seed", "0"), ("--weight-decay", "0.0"), ("--label-smoothing", "0.0"),
+                          ("--mixup", "0.0"), ("--end-lr", "0.0"), ("--validation", "0")]:
+        entry = re.search(rf"^  {flag} .*?(?=^  -)", result.stdout, re.S | re.M)[0]  # its lines of --help
+        assert f"(default: {default})" in " ".join(entry.split()), (flag, entry)
 
 
 # --- 5. the validation split is called validation, everywhere --------------------------------------------------

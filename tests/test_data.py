@@ -177,3 +177,41 @@ def test_resize_batch_matches_pillows_bilinear_on_upscaling_and_keeps_constant_i
     flat = np.full((1, 5, 7, 1), 77, np.uint8)
     assert (D.resize_batch(flat, (32, 32)) == 77).all()
     assert D.resize_batch(images, (8, 6)) is images
+
+
+# --- subsets that keep every class (--limit-train / --limit-test) ------------------------------------------------
+
+
+def test_a_limited_subset_keeps_every_class_in_proportion_even_on_sorted_data():
+    labels = np.repeat(np.arange(10), [50, 50, 50, 50, 50, 50, 50, 50, 100, 200])  # sorted by class, uneven
+    keep = D.class_balanced_subset(labels, 256, seed=0)
+    counts = np.bincount(labels[keep], minlength=10)
+    expected = 256 * np.bincount(labels) / len(labels)
+    assert len(keep) == 256 and len(set(keep.tolist())) == 256 and np.all(np.diff(keep) > 0)
+    assert np.all(np.abs(counts - expected) <= 1), (counts, expected)  # the first 256 would be classes 0..5 only
+    again, other = D.class_balanced_subset(labels, 256, seed=0), D.class_balanced_subset(labels, 256, seed=1)
+    assert np.array_equal(keep, again) and not np.array_equal(keep, other)  # seeded
+    assert D.class_balanced_subset(labels, None) == slice(None) and D.class_balanced_subset(labels, 10**6) == slice(
+        None)
+    dataset = fake_cifar(num_train=600, num_test=30)
+    small = dataset.limited(train=100, test=None, seed=3)
+    assert len(small.train_labels) == 100 and len(small.test_labels) == 30
+    assert set(small.train_labels.tolist()) == set(dataset.train_labels.tolist())
+
+
+# --- python -m tinymixer.data checks that images and labels pair up -----------------------------------------------
+
+
+@pytest.mark.parametrize(("num_images", "num_labels"), [(100, 50), (50, 100)])
+def test_the_converter_refuses_images_and_labels_of_different_lengths(tmp_path, capsys, num_images, num_labels):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "a.npz", images=rng.integers(0, 256, (num_images, 6, 6)),
+             labels=rng.integers(0, 3, num_labels))
+    assert D.main([str(tmp_path / "a.npz"), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{num_images} images but {num_labels} labels" in err, err
+    assert not (tmp_path / "out").exists()
+    np.savez(tmp_path / "b.npz", x_train=rng.integers(0, 256, (num_images, 6, 6)), y_train=np.zeros(num_labels, int),
+             x_test=rng.integers(0, 256, (5, 6, 6)), y_test=np.zeros(5, int))
+    assert D.main([str(tmp_path / "b.npz"), str(tmp_path / "out")]) == 2
+    assert "training labels must be one class index per image" in capsys.readouterr().err

@@ -112,8 +112,15 @@ def test_a_new_zero_head_for_new_classes(tmp_path):
     assert any("new zero-initialised head for 7 classes" in n for n in notes)
     assert any("block-diagonal over 2x2 tiles" in n for n in notes)
     np.testing.assert_array_equal(model.params["stem/kernel"], small.params["stem/kernel"])
-    same, notes = load_for_finetuning(path, num_classes=3, image_size=(8, 8), dtype="float64")
-    assert notes == [] and np.array_equal(same.params["head/kernel"], small.params["head/kernel"])
+    # the same classes: still a new zero head (what fine-tuning means), unless the old one is asked for
+    fresh, notes = load_for_finetuning(path, num_classes=3, image_size=(8, 8), dtype="float64")
+    assert notes == ["a new zero-initialised head for 3 classes (the checkpoint's has 3), as the official "
+                     "fine-tuning does"] and not fresh.params["head/kernel"].any()
+    same, notes = load_for_finetuning(path, num_classes=3, image_size=(8, 8), dtype="float64", keep_head=True)
+    assert notes == ["the checkpoint's head kept (3 classes)"]
+    assert np.array_equal(same.params["head/kernel"], small.params["head/kernel"])
+    with pytest.raises(PretrainedError, match="its head has 3 classes and the data 7"):
+        load_for_finetuning(path, num_classes=7, image_size=(8, 8), keep_head=True)
 
 
 def test_expansion_leaves_other_parameters_alone():

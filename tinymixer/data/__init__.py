@@ -68,6 +68,36 @@ class Dataset:
         return Dataset(self.train_images[train], self.train_labels[train], self.train_images[val],
                        self.train_labels[val], self.class_names)
 
+    def limited(self, train: int | None = None, test: int | None = None, seed: int = 0) -> Dataset:
+        """At most ``train`` training and ``test`` test images (None: all), each a seeded subset with every class
+        in proportion (``class_balanced_subset``), in their original order."""
+        keep_train = class_balanced_subset(self.train_labels, train, seed)
+        keep_test = class_balanced_subset(self.test_labels, test, seed)
+        return Dataset(self.train_images[keep_train], self.train_labels[keep_train], self.test_images[keep_test],
+                       self.test_labels[keep_test], self.class_names)
+
+
+def class_balanced_subset(labels: np.ndarray, size: int | None, seed: int = 0) -> np.ndarray | slice:
+    """The indices (sorted) of ``size`` of the items, drawn at random (seeded) with every class in proportion to its
+    share of ``labels`` (each class's count within one of ``size`` x its share), or ``slice(None)`` for all of them.
+
+    Why not the first ``size``: data sorted by class (common for a user's own arrays) would give a few classes only.
+    How: shuffle, give each item its rank within its class as a fraction of the class's size, (rank + 0.5) / count,
+    and keep the ``size`` smallest fractions; every class's fractions are spread evenly over (0, 1), so each class
+    gets its share."""
+    if size is None or size >= len(labels):
+        return slice(None)
+    order = np.random.default_rng([seed, len(labels)]).permutation(len(labels))  # (N,) a random order
+    shuffled = labels[order]
+    _, inverse, counts = np.unique(shuffled, return_inverse=True, return_counts=True)
+    by_class = np.argsort(inverse, kind="stable")  # positions in the random order, grouped by class
+    rank = np.empty(len(labels), dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])  # where each class begins in by_class
+    rank[by_class] = np.arange(len(labels)) - np.repeat(starts, counts)  # rank of each item within its class
+    fraction = (rank + 0.5) / counts[inverse]
+    chosen = order[np.argsort(fraction, kind="stable")[:size]]
+    return np.sort(chosen)
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # Finding, downloading and verifying
@@ -357,6 +387,8 @@ def dataset_from_arrays(train_images: np.ndarray, train_labels: np.ndarray, test
 def split_arrays(images: np.ndarray, labels: np.ndarray, test_size: int, seed: int = 0
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Hold out ``test_size`` random images (seeded) as the test set: (train_x, train_y, test_x, test_y)."""
+    if len(images) != len(labels):  # else the split would pair images with other images' labels, or drop some
+        raise DataError(f"{len(images)} images but {len(labels)} labels: give one label per image")
     if not 0 < test_size < len(labels):
         raise DataError(f"the test set size must be between 1 and {len(labels) - 1} (there are {len(labels)} "
                         f"images), got {test_size}")

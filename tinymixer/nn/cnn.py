@@ -286,6 +286,10 @@ class ResNet(Network):
                 "depths": list(self.depths), "groups": self.groups, "image_size": list(self.image_size),
                 "in_channels": self.in_channels, "dtype": self.dtype.name}
 
+    def describe(self) -> str:
+        return (f"CNN (ResNet) of widths {'/'.join(map(str, self.widths))}, blocks "
+                f"{'/'.join(map(str, self.depths))}")
+
     # ------------------------------------------------------------------------------------------------------------
     # Parameters
 

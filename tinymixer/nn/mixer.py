@@ -212,6 +212,10 @@ class MlpMixer(Network):
                 config[name] = getattr(self, name)
         return config
 
+    def describe(self) -> str:
+        blocks = f"{self.num_blocks} block{'s' if self.num_blocks != 1 else ''}"
+        return f"MLP-Mixer of {blocks}, patch {self.patch_size} ({self.num_tokens} tokens), C {self.hidden_dim}"
+
     # ------------------------------------------------------------------------------------------------------------
     # Parameters
 

@@ -25,7 +25,7 @@ from .layers import Array, dense_backward, dense_forward
 class Network:
     """The shared machinery. A subclass sets ``dtype``, ``image_size``, ``in_channels``, ``num_classes``, calls
     ``_initialise(seed)`` (which makes ``params`` from its ``init_params``, ending with ``head/kernel`` and
-    ``head/bias``), and implements ``param_shapes``, ``config``, ``flops_per_image``, ``init_kernel``,
+    ``head/bias``), and implements ``param_shapes``, ``config``, ``describe``, ``flops_per_image``, ``init_kernel``,
     ``_features_shard`` and ``_features_backward``."""
 
     xp: Any
@@ -107,6 +107,15 @@ class Network:
 
     def _training_masks(self, batch: int, train: bool, rng: Any, masks: Any) -> Any:
         return None
+
+    def describe(self) -> str:
+        """The network in a few words, for the programs' first line (e.g. "MLP-Mixer of 8 blocks, patch 4")."""
+        raise NotImplementedError
+
+    @property
+    def feature_dim(self) -> int:
+        """The width C of ``features`` (B, C): what the head maps to the logits, and few-shot probes are fitted on."""
+        return self.param_shapes()["head/kernel"][0]
 
     def num_params(self, include_head: bool = True) -> int:
         return sum(math.prod(v) for k, v in self.param_shapes().items() if include_head or not k.startswith("head/"))

@@ -15,7 +15,9 @@ class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
         super().__init__(prog, width=120)
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        return action.help if action.default in (None, False) else super()._get_help_string(action)
+        # ``is``, not ``in (None, False)``: 0 == False, and a default of 0 (--seed, --weight-decay) is shown
+        empty = action.default is None or action.default is False
+        return action.help if empty else super()._get_help_string(action)
 
 
 class Parser(argparse.ArgumentParser):

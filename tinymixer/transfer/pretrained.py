@@ -98,49 +98,78 @@ def grid_factor(old_grid: tuple[int, int], new_grid: tuple[int, int], patch: int
     return nh // gh, nw // gw
 
 
+FAMILY_NAMES = {"mixer": "an MLP-Mixer", "resnet": "a CNN (ResNet)"}  # a config's "architecture", in words
+
+
+def architecture_of(config: dict[str, Any]) -> str:
+    """"mixer" or "resnet": the family of a model configuration (Mixer configs never had the key)."""
+    return config.get("architecture", "mixer")
+
+
 def adapt(params: dict[str, np.ndarray], config: dict[str, Any], num_classes: int | None = None,
-          image_size: tuple[int, int] | None = None, path: Path | str = "checkpoint"
+          image_size: tuple[int, int] | None = None, path: Path | str = "checkpoint", keep_head: bool = False
           ) -> tuple[dict[str, np.ndarray], dict[str, Any], list[str]]:
-    """Pre-trained parameters and configuration adapted for fine-tuning: a new zero head for ``num_classes``
-    (unless it is the checkpoint's number), and the token mixing expanded for ``image_size`` (unless it is the
-    checkpoint's). Returns (params, config, notes): the notes say in words what was changed."""
+    """Pre-trained parameters and configuration adapted for fine-tuning, for either family: a new zero head for
+    ``num_classes`` (or, with ``keep_head``, the checkpoint's head, which must have that many classes), and, for a
+    Mixer, the token mixing expanded for ``image_size`` (a CNN takes any size as it is: its convolutions slide and
+    its features are a global average). Returns (params, config, notes): the notes say in words what was done."""
     params, config, notes = dict(params), dict(config), []
-    patch = config["patch_size"]
     old_size = config["image_size"]
     old_size = (old_size, old_size) if isinstance(old_size, int) else tuple(old_size)
     if image_size is not None and tuple(image_size) != old_size:
         new_size = tuple(image_size)
-        if new_size[0] % patch or new_size[1] % patch:
-            raise PretrainedError(f"{new_size[0]}x{new_size[1]} images do not tile into {patch}-pixel patches; "
-                                  f"use a multiple of {patch}")
-        factor = grid_factor((old_size[0] // patch, old_size[1] // patch), (new_size[0] // patch,
-                                                                               new_size[1] // patch), patch)
-        params = expand_token_mixing(params, (old_size[0] // patch, old_size[1] // patch), factor)
-        config.update(image_size=new_size, tokens_mlp_dim=config["tokens_mlp_dim"] * factor[0] * factor[1])
-        notes.append(f"token mixing expanded from {old_size[0]}x{old_size[1]} to {new_size[0]}x{new_size[1]} "
-                     f"images: block-diagonal over {factor[0]}x{factor[1]} tiles (the paper's fine-tuning at a "
-                     f"higher resolution)")
-    if num_classes is not None and num_classes != config["num_classes"]:
+        if architecture_of(config) == "mixer":
+            patch = config["patch_size"]
+            if new_size[0] % patch or new_size[1] % patch:
+                raise PretrainedError(f"{new_size[0]}x{new_size[1]} images do not tile into {patch}-pixel patches; "
+                                      f"use a multiple of {patch}")
+            old_grid, new_grid = (old_size[0] // patch, old_size[1] // patch), (new_size[0] // patch,
+                                                                                 new_size[1] // patch)
+            factor = grid_factor(old_grid, new_grid, patch)
+            params = expand_token_mixing(params, old_grid, factor)
+            config["tokens_mlp_dim"] = config["tokens_mlp_dim"] * factor[0] * factor[1]
+            notes.append(f"token mixing expanded from {old_size[0]}x{old_size[1]} to {new_size[0]}x{new_size[1]} "
+                         f"images: block-diagonal over {factor[0]}x{factor[1]} tiles (the paper's fine-tuning at a "
+                         f"higher resolution)")
+        else:
+            notes.append(f"trained on {old_size[0]}x{old_size[1]} images, now {new_size[0]}x{new_size[1]} (the "
+                         f"convolutions and the global average pool take any size; no weight changes)")
+        config["image_size"] = new_size
+    old_classes = config["num_classes"]
+    if keep_head:
+        if num_classes is not None and num_classes != old_classes:
+            raise PretrainedError(f"its head has {old_classes} classes and the data {num_classes}: a head can be "
+                                  f"kept only for the same classes (leave out the option to keep it, for a new one)")
+        notes.append(f"the checkpoint's head kept ({old_classes} classes)")
+    elif num_classes is not None:
         width = params["head/kernel"].shape[0]
         params["head/kernel"] = np.zeros((width, num_classes), params["head/kernel"].dtype)
         params["head/bias"] = np.zeros(num_classes, params["head/bias"].dtype)
-        notes.append(f"a new zero-initialised head for {num_classes} classes (the checkpoint's has "
-                     f"{config['num_classes']}), as the official fine-tuning does")
+        notes.append(f"a new zero-initialised head for {num_classes} classes (the checkpoint's has {old_classes}), "
+                     f"as the official fine-tuning does")
         config["num_classes"] = num_classes
     return params, config, notes
 
 
 def load_for_finetuning(path: Path | str, num_classes: int, image_size: tuple[int, int], dtype: str = "float32",
-                        seed: int = 0) -> tuple[Any, list[str]]:
-    """A model for fine-tuning from a checkpoint (official layout, or one written by this project): all weights
-    but the head loaded, a new head for ``num_classes``, the token mixing expanded for ``image_size``. Returns
-    (model, notes)."""
-    from ..nn.mixer import MlpMixer
+                        seed: int = 0, keep_head: bool = False, architecture: str | None = None
+                        ) -> tuple[Any, list[str]]:
+    """A model for fine-tuning from a checkpoint (official Mixer layout, or one written by this project, of either
+    family): all weights loaded but the head, which is new and zero for ``num_classes`` (unless ``keep_head``),
+    and a Mixer's token mixing expanded for ``image_size``. ``architecture`` ("mixer" or "resnet"), when given,
+    is the family the caller trains: a checkpoint of the other family is a PretrainedError. Returns (model,
+    notes)."""
+    from ..nn.architectures import model_from_config
     from ..training.checkpoint import config_from_params, load_checkpoint, load_params_into
 
     params, _, meta = load_checkpoint(path)
     config = dict(meta["model"]) if "model" in meta else config_from_params(params, path)
-    params, config, notes = adapt(params, config, num_classes, image_size, path)
-    model = MlpMixer(**(config | {"dtype": dtype, "seed": seed}))
+    held = architecture_of(config)
+    if architecture is not None and held != architecture:
+        raise PretrainedError(f"it holds {FAMILY_NAMES.get(held, held)}, and this run trains "
+                              f"{FAMILY_NAMES.get(architecture, architecture)}: weights cannot move between the "
+                              f"two families (train the checkpoint's family, or start without it)")
+    params, config, notes = adapt(params, config, num_classes, image_size, path, keep_head)
+    model = model_from_config(config | {"dtype": dtype, "seed": seed})
     load_params_into(model, params, path)
     return model, notes
