@@ -314,8 +314,21 @@ def remembered_argv(options: dict) -> list[str]:
     return words
 
 
-def with_remembered_options(meta: dict, argv: list[str], given: set[str], verb: str) -> argparse.Namespace:
-    """The options of the run a checkpoint holds, overridden by those given now (each change noted)."""
+def holds_data(folder: Path) -> bool:
+    """Whether --data-dir ``folder`` would find a data set there (without downloading anything)."""
+    try:
+        find_data(folder, download=False)
+    except DataError:
+        return False
+    return True
+
+
+def with_remembered_options(meta: dict, argv: list[str], given: set[str], verb: str, path: Path
+                            ) -> argparse.Namespace:
+    """The options of the run a checkpoint (at ``path``) holds, overridden by those given now (each change noted).
+    A remembered relative --data-dir (checkpoints before paths were stored absolute) is looked for from here, then
+    from the checkpoint's folder and the folders above it (where the run was started); ``args.data_dir_from``
+    names the checkpoint, for any error about that folder."""
     saved = meta.get("options") or meta.get("args") or {}
     before, _ = parse_args(remembered_argv(saved))
     args, _ = parse_args(remembered_argv(saved) + argv)
@@ -327,6 +340,16 @@ def with_remembered_options(meta: dict, argv: list[str], given: set[str], verb: 
                 fail(f"the run being resumed was trained with {flag} {old}; {flag} {new} cannot change it (leave "
                      f"model options out on --resume: they are remembered), or start a new run with another --out")
             log(f"note: {flag} is {new} now, {old} in the run being {verb}")
+    args.data_dir_from = None
+    if "data_dir" not in given and args.data_dir is not None:
+        args.data_dir_from = path
+        if not args.data_dir.expanduser().is_absolute():
+            folder = Path(path).resolve().parent
+            places = [Path.cwd(), folder, *folder.parents]
+            found = next((place / args.data_dir for place in places if holds_data(place / args.data_dir)), None)
+            if found is not None and found != Path.cwd() / args.data_dir:
+                log(f"note: the --data-dir {args.data_dir} remembered by {path} is {found}")
+            args.data_dir = found or args.data_dir
     return args
 
 
@@ -385,8 +408,14 @@ def load_data(args: argparse.Namespace) -> Dataset:
     comm = distributed.world()
     if not comm.is_root:
         comm.barrier()
-    folder = find_data(args.data_dir, download=False if args.no_download else (True if args.download else None),
-                       url=args.data_url, md5=args.data_md5, progress=not args.no_progress and comm.is_root)
+    try:
+        folder = find_data(args.data_dir, download=False if args.no_download else (True if args.download else None),
+                           url=args.data_url, md5=args.data_md5, progress=not args.no_progress and comm.is_root)
+    except DataError as exc:
+        if getattr(args, "data_dir_from", None) is None:
+            raise
+        raise DataError(f"{exc} (--data-dir {args.data_dir} is the one remembered by {args.data_dir_from}; give "
+                        f"--data-dir to use another folder)") from exc
     data = load_folder(folder)
     if comm.is_root:
         comm.barrier()
@@ -485,38 +514,51 @@ def make_optimizer(args: argparse.Namespace, model: Model) -> tm.SGD | tm.Adam:
     return tm.Adam(l2=args.weight_decay, decay_mask=mask)
 
 
-def epochs_within(budget: float, model: Model, data: Dataset, args: argparse.Namespace, rows: slice,
-                  size: tuple[int, int], steps_per_epoch: int) -> int:
-    """--time-budget: how many epochs fit in ``budget`` seconds. Three training steps of a model of the same shape
-    (not the one being trained) on a real batch, one evaluation batch, a checkpoint and a plot are timed; an epoch
-    is its steps, its evaluation and what it writes. Rank 0's estimate is everyone's."""
+def epochs_within(budget: float, started: float, model: Model, data: Dataset, args: argparse.Namespace,
+                  rows: slice, size: tuple[int, int], steps_per_epoch: int) -> int:
+    """--time-budget: how many epochs fit in ``budget`` seconds, counted from ``started`` (the program's start, so
+    that loading and this probe count too). Training steps of a model of the same shape (not the one being
+    trained) on a real batch, one evaluation batch, the checkpoints and the plot are timed (each warm: the first
+    call pays for imports, buffers and the first figure, once); an epoch is its steps, its evaluation and what it
+    writes. Rank 0's estimate is everyone's."""
     probe, optimizer = tm.model_from_config(model.config()), make_optimizer(args, model)
     index = np.arange(args.batch_size)[rows]
     images = normalize(resize_batch(data.train_images[index], size), probe.dtype)
-    times = []
-    for _ in range(3):  # the first one pays for allocating buffers: the median of the last two counts
+    times: list[float] = []
+    probe_start = time.perf_counter()
+    # The first step pays for allocating buffers; then up to 5 timed ones (a few steps vary by 20% on a busy
+    # machine), fewer if they would take more than 5% of the budget: the median counts.
+    while len(times) < 6 and (len(times) < 3 or time.perf_counter() - probe_start < 0.05 * budget):
         t0 = time.perf_counter()
         train_step(probe, optimizer, images, data.train_labels[index], 0.0, args.clip, comm=distributed.world(),
                    global_batch=args.batch_size, accumulate=args.accumulate, head_only=args.head_only,
                    masks=masks_rows(probe.draw_masks(np.random.default_rng(0), args.batch_size), rows))
         times.append(time.perf_counter() - t0)
     step = float(np.median(times[1:]))
-    t0 = time.perf_counter()
-    evaluate(probe, data.test_images[:args.batch_size], data.test_labels[:args.batch_size], args.batch_size,
-             resize=size != data.image_shape[:2])
-    evaluation = (time.perf_counter() - t0) * len(data.test_labels) / min(args.batch_size, len(data.test_labels))
-    t0 = time.perf_counter()  # and what the end of every epoch writes: two checkpoints and the plot
-    with tempfile.TemporaryDirectory() as scratch:
-        save_checkpoint(Path(scratch) / "probe.npz", probe.params, optimizer.state)
-        record = {"epoch": 1, "train_loss": 1.0, "train_accuracy": 0.5, "test_loss": 1.0, "test_accuracy": 0.5,
-                  "lr": 0.1}
-        plot_learning_curves([record, record | {"epoch": 2}], Path(scratch) / "probe.png")
-    writing = (time.perf_counter() - t0) * 2
-    epoch = steps_per_epoch * step * 1.05 + evaluation + writing  # 5% for loading and augmenting the data
-    epochs = distributed.world().broadcast_object(max(1, int(budget // epoch)))
-    log(f"time budget {budget:.0f} s: a step takes {step:.2f} s, an epoch about {epoch:.0f} s with its evaluation: "
-        f"{epochs} epoch(s)" + (" (one epoch takes longer than the budget: --limit-train shortens it)"
-                                if epoch > budget else ""))
+
+    def seconds(task) -> tuple[float, float]:  # (the first run, the second): the first pays the one-off costs
+        t0 = time.perf_counter()
+        task()
+        t1 = time.perf_counter()
+        task()
+        return t1 - t0, time.perf_counter() - t1
+
+    test_batch = min(args.batch_size, len(data.test_labels))
+    _, evaluation = seconds(lambda: evaluate(probe, data.test_images[:test_batch], data.test_labels[:test_batch],
+                                             args.batch_size, resize=size != data.image_shape[:2]))
+    evaluation *= len(data.test_labels) / test_batch
+    record = {"epoch": 1, "train_loss": 1.0, "train_accuracy": 0.5, "test_loss": 1.0, "test_accuracy": 0.5, "lr": 0.1}
+    with tempfile.TemporaryDirectory() as scratch:  # what the end of every epoch writes: two checkpoints, the plot
+        _, checkpoint = seconds(lambda: save_checkpoint(Path(scratch) / "probe.npz", probe.params, optimizer.state))
+        cold, plot = seconds(lambda: plot_learning_curves([record, record | {"epoch": 2}], Path(scratch) / "probe.png"))
+    # 5% for loading and augmenting the data; once: the first figure's set-up, the final confusion-matrix plot
+    epoch = steps_per_epoch * step * 1.05 + evaluation + 2 * checkpoint + plot
+    left = budget - (time.perf_counter() - started) - max(cold - plot, 0.0) - plot - evaluation
+    epochs = distributed.world().broadcast_object(max(1, int(left // epoch)))
+    log(f"time budget {budget:.0f} s: a step takes {step:.3g} s, an epoch about {epoch:.3g} s with its evaluation: "
+        f"{epochs} epoch(s) in the {max(left, 0):.3g} s left" + (" (one epoch takes longer than the budget: "
+                                                                  "--limit-train shortens it)"
+                                                                  if epoch > left else ""))
     return epochs
 
 
@@ -529,7 +571,7 @@ def evaluate_only(args: argparse.Namespace, argv: list[str], given: set[str]) ->
     location comes from the checkpoint unless given; the test set is used unless --validation N is given."""
     model, meta, _ = load_model_on_root(args.evaluate)
     if meta.get("options") or meta.get("args"):
-        args = with_remembered_options(meta, argv, given, "evaluated")
+        args = with_remembered_options(meta, argv, given, "evaluated", args.evaluate)
         if "validation" not in given:
             args.validation = 0
         if "limit_test" not in given:
@@ -567,6 +609,7 @@ def write_metrics(out: Path, history: list[dict], summary: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.perf_counter()  # --time-budget counts from here
     argv = list(sys.argv[1:] if argv is None else argv)
     args, given = parse_args(argv)
     comm = distributed.init()  # one process, or one rank of `mpiexec -n N` (then rank 0 alone speaks and writes)
@@ -594,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
         if "state" not in meta:
             fail(f"--resume: {path} holds weights but no training state (best.npz is the best epoch's weights "
                  f"only); resume from the run's checkpoint.npz, or evaluate it with --evaluate")
-        args = with_remembered_options(meta, argv, given, "resumed")
+        args = with_remembered_options(meta, argv, given, "resumed", path)
         resumed = path, meta
     else:
         def refuse_to_replace_a_run() -> None:
@@ -635,12 +678,27 @@ def main(argv: list[str] | None = None) -> int:
         if resumed:
             fail("--time-budget sets the length of a new run; a resumed run keeps its schedule (give --epochs to "
                  "change it)")
-        args.epochs = epochs_within(args.time_budget, model, data, args, rows, (h, w), steps_per_epoch)
+        args.epochs = epochs_within(args.time_budget, started, model, data, args, rows, (h, w), steps_per_epoch)
+        recipe = RECIPES[args.recipe]
+        if "warmup" not in given and "warmup" in recipe and recipe.get("epochs") and not args.warmup.endswith("%"):
+            # the recipe's warm-up in epochs or steps was sized for its own length of run: keep its share of it
+            planned = recipe["epochs"] * steps_per_epoch
+            share = tm.warmup_steps(args.warmup, planned, steps_per_epoch) / planned
+            log(f"note: --recipe {args.recipe}'s warm-up of {args.warmup} is {100 * share:.3g}% of its "
+                f"{recipe['epochs']} epochs; the time budget's {args.epochs} epoch(s) keep that share (--warmup sets "
+                f"it)")
+            args.warmup = f"{100 * share:.6g}%"
     total_steps = args.epochs * steps_per_epoch
     try:
         warmup = tm.warmup_steps(args.warmup, total_steps, steps_per_epoch)
     except ValueError as exc:
-        fail(f"--warmup: {exc}")
+        source = (f" (the warm-up of --recipe {args.recipe}; give --warmup to override it, e.g. --warmup 5%)"
+                  if "warmup" not in given and "warmup" in RECIPES[args.recipe] else "")
+        fail(f"--warmup: {exc}{source}")
+    if warmup and warmup >= total_steps and total_steps > 1:
+        source = f"--recipe {args.recipe}'s" if "warmup" not in given and "warmup" in RECIPES[args.recipe] else "the"
+        fail(f"--warmup: {source} warm-up of {args.warmup} is the whole run ({total_steps} steps): the learning "
+             f"rate would only rise; give a shorter --warmup (e.g. 5%) or more --epochs")
 
     def lr_at(step: int) -> float:
         return tm.schedule(args.schedule, step, args.lr, total_steps, warmup, args.end_lr)
@@ -701,11 +759,17 @@ def main(argv: list[str] | None = None) -> int:
         log("note: best.npz is picked by test accuracy, which makes the test set part of model selection; hold "
             "out a validation split (--validation N) for an honest choice")
 
-    def remembered_options() -> dict:
-        return {name: (str(v) if isinstance(v, Path) else v) for name, v in vars(args).items() if name in REMEMBERED}
+    def remembered_options() -> dict:  # paths absolute: --evaluate and --resume work from any folder
+        return {name: (str(v.expanduser().absolute()) if isinstance(v, Path) else v) for name, v in vars(args).items()
+                if name in REMEMBERED}
+
+    def applies(name: str) -> bool:  # options that do nothing in this run are left out of the settings line
+        if name in ("data_url", "data_md5"):  # only where CIFAR-10 may be downloaded
+            return args.data_dir is None or args.download
+        return name != "momentum" or args.optimizer == "sgd"
 
     log("settings: " + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in remembered_options().items()
-                                 if v not in (None, False)))
+                                 if v not in (None, False) and applies(k)))
 
     def save(reason: str) -> None:
         options = remembered_options()

@@ -285,8 +285,8 @@ def test_a_time_budget_sets_the_epochs_from_a_measured_step(tmp_path, digits, ca
     out = tmp_path / "run"
     assert cifar10.main(["--data-dir", str(digits), "--time-budget", "4s", "--out", str(out)] + QUICK) == 0
     printed = capsys.readouterr().out
-    found = re.search(r"time budget 4 s: a step takes [0-9.]+ s, an epoch about [0-9]+ s with its evaluation: "
-                      r"(\d+) epoch\(s\)", printed)
+    found = re.search(r"time budget 4 s: a step takes [0-9.e-]+ s, an epoch about [0-9.]+ s with its evaluation: "
+                      r"(\d+) epoch\(s\) in the [0-9.]+ s left", printed)
     assert found, printed
     epochs = json.loads((out / "metrics.json").read_text())["epochs"]
     assert len(epochs) == int(found[1]) >= 1
@@ -307,3 +307,66 @@ def test_the_weight_average_is_evaluated_beside_and_resumes_exactly(tmp_path, di
     assert all(np.array_equal(a[k], b[k]) for k in a)  # the optimiser's state and the average, bit-exact
     metrics = json.loads((tmp_path / "straight/metrics.json").read_text())
     assert "ema_validation_accuracy" in metrics["epochs"][0] and metrics["best"]["weights"] in ("weights", "ema")
+
+
+def test_a_time_budget_scales_a_recipes_warmup_and_a_whole_run_warmup_is_refused(tmp_path, digits, capsys):
+    """scratch-cifar's 5-epoch warm-up belongs to its 300 epochs: under a budget of a few epochs it keeps its share
+    (1.67%) instead of being the whole run; without a budget, a recipe's warm-up as long as the run is refused with
+    the recipe and the option named."""
+    out = tmp_path / "run"
+    assert cifar10.main(["--data-dir", str(digits), "--recipe", "scratch-cifar", "--config", "micro/4",
+                         "--time-budget", "3s", "--out", str(out)] + QUICK) == 0
+    printed = capsys.readouterr().out
+    assert ("note: --recipe scratch-cifar's warm-up of 5ep is 1.67% of its 300 epochs; the time budget's") in printed
+    options = json.loads((out / "metrics.json").read_text())["options"]
+    assert options["warmup"] == "1.66667%"  # remembered: --resume keeps the same schedule
+    lrs = [e["lr"] for e in json.loads((out / "metrics.json").read_text())["epochs"]]
+    assert len(lrs) == 1 or lrs[-1] < lrs[0]  # the learning rate decays, it does not only rise
+    with pytest.raises(SystemExit) as stop:
+        cifar10.main(["--data-dir", str(digits), "--recipe", "scratch-cifar", "--config", "micro/4", "--epochs", "5",
+                      "--out", str(tmp_path / "other")] + QUICK)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "--recipe scratch-cifar's warm-up of 5ep is the whole run" in err
+    assert "give a shorter --warmup" in err
+
+
+def test_checkpoint_paths_work_from_any_folder(tmp_path, digits, capsys, monkeypatch):
+    """A run started with a relative --data-dir is evaluated and resumed from another folder: the checkpoint stores
+    the path absolute; an older checkpoint's relative path is found from the checkpoint's folder; a folder that is
+    gone is an error that names the checkpoint it came from."""
+    import shutil
+
+    project = tmp_path / "project"
+    shutil.copytree(digits, project / "digits")
+    monkeypatch.chdir(project)
+    assert cifar10.main(["--data-dir", "digits", "--epochs", "2", "--stop-after-epoch", "1", "--out",
+                         "runs/digits"] + QUICK) == 0
+    run = project / "runs/digits"
+    assert json.loads((run / "metrics.json").read_text())["options"]["data_dir"] == str(project / "digits")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    assert cifar10.main(["--evaluate", str(run / "best.npz")]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    # an older checkpoint, with the relative path as it was given: found from the checkpoint's folder upwards
+    params, state, meta = load_checkpoint(run / "checkpoint.npz")
+    meta["options"]["data_dir"] = "digits"
+    from tinymixer.training.checkpoint import save_checkpoint
+
+    save_checkpoint(run / "checkpoint.npz", params, state, meta)
+    assert cifar10.main(["--resume", "--out", str(run)]) == 0
+    assert f"note: the --data-dir digits remembered by {run / 'checkpoint.npz'} is {project / 'digits'}" in \
+        capsys.readouterr().out
+    shutil.rmtree(project / "digits")
+    result = run_script("--evaluate", str(run / "best.npz"), cwd=elsewhere)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert f"is the one remembered by {run / 'best.npz'}; give --data-dir" in result.stderr, result.stderr
+
+
+def test_the_settings_line_shows_only_what_applies(tmp_path, digits, capsys):
+    assert cifar10.main(["--data-dir", str(digits), "--epochs", "1", "--optimizer", "adam", "--lr", "0.003",
+                         "--out", str(tmp_path / "run")] + QUICK) == 0
+    settings = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("settings: "))
+    assert "optimizer adam" in settings and f"data-dir {digits}" in settings
+    assert "momentum" not in settings and "data-url" not in settings and "data-md5" not in settings, settings

@@ -75,7 +75,7 @@ def test_every_recipe_is_in_help_and_the_settings_are_printed_and_saved(recipe, 
     for name, value in cifar10.RECIPES[recipe].items():
         assert getattr(args, name) == value, name
     out = tmp_path / "run"
-    options = ["--config", "micro/4", "--epochs", "1", "--warmup", "1ep"] if recipe == "scratch-cifar" else \
+    options = ["--config", "micro/4", "--epochs", "1", "--warmup", "2"] if recipe == "scratch-cifar" else \
         ["--epochs", "1", "--warmup", "0"]
     assert cifar10.main(["--data-dir", str(digits), "--recipe", recipe, "--out", str(out)] + options + QUICK) == 0
     assert f"recipe {recipe}" in capsys.readouterr().out  # the settings line

@@ -226,3 +226,12 @@ def test_parallel_benchmark_runs_every_layout():
 
     assert "| 1 x 1 |" in result.stdout and "N = 512" in result.stdout
     assert cores() == 1 or f"| {cores()} x 1 |" in result.stdout  # P processes of one thread, through mpiexec
+
+
+def test_the_mpi_library_version_is_one_tidy_line():
+    from tinymixer.training.distributed import library_version
+
+    assert library_version("MPICH Version:      5.0.2\nMPICH Release date: Fri Sep 25\n") == "MPICH 5.0.2"
+    assert library_version("Open MPI v4.1.5, package: Open MPI x, ident: 4.1.5\n") == \
+        "Open MPI v4.1.5, package: Open MPI x, ident: 4.1.5"
+    assert library_version("") == "unknown version"

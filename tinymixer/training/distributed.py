@@ -44,6 +44,12 @@ class DistributedError(RuntimeError):
     """Data-parallel training cannot start as asked; the message says why and what to do."""
 
 
+def library_version(text: str) -> str:
+    """The MPI library's version line, with its padding squeezed ("MPICH Version:      5.0.2" -> "MPICH 5.0.2")."""
+    line = " ".join(text.strip().splitlines()[0].split()) if text.strip() else "unknown version"
+    return line.replace(" Version: ", " ").replace(" version: ", " ")
+
+
 def launched_size() -> int:
     """How many processes the launcher (mpiexec, srun) started, read from its environment; 1 without one."""
     for name in _LAUNCHER_SIZE_VARS:
@@ -113,7 +119,7 @@ class MpiCommunicator(SingleProcess):
         # The ranks on this machine, numbered from 0: which GPU a rank takes, and a name for the machine's share.
         node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
         self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
-        self.name = f"MPI, {self.size} processes ({MPI.Get_library_version().splitlines()[0].strip()})"
+        self.name = f"MPI, {self.size} processes ({library_version(MPI.Get_library_version())})"
         self.nccl = None
         self.threads = share_the_cores(self.local_size)
 
