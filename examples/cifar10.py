@@ -52,7 +52,7 @@ from tinymixer.data import (
 )
 from tinymixer.nn.architectures import MIN_TOKENS
 from tinymixer.nn.blocks import masks_rows
-from tinymixer.tools.cli import Parser, duration, number
+from tinymixer.tools.cli import Parser, add_backend_option, duration, number
 from tinymixer.tools.files import atomic_open
 from tinymixer.tools.plots import plot_confusion_matrix, plot_learning_curves
 from tinymixer.training import distributed
@@ -271,7 +271,7 @@ def build_parser() -> Parser:
     run.add_argument("--evaluate", type=Path, metavar="CHECKPOINT",
                      help="only evaluate CHECKPOINT (on the test set, or --validation N's split); output goes beside "
                           "it, or to --out when given")
-    run.add_argument("--backend", default="auto", choices=["auto", "numpy", "cupy"], help="array library")
+    add_backend_option(run)
     run.add_argument("--log-every", type=pos, metavar="N", default=10,
                      help="steps between progress-bar updates (each reads the loss back from the device)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -332,6 +332,12 @@ def with_remembered_options(meta: dict, argv: list[str], given: set[str], verb: 
     saved = meta.get("options") or meta.get("args") or {}
     before, _ = parse_args(remembered_argv(saved))
     args, _ = parse_args(remembered_argv(saved) + argv)
+    if verb == "evaluated":  # an evaluation uses the test set, all of it, unless told otherwise: not the run's split
+        for name, default in (("validation", 0), ("limit_test", None)):
+            if name not in given:
+                setattr(args, name, default)
+            elif getattr(args, name) == default:  # asked for what an evaluation does anyway: nothing to note
+                setattr(before, name, default)
     for name in sorted(given & set(REMEMBERED)):
         old, new = getattr(before, name), getattr(args, name)
         if old != new:
@@ -572,10 +578,6 @@ def evaluate_only(args: argparse.Namespace, argv: list[str], given: set[str]) ->
     model, meta, _ = load_model_on_root(args.evaluate)
     if meta.get("options") or meta.get("args"):
         args = with_remembered_options(meta, argv, given, "evaluated", args.evaluate)
-        if "validation" not in given:
-            args.validation = 0
-        if "limit_test" not in given:
-            args.limit_test = None
     data = load_data(args)
     check_fits(model, data, f"the model in {args.evaluate}", resized=bool(args.image_size))
     split = "validation" if args.validation else "test"
@@ -620,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, ValueError) as exc:
         fail(f"--backend {args.backend}: {exc}")
     if comm.size > 1 and tm.backend_name() == "cupy":
-        comm.use_nccl()
+        log(f"gradients: {comm.choose_gpu_allreduce()}")
     if args.evaluate:
         return evaluate_only(args, argv, given)
 
@@ -800,7 +802,7 @@ def main(argv: list[str] | None = None) -> int:
             run = state["running"]
             bar = tqdm(range(state["step_in_epoch"], steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}",
                        initial=state["step_in_epoch"], total=steps_per_epoch,
-                       disable=args.no_progress or not comm.is_root,
+                       disable=True if args.no_progress or not comm.is_root else None,  # None: off when piped
                        dynamic_ncols=True, leave=False)
             loss_sum, correct_sum = model.xp.zeros((), np.float64), model.xp.zeros((), np.int64)  # on the device
             lr = lr_at(state["global_step"])

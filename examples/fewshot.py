@@ -44,7 +44,7 @@ from tqdm import tqdm
 from tinymixer.data import DATA_DIR_ENV, DataError, class_balanced_subset, find_data, load_folder, normalize
 from tinymixer.data.images import resize_image
 from tinymixer.nn.network import Network
-from tinymixer.tools.cli import Parser, number
+from tinymixer.tools.cli import Parser, add_backend_option, number
 from tinymixer.training.checkpoint import CheckpointError, load_model
 from tinymixer.transfer.fewshot import L2, NUM_SEEDS, SHOTS, few_shot_evaluation, few_shot_rows, mean_and_std
 
@@ -79,7 +79,7 @@ def build_parser() -> Parser:
                         "straight to the model's resolution)")
     p.add_argument("--limit-test", type=pos, metavar="N",
                    help="evaluate on N of the test images: a random subset (seed 0) with every class in proportion")
-    p.add_argument("--backend", default="auto", choices=["auto", "numpy", "cupy"], help="array library")
+    add_backend_option(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -104,7 +104,8 @@ def compute_features(model: Network, images: np.ndarray, resize_to: tuple[int, i
     """The model's pre-logits features (N, C) on the host, float32, for uint8 images (N, H, W, C): a batch at a
     time resized, scaled to [-1, 1], and passed through the frozen model."""
     out = np.zeros((len(images), model.feature_dim), dtype=np.float32)  # (N, C)
-    with tqdm(total=len(images), desc=desc, unit="img", disable=not progress, leave=False) as bar:
+    with tqdm(total=len(images), desc=desc, unit="img", leave=False,
+              disable=None if progress else True) as bar:
         for start in range(0, len(images), batch_size):
             batch = resize_and_crop(images[start:start + batch_size], resize_to, model.image_size)  # (b, h, w, C_in)
             out[start:start + len(batch)] = tm.to_host(model.features(normalize(batch, model.dtype)))  # (b, C)

@@ -40,7 +40,7 @@ from tinymixer.data.images import (
     read_class_names,
 )
 from tinymixer.nn.network import Network
-from tinymixer.tools.cli import Parser, positive_int
+from tinymixer.tools.cli import Parser, add_backend_option, positive_int
 from tinymixer.training.checkpoint import META_KEY, CheckpointError, load_model
 from tinymixer.training.evaluate import predict_logits
 
@@ -69,7 +69,7 @@ def build_parser() -> Parser:
                    help="report top-1/top-K accuracy on ROOT/<class>/<images>; a class folder is named after one of "
                         "the model's classes, or is its index")
     p.add_argument("--batch-size", type=positive_int, metavar="N", default=32, help="images per forward pass")
-    p.add_argument("--backend", default="auto", choices=["auto", "numpy", "cupy"], help="array library")
+    add_backend_option(p)
     return p
 
 

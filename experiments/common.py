@@ -24,7 +24,7 @@ import numpy as np
 
 from tinymixer.data import DataError, Dataset, find_data, load_folder, normalize
 from tinymixer.nn.architectures import make_model
-from tinymixer.tools.cli import HelpWithDefaults, Parser, number, positive_int
+from tinymixer.tools.cli import HelpWithDefaults, Parser, add_backend_option, number, positive_int
 from tinymixer.training.evaluate import evaluate
 from tinymixer.training.train import fit, train_step
 
@@ -97,7 +97,7 @@ def build_parser(prog: str, description: str, presets: dict[str, Preset], experi
     parser.add_argument("--no-sweep", action="store_true",
                         help=f"skip the learning-rate sweep: use {DOCUMENTED_LR} unless --lr-* says otherwise")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights, data order, subsets, permutations")
-    parser.add_argument("--backend", choices=["auto", "numpy", "cupy"], default="auto", help="array library")
+    add_backend_option(parser)
     parser.add_argument("--yes", action="store_true", help="do not wait 5 s after printing the estimate")
     return parser
 

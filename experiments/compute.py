@@ -119,6 +119,8 @@ def pareto(rows: list[dict[str, Any]], cost: str) -> list[str]:
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
     """Test accuracy against each cost, one panel each (log x), each family's sizes joined by a line."""
     plt = common.pyplot()
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
     fig, axes = plt.subplots(1, len(PANELS), figsize=(5.2 * len(PANELS), 4.2), sharey=True)
     for ax, (key, label) in zip(axes, PANELS, strict=True):
         for fam in ("Mixer", "CNN"):
@@ -129,6 +131,13 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
                 ax.annotate(r["model"], (r[key], 100 * r["test_accuracy"]), textcoords="offset points",
                             xytext=(4, 4), fontsize=8)
         ax.set_xscale("log")
+        # a log axis spanning a decade or two labels every minor tick, and they overlap: label 2x and 5x only,
+        # compactly; room above and beside the points for their labels
+        ax.xaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda x, _: f"{x:.0e}".replace("e+", "e") if x >= 1e4
+                                                   else f"{x:g}"))
+        ax.tick_params(axis="x", which="minor", labelsize=7)
+        ax.margins(x=0.15, y=0.12)
         ax.set(xlabel=label)
         ax.grid(alpha=0.3, which="both")
     axes[0].set_ylabel("test accuracy (%)")

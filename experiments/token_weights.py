@@ -173,11 +173,17 @@ def plot_units(kernels: list[np.ndarray], analyses: list[dict[str, Any]], grid: 
             for k, unit in enumerate(pair):
                 picture = kernel[:, unit].reshape(grid)
                 limit = float(np.abs(picture).max()) or 1.0
-                axes[r, 3 * c + k].imshow(picture, cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
+                image = axes[r, 3 * c + k].imshow(picture / limit, cmap="RdBu_r", vmin=-1, vmax=1,
+                                                  interpolation="nearest")
         s = summary(analysis)
         sub.suptitle(f"block {block}: {kernel.shape[1]} units, mean pair correlation "
                      f"{s['mean_pair_correlation']:.2f}, mean frequency {s['mean_frequency']:.2f} cycles/patch",
                      fontsize=9)
+    # one scale for every picture: each unit's weights over the patch grid divided by its own largest |weight|
+    bar = fig.colorbar(image, cax=fig.add_axes((0.3, -0.03, 0.4, 0.015)), orientation="horizontal",
+                       ticks=[-1, 0, 1])  # below the panels (the figure is saved with a tight bounding box)
+    bar.set_label("weight / the unit's largest |weight| (each picture: one hidden unit's weights over the "
+                  "patch grid)", fontsize=8)
     fig.suptitle(title, fontsize=10, y=1.03)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)

@@ -37,19 +37,26 @@ print(f"token-mixing kernel: {kernel.shape}, moved {100 * change:.0f}% of its no
 
 
 def weight_grid(ax_grid, columns, title):
+    """One picture per hidden unit, each divided by its own largest |weight| (one colour scale for all)."""
     for ax, column in zip(ax_grid.ravel(), columns.T, strict=False):
-        limit = np.abs(column).max()
-        ax.imshow(column.reshape(grid, grid), cmap="RdBu_r", vmin=-limit, vmax=limit)
+        image = ax.imshow(column.reshape(grid, grid) / np.abs(column).max(), cmap="RdBu_r", vmin=-1, vmax=1)
         ax.axis("off")
     ax_grid[0, 0].set_title(title, loc="left", fontsize=10)
+    return image
 
 
 # order the hidden units by how far training moved them: the most changed first
 moved = np.linalg.norm(kernel - initial["MixerBlock_0/token_mixing/Dense_0/kernel"], axis=0)
 order = np.argsort(-moved)[:16]
-fig, axes = plt.subplots(4, 8, figsize=(12, 6.5))
-weight_grid(axes[:, :4], kernel[:, order], "trained: 16 hidden units of block 0")
-weight_grid(axes[:, 4:], initial["MixerBlock_0/token_mixing/Dense_0/kernel"][:, order], "the same units at init")
+fig, axes = plt.subplots(5, 8, figsize=(12, 7), height_ratios=[1, 1, 1, 1, 0.12])
+weight_grid(axes[:4, :4], kernel[:, order], "trained: 16 hidden units of block 0")
+image = weight_grid(axes[:4, 4:], initial["MixerBlock_0/token_mixing/Dense_0/kernel"][:, order],
+                    "the same units at init")
+for ax in axes[4]:  # the last row becomes one axis for the colour scale
+    ax.remove()
+bar = fig.colorbar(image, cax=fig.add_subplot(axes[0, 0].get_gridspec()[4, 2:6]), orientation="horizontal",
+                   ticks=[-1, 0, 1])
+bar.set_label("weight / the unit's largest |weight|")
 save_figure(fig, "10_token_mixing_weights")
 
 # %% [markdown]
@@ -64,11 +71,15 @@ save_figure(fig, "10_token_mixing_weights")
 # %%
 stem = tm.to_host(model.params["stem/kernel"])  # (4, 4, 3, C)
 rows = stem.shape[-1] // 16  # C = 64 filters in 4 rows of 16 (32 in 2 rows in quick mode)
-fig, axes = plt.subplots(rows, 16, figsize=(12, 0.85 * rows))
+fig, axes = plt.subplots(rows, 16, figsize=(12, 0.85 * rows + 0.8))
 for ax, c in zip(axes.ravel(), range(stem.shape[-1]), strict=True):
     f = stem[..., c]
     ax.imshow((f - f.min()) / (f.max() - f.min() + 1e-12), interpolation="nearest")
     ax.axis("off")
+# an RGB picture has no single colour bar: say the scale in the title instead
+fig.suptitle(f"stem filters: {stem.shape[-1]} channels, each a {stem.shape[0]}x{stem.shape[1]} RGB filter, "
+             f"scaled from its smallest weight (black) to its largest (white), the three colours together; grey: "
+             f"halfway", fontsize=9)
 save_figure(fig, "10_stem_filters")
 
 # %% [markdown]

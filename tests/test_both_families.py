@@ -129,3 +129,29 @@ def test_keep_head_needs_init_and_matching_classes(runs, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         cifar10.main(["--keep-head", "--data-dir", str(runs["digits"]), "--out", str(tmp_path)] + QUICK)
     assert stop.value.code == 2 and "--keep-head keeps the head of --init's checkpoint" in capsys.readouterr().err
+
+
+def test_piped_progress_bars_leave_no_residue(runs, tmp_path):
+    """Progress bars are for terminals: with stderr piped (a log file), few-shot and image reading print none."""
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "fewshot.py"), "--checkpoint",
+                             str(runs["cnn"] / "best.npz"), "--data-dir", str(runs["digits"]), "--shots", "1",
+                             "--seeds", "1", "--limit-test", "50"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "%|" not in result.stderr and "features" not in result.stderr, result.stderr
+    command = (f"from tinymixer.data.images import load_images; "
+               f"print(load_images([{str(runs['image'])!r}] * 3, 8, channels=1, progress=True).shape)")
+    result = subprocess.run([sys.executable, "-c", command], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "(3, 8, 8, 1)" in result.stdout, result.stderr
+    assert "%|" not in result.stderr, result.stderr
+
+
+def test_evaluating_a_validation_run_on_the_test_set_says_nothing_misleading(runs, tmp_path, capsys):
+    out = tmp_path / "val"
+    assert cifar10.main(["--data-dir", str(runs["digits"]), "--validation", "100", "--out", str(out)] + QUICK) == 0
+    capsys.readouterr()
+    assert cifar10.main(["--evaluate", str(out / "best.npz"), "--validation", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "test accuracy" in printed and "note: --validation" not in printed, printed
+    assert cifar10.main(["--evaluate", str(out / "best.npz"), "--validation", "100"]) == 0
+    printed = capsys.readouterr().out  # the run's own split, asked for: said as what it is
+    assert "validation accuracy" in printed and "note: --validation" not in printed, printed

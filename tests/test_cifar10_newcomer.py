@@ -370,3 +370,15 @@ def test_the_settings_line_shows_only_what_applies(tmp_path, digits, capsys):
     settings = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("settings: "))
     assert "optimizer adam" in settings and f"data-dir {digits}" in settings
     assert "momentum" not in settings and "data-url" not in settings and "data-md5" not in settings, settings
+
+
+def test_the_first_command_offline_points_to_the_offline_route_and_leaves_no_folder(tmp_path):
+    cache = tmp_path / "cache" / "tinymixer"
+    result = subprocess.run([sys.executable, str(SCRIPT), "--data-url", "http://127.0.0.1:9/cifar-10-python.tar.gz",
+                             "--out", str(tmp_path / "run"), "--no-progress"], capture_output=True, text=True,
+                            timeout=120, env=dict(os.environ, TINYMIXER_DATA=str(cache)))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "the download of http://127.0.0.1:9/cifar-10-python.tar.gz failed" in result.stderr
+    assert "let the script download it" not in result.stderr  # it just tried
+    assert "Without CIFAR-10: train on your own images or arrays" in result.stderr, result.stderr
+    assert not cache.exists()

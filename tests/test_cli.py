@@ -29,3 +29,38 @@ def test_numbers_are_range_checked_and_errors_are_one_line(capsys):
     err = capsys.readouterr().err
     assert stop.value.code == 2 and err.count("\n") == 1 and "must be > 0, got 0" in err
     assert "(default: 0.1)" in parser.format_help()
+
+
+def test_every_program_takes_its_backend_default_from_the_environment(monkeypatch):
+    """TINYMIXER_BACKEND is honoured by every program: their --backend defaults to it (a program passing its own
+    "auto" to set_backend would override it, and put the tests and the benchmark's workers on a GPU unasked)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "experiments"))
+    try:
+        import common
+        import permutations
+    finally:
+        sys.path.remove(str(root / "experiments"))
+    from tinymixer.tools import bench
+
+    def parser_of(name):
+        spec = importlib.util.spec_from_file_location(f"{name}_env", root / "examples" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.build_parser()
+
+    builders = {"cifar10": lambda: parser_of("cifar10"), "predict": lambda: parser_of("predict"),
+                "fewshot": lambda: parser_of("fewshot"), "bench": bench._parser,
+                "experiments": lambda: common.build_parser("x", "y", permutations.PRESETS, "permutations")}
+    for value, bench_default in [(None, "numpy"), ("numpy", "numpy"), ("cupy", "cupy"), ("auto", "auto")]:
+        if value is None:
+            monkeypatch.delenv("TINYMIXER_BACKEND", raising=False)
+        else:
+            monkeypatch.setenv("TINYMIXER_BACKEND", value)
+        for name, build in builders.items():
+            expected = bench_default if name == "bench" else (value or "auto")
+            assert build().get_default("backend") == expected, (name, value)

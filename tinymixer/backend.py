@@ -23,6 +23,10 @@ import numpy as np
 ENV_VAR = "TINYMIXER_BACKEND"
 _CHOICES = ("numpy", "cupy", "auto")
 
+# What to install for a working GPU userland (setup.cfg's extras: CuPy with its CUDA libraries and NCCL)
+INSTALL_HINT = ("Install CuPy with its CUDA libraries: pip install 'tinymixer[gpu]' for a CUDA 12 driver, "
+                "'tinymixer[gpu-cuda13]' for CUDA 13 (nvidia-smi shows the driver's CUDA version)")
+
 _backend: ModuleType | None = None  # the chosen array module, decided on first use
 _cupy: ModuleType | None = None  # the cupy module once it has been imported and shown to work
 
@@ -36,13 +40,18 @@ def _load_cupy() -> tuple[ModuleType | None, str]:
         import cupy  # the one guarded import of cupy in the project
     except Exception as exc:  # ImportError, or a CUDA library missing at import time
         reason = f"CuPy does not import ({type(exc).__name__}: {exc})"
-        return None, f"{reason}. Install it with: pip install 'tinymixer[gpu]'"
+        return None, f"{reason}. {INSTALL_HINT}"
     try:
         if cupy.cuda.runtime.getDeviceCount() < 1:
-            return None, "CuPy imports but sees no CUDA device"
+            return None, "CuPy imports but sees no CUDA device (is there a GPU, and its driver?)"
+    except Exception as exc:
+        return None, f"CuPy imports but finds no CUDA driver or device ({type(exc).__name__}: {exc})"
+    try:
         int((cupy.arange(4, dtype=cupy.float32) * 2).sum())  # compiles and runs a kernel: the real test
     except Exception as exc:
-        return None, f"CuPy imports but cannot run on a GPU ({type(exc).__name__}: {exc})"
+        # a GPU is there but a CUDA library is not: the driver alone does not bring NVRTC (kernel compilation)
+        return None, (f"CuPy sees a GPU but cannot compile or run a kernel ({type(exc).__name__}: {exc}); the "
+                      f"CUDA libraries are missing or do not match. {INSTALL_HINT}")
     _cupy = cupy
     return cupy, ""
 
@@ -151,6 +160,17 @@ def use_device(index: int) -> None:
         cupy.cuda.Device(index % count).use()
 
 
+def device_count() -> int:
+    """The number of CUDA GPUs CuPy sees here (0 without a usable CuPy)."""
+    cupy, _ = _load_cupy()
+    if cupy is None:
+        return 0
+    try:
+        return int(cupy.cuda.runtime.getDeviceCount())
+    except Exception:
+        return 0
+
+
 def nccl_module() -> ModuleType:
     """CuPy's NCCL bindings (``cupy.cuda.nccl``), for the data-parallel all-reduce of GPU arrays."""
     cupy, why_not = _load_cupy()
@@ -159,8 +179,8 @@ def nccl_module() -> ModuleType:
     from cupy.cuda import nccl
 
     if not nccl.available:
-        raise RuntimeError("this CuPy was built without NCCL; install a CuPy wheel with NCCL (pip install "
-                           "cupy-cuda12x or cupy-cuda13x brings it) or run without NCCL")
+        raise RuntimeError("CuPy finds no NCCL library: pip install nvidia-nccl-cu12 (CUDA 12) or nvidia-nccl-cu13 "
+                           "(CUDA 13), which the extras tinymixer[gpu] and tinymixer[gpu-cuda13] include")
     return nccl
 
 

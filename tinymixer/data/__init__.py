@@ -129,7 +129,7 @@ def download(url: str, dest: Path, md5: str | None = None, progress: bool = True
         total = int(response.headers.get("Content-Length") or 0) or None
         size, digest = 0, hashlib.md5()
         with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {dest.name}",
-                  disable=not progress) as bar:
+                  disable=None if progress else True) as bar:  # None: off when piped
             for chunk in iter(lambda: response.read(1 << 20), b""):
                 out.write(chunk)
                 size += len(chunk)
@@ -142,12 +142,16 @@ def download(url: str, dest: Path, md5: str | None = None, progress: bool = True
     return dest
 
 
-def _missing_data_message(data_dir: Path, why: str) -> str:
+def _missing_data_message(data_dir: Path, why: str, download_failed: bool = False) -> str:
+    fetch = ("" if download_failed else "let the script download it (needs internet: leave out --no-download), "
+             "or ")
     return (
         f"CIFAR-10 is not available: {why}.\n"
-        f"Either let the script download it (needs internet), or download {CIFAR10_URL}\n"
-        f"yourself and put the file {ARCHIVE_NAME} (or its extracted folder {FOLDER_NAME}/) into {data_dir}\n"
-        f"(choose another folder with --data-dir or ${DATA_DIR_ENV})."
+        f"To get it, {fetch}download {CIFAR10_URL} on a machine with internet\n"
+        f"and put the file {ARCHIVE_NAME} (or its extracted folder {FOLDER_NAME}/) into {data_dir}\n"
+        f"(choose another folder with --data-dir or ${DATA_DIR_ENV}).\n"
+        f"Without CIFAR-10: train on your own images or arrays (--data-dir; `python -m tinymixer.data` makes a folder "
+        f"from NumPy arrays), e.g. the 8x8 digits scikit-learn bundles: README, \"Train on your own data\"."
     )
 
 
@@ -172,10 +176,14 @@ def ensure_cifar10(data_dir: Path | str | None = None, url: str = CIFAR10_URL, m
     if not archive.exists():
         if not download_ok:
             raise DataError(_missing_data_message(data_dir, f"neither {folder} nor {archive} exists"))
+        created = not data_dir.exists()
         try:
             download(url, archive, md5, progress=progress)
         except (urllib.error.URLError, OSError) as exc:
-            raise DataError(_missing_data_message(data_dir, f"the download failed ({exc})")) from exc
+            if created:  # leave nothing behind: the cache folder was made for this download
+                shutil.rmtree(data_dir, ignore_errors=True)
+            raise DataError(_missing_data_message(data_dir, f"the download of {url} failed ({exc})",
+                                                  download_failed=True)) from exc
     _extract(archive, data_dir)
     if not (folder / "batches.meta").exists():
         raise DataError(f"{archive} did not contain {FOLDER_NAME}/batches.meta; is it the CIFAR-10 python archive?")

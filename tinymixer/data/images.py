@@ -171,7 +171,7 @@ def _progress(items: Sequence, show: bool, desc: str) -> Iterable:
         return items
     from tqdm import tqdm
 
-    return tqdm(items, desc=desc, unit="image", file=sys.stderr)
+    return tqdm(items, desc=desc, unit="image", file=sys.stderr, disable=None)  # None: off when piped
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .cli import Parser
+from .cli import Parser, add_backend_option
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -602,7 +602,7 @@ def _parser() -> Parser:
                    help="thread counts to measure, each in a fresh process")
     p.add_argument("--repeats", type=_positive_int, default=7,
                    help="timed repetitions of each step (the median is reported, their spread judged)")
-    p.add_argument("--backend", default="numpy", choices=["numpy", "cupy", "auto"], help="tinymixer's array backend")
+    add_backend_option(p, fallback="numpy")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     p.add_argument("--json", type=Path, help="also write all results, samples and stability verdicts to this file")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from collections.abc import Callable
+
+from ..backend import ENV_VAR
 
 
 class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
@@ -66,3 +69,12 @@ def duration(text: str) -> float:
     if not math.isfinite(seconds) or seconds <= 0:
         raise argparse.ArgumentTypeError(f"a duration must be positive, got {text}")
     return seconds
+
+
+def add_backend_option(parser: argparse.ArgumentParser, fallback: str = "auto") -> None:
+    """--backend numpy|cupy|auto, defaulting to $TINYMIXER_BACKEND when it is set (so the variable is honoured by
+    every program: a program that passed its own "auto" would override it), else to ``fallback``."""
+    default = os.environ.get(ENV_VAR, "").strip().lower() or fallback
+    parser.add_argument("--backend", default=default, choices=["auto", "numpy", "cupy"],
+                        help=f"array library: numpy (CPU), cupy (GPU), auto (cupy where a GPU runs it); the default "
+                             f"is ${ENV_VAR} when set, else {fallback}")

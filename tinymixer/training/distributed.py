@@ -123,6 +123,27 @@ class MpiCommunicator(SingleProcess):
         self.nccl = None
         self.threads = share_the_cores(self.local_size)
 
+    def choose_gpu_allreduce(self) -> str:
+        """How GPU buffers will be all-reduced, decided by every rank together; returns a line that says which.
+
+        NCCL when every rank has a GPU of its own (on every machine, no more ranks than GPUs: NCCL refuses two
+        ranks on one GPU) and every rank has NCCL; otherwise MPI through a host copy of the buffer (a copy each
+        way per step: correct, slower)."""
+        gpus = backend.device_count()
+        own_gpu = self.comm.allreduce(int(self.local_size <= gpus), op=self.MPI.MIN)
+        if not own_gpu:
+            return (f"{self.local_size} processes on {gpus} GPU(s) here: NCCL needs a GPU per process, so the "
+                    f"gradients are all-reduced with MPI through the host")
+        try:
+            backend.nccl_module()
+            have = 1
+        except RuntimeError as exc:
+            have, why = 0, str(exc)
+        if not self.comm.allreduce(have, op=self.MPI.MIN):
+            return f"NCCL is not usable on every rank ({why if not have else 'on another rank'}): MPI through the host"
+        self.use_nccl()
+        return "NCCL for the gradients (one GPU per process)"
+
     def use_nccl(self) -> None:
         """All-reduce GPU buffers with NCCL (one communicator, set up once from an id that rank 0 broadcasts)."""
         nccl = backend.nccl_module()
@@ -252,10 +273,12 @@ def run(main: Callable[[], int | None], expected: tuple[type[BaseException], ...
             sys.exit(f"error: {error}")
         print(f"error (rank {comm.rank} of {comm.size}; ending the job): {error}", file=sys.stderr)
         comm.abort(1)
+        code = 1  # abort ends the job; should it return (a communicator whose abort cannot), this rank fails
     except BaseException:
         if comm.size == 1:
             raise
         print(f"rank {comm.rank} of {comm.size} failed; ending the job:", file=sys.stderr)
         traceback.print_exc()
         comm.abort(1)
+        code = 1
     sys.exit(code)

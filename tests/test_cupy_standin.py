@@ -1,0 +1,92 @@
+"""The CuPy stand-in (tests/cupy_standin) has teeth: it refuses what CuPy refuses, exposes only CuPy's names and
+keywords (its snapshot matches the installed CuPy wherever one is), and counts syncs, copies and calls.
+
+Run with ``python -m pytest --cupy-standin``; without it only the snapshot's comparison runs (where CuPy is)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+STANDIN = Path(__file__).resolve().parent / "cupy_standin"
+cupy = sys.modules.get("cupy")
+pytestmark = pytest.mark.gpu
+standin_only = pytest.mark.skipif(not hasattr(cupy, "standin"), reason="the stand-in's own test: --cupy-standin")
+
+
+@standin_only
+def test_no_implicit_conversion_to_or_mixing_with_host_arrays():
+    device, host = cupy.arange(6, dtype=cupy.float32), np.arange(6, dtype=np.float32)
+    with pytest.raises(TypeError, match="Implicit conversion to a NumPy array is not allowed"):
+        np.asarray(device)
+    for mix in (lambda: device + host, lambda: host + device, lambda: cupy.multiply(device, host),
+                lambda: cupy.concatenate([device, host]), lambda: np.add(device, host)):
+        with pytest.raises(TypeError, match="cannot be mixed with device arrays"):
+            mix()
+    with pytest.raises(TypeError, match="cannot be mixed"):
+        device[...] = host
+    device[...] = cupy.asarray(host)  # the explicit way
+    device *= np.float32(2)  # scalars are fine, NumPy's too
+    assert np.array_equal(device.get(), 2 * host)
+
+
+@standin_only
+def test_reductions_give_0d_device_arrays_and_conversions_sync():
+    cupy.standin.COUNTS.reset()
+    total = cupy.arange(5, dtype=cupy.float64).sum()
+    assert isinstance(total, cupy.ndarray) and total.shape == ()
+    assert float(total) == 10.0 and int(total) == 10 and bool(total)
+    assert cupy.standin.COUNTS.snapshot()["syncs"] == 3
+    np.exp(total)  # NumPy's ufunc on a device array dispatches to CuPy's, as CuPy does (no sync)
+    assert cupy.standin.COUNTS.snapshot()["syncs"] == 3
+
+
+@standin_only
+def test_only_cupys_names_and_keywords_exist():
+    with pytest.raises(AttributeError):
+        cupy.geomspace  # noqa: B018 - NumPy has it, CuPy 14 does not
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        cupy.sum(cupy.ones(3), where=cupy.ones(3, dtype=bool))  # NumPy's keyword, not CuPy's
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        cupy.exp(cupy.ones(3), where=True)
+    with pytest.raises(AttributeError, match="no attribute 'resize'"):
+        cupy.ones(3).resize  # noqa: B018 - an ndarray method CuPy lacks
+    assert cupy.zeros((2, 3), dtype=cupy.float32).sum(axis=1, keepdims=True).shape == (2, 1)
+
+
+@standin_only
+def test_copies_and_calls_are_counted_with_their_caller():
+    counts = cupy.standin.COUNTS
+    counts.reset()
+    x = cupy.asarray(np.ones((4, 4), np.float32))  # one host -> device copy
+    y = (x @ x).sum(axis=0)
+    host = cupy.asnumpy(y)  # one device -> host copy
+    assert counts.snapshot() == {"calls": 3, "syncs": 0, "to_device": 1, "to_host": 1}  # asarray, @, sum
+    assert np.array_equal(host, np.full(4, 16.0, np.float32))
+    assert all(where.startswith(__file__) for _, where in counts.calls)
+
+
+def test_the_snapshot_is_the_installed_cupys():
+    """Regenerated from the real CuPy wherever it is installed (it imports without a GPU) and compared."""
+    import importlib.machinery
+    import os
+
+    paths = [p for p in sys.path if Path(p or ".").resolve() != STANDIN]
+    real = importlib.machinery.PathFinder.find_spec("cupy", paths)
+    if real is None:
+        pytest.skip("the real CuPy is not installed here (pip install cupy-cuda13x imports without a GPU)")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the real package, not the stand-in
+    code = (f"import json, runpy, cupy; snapshot = runpy.run_path({str(STANDIN / 'make_snapshot.py')!r})"
+            f"['snapshot']; print(json.dumps(snapshot(cupy), sort_keys=True))")
+    fresh = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                      env=env, cwd="/").stdout)
+    committed = json.loads((STANDIN / "cupy_api.json").read_text())
+    if fresh["cupy_version"] != committed["cupy_version"]:
+        pytest.skip(f"CuPy {fresh['cupy_version']} is installed, the snapshot is of {committed['cupy_version']}: "
+                    f"regenerate it with python tests/cupy_standin/make_snapshot.py to compare")
+    assert fresh == committed, "differs from the installed CuPy's: python tests/cupy_standin/make_snapshot.py"
