@@ -39,12 +39,17 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     return None
 
 
+# The backend every test starts on: NumPy, whatever the machine has; TINYMIXER_TEST_BACKEND=cupy runs the suite on
+# CuPy (python -m tinymixer.tools.gpucheck does, on a GPU)
+TEST_BACKEND = os.environ.get("TINYMIXER_TEST_BACKEND", "numpy")
+
+
 @pytest.fixture(autouse=True)
 def numpy_backend():
-    """Every test starts on NumPy, whatever the machine has, and leaves the backend as it found it."""
-    tm.set_backend("numpy")
+    """Every test starts on the test backend (NumPy unless told otherwise) and leaves it as it found it."""
+    tm.set_backend(TEST_BACKEND)
     yield
-    tm.set_backend("numpy")
+    tm.set_backend(TEST_BACKEND)
 
 
 @pytest.fixture

@@ -66,27 +66,32 @@ def test_copies_and_calls_are_counted_with_their_caller():
     x = cupy.asarray(np.ones((4, 4), np.float32))  # one host -> device copy
     y = (x @ x).sum(axis=0)
     host = cupy.asnumpy(y)  # one device -> host copy
-    assert counts.snapshot() == {"calls": 3, "syncs": 0, "to_device": 1, "to_host": 1}  # asarray, @, sum
+    assert counts.snapshot() == {"calls": 3, "launches": 2, "syncs": 0, "to_device": 1, "to_host": 1}  # @, sum launch
+    _ = x.reshape(16).T  # a view: a call (reshape), no launch; .T is an attribute
+    assert counts.snapshot()["calls"] == 4 and counts.snapshot()["launches"] == 2
     assert np.array_equal(host, np.full(4, 16.0, np.float32))
     assert all(where.startswith(__file__) for _, where in counts.calls)
 
 
 def test_the_snapshot_is_the_installed_cupys():
-    """Regenerated from the real CuPy wherever it is installed (it imports without a GPU) and compared."""
+    """Regenerated from the real CuPy (it imports without a GPU) and compared: with the Python of $CUPY_PYTHON
+    (.ci/run makes a small environment with CuPy for this), else this one if it has the real CuPy."""
     import importlib.machinery
     import os
 
-    paths = [p for p in sys.path if Path(p or ".").resolve() != STANDIN]
-    real = importlib.machinery.PathFinder.find_spec("cupy", paths)
-    if real is None:
-        pytest.skip("the real CuPy is not installed here (pip install cupy-cuda13x imports without a GPU)")
+    python = os.environ.get("CUPY_PYTHON")
+    if python is None:
+        paths = [p for p in sys.path if Path(p or ".").resolve() != STANDIN]
+        if importlib.machinery.PathFinder.find_spec("cupy", paths) is None:
+            pytest.skip("no real CuPy here: set CUPY_PYTHON to a Python that has it (pip install cupy-cuda13x)")
+        python = sys.executable
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the real package, not the stand-in
     code = (f"import json, runpy, cupy; snapshot = runpy.run_path({str(STANDIN / 'make_snapshot.py')!r})"
             f"['snapshot']; print(json.dumps(snapshot(cupy), sort_keys=True))")
-    fresh = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                                      env=env, cwd="/").stdout)
+    fresh = json.loads(subprocess.run([python, "-c", code], capture_output=True, text=True, check=True, env=env,
+                                      cwd="/").stdout)
     committed = json.loads((STANDIN / "cupy_api.json").read_text())
-    if fresh["cupy_version"] != committed["cupy_version"]:
-        pytest.skip(f"CuPy {fresh['cupy_version']} is installed, the snapshot is of {committed['cupy_version']}: "
-                    f"regenerate it with python tests/cupy_standin/make_snapshot.py to compare")
+    assert fresh["cupy_version"] == committed["cupy_version"], (
+        f"CuPy {fresh['cupy_version']} is installed, the snapshot is of {committed['cupy_version']}: regenerate it "
+        f"with python tests/cupy_standin/make_snapshot.py (and pin the new version in .ci/run)")
     assert fresh == committed, "differs from the installed CuPy's: python tests/cupy_standin/make_snapshot.py"

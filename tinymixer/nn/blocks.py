@@ -95,6 +95,24 @@ def draw_block_masks(rng: np.random.Generator, batch: int, num_tokens: int, hidd
     return BlockMasks(dropout, token_dropout, channel_dropout, depth, token_depth, channel_depth)
 
 
+def masks_to(masks: list[BlockMasks], xp: Any) -> list[BlockMasks]:
+    """Every block's masks as arrays of the array module ``xp``: for a GPU, packed into one host buffer and moved
+    in one copy (not one per mask: some 30 per step for a small Mixer), then viewed back into their shapes; for
+    NumPy, the masks themselves."""
+    if xp is np:
+        return masks
+    arrays = [(i, name, mask) for i, m in enumerate(masks) for name, mask in m.arrays().items()]
+    if not arrays:
+        return masks
+    packed = xp.asarray(np.concatenate([np.asarray(mask, dtype=bool).ravel() for _, _, mask in arrays]))  # 1 copy
+    moved: list[dict[str, Array]] = [{} for _ in masks]
+    start = 0
+    for i, name, mask in arrays:
+        moved[i][name] = packed[start:start + mask.size].reshape(mask.shape)
+        start += mask.size
+    return [replace(m, **fields_) for m, fields_ in zip(masks, moved, strict=True)]
+
+
 def masks_rows(masks: list[BlockMasks] | None, index: Any) -> list[BlockMasks] | None:
     """Every block's masks cut to some of the batch's images (None stays None: no regulariser)."""
     return None if masks is None else [m.rows(index) for m in masks]

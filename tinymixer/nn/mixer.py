@@ -18,6 +18,7 @@ import numpy as np
 from .blocks import (
     BlockMasks,
     draw_block_masks,
+    masks_to,
     mixer_block_backward,
     mixer_block_forward,
     prefixed,
@@ -279,7 +280,7 @@ class MlpMixer(Network):
                     f"pass is forward(images, train=False)")
             masks = self.draw_masks(rng, batch)
         self._check_masks(masks, batch)
-        return [m.to(self.xp) for m in masks]
+        return masks_to(masks, self.xp)  # on a GPU: one copy for all of them
 
     def _check_masks(self, masks: list[BlockMasks], batch: int) -> None:
         """Masks given by hand must be this model's: one per block, drawn with its rates, shaped for the batch."""

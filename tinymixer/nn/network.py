@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import backend
 from ..chunks import batch_shards, for_shards
+from ..flat import FlatArrays
 from .blocks import masks_rows
 from .layers import Array, dense_backward, dense_forward
 
@@ -39,9 +40,8 @@ class Network:
         """The parameters from ``init_params(seed)`` (NumPy, so a seed means the same weights on every backend),
         moved to the backend's arrays in the network's dtype; no gradients or cache yet."""
         self.xp = backend.get_backend()
-        self.params: dict[str, Array] = {
-            k: self.xp.asarray(v, dtype=self.dtype) for k, v in self.init_params(seed).items()
-        }
+        # one contiguous buffer, the parameters its views (flat.py): an optimiser then updates all of them at once
+        self.params: FlatArrays = FlatArrays.of(self.init_params(seed), self.xp, self.dtype)
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -182,13 +182,11 @@ class Network:
         # The gradients go into one contiguous buffer (``grad_buffer``; ``grads`` holds views of it), so that a
         # data-parallel run all-reduces them in one call with nothing packed or unpacked. With several shards the
         # buffer receives their sum, which is formed anyway; with one shard it costs one copy of the gradients.
-        self.grad_buffer  # noqa: B018 - allocates the buffer and the views on first use
-        for name, view in self.grads.items():
-            first = results[0][1][name]
-            if len(results) == 1:
-                view[...] = first
-                continue
-            self.xp.add(first, results[1][1][name], out=view)  # shard 0 + shard 1 + ...: a fixed order
+        buffer = self.grad_buffer  # allocates the buffer and the views on first use
+        if len(results) == 1:  # one copy into the buffer, in one call (on a GPU: one kernel, not one per parameter)
+            self.xp.concatenate([results[0][1][name].ravel() for name in self.grads], out=buffer)
+        for name, view in self.grads.items() if len(results) > 1 else ():
+            self.xp.add(results[0][1][name], results[1][1][name], out=view)  # shard 0 + shard 1 + ...: a fixed order
             for _, shard_grads in results[2:]:
                 view += shard_grads[name]
         return results[0][0] if len(shards) == 1 else self.xp.concatenate([r[0] for r in results])
@@ -206,11 +204,8 @@ class Network:
         """All parameter gradients in one contiguous 1-D array, in ``params`` order; ``grads`` holds views of it
         (reshaped, same names). Allocated at the first backward and reused: ``backward`` overwrites it."""
         if self._grad_buffer is None:
-            sizes = [math.prod(p.shape) for p in self.params.values()]
-            self._grad_buffer = self.xp.zeros(sum(sizes), dtype=self.dtype)
-            offsets = np.cumsum([0] + sizes)
-            self.grads = {name: self._grad_buffer[offsets[i]:offsets[i + 1]].reshape(p.shape)
-                          for i, (name, p) in enumerate(self.params.items())}
+            self.grads = self.params.zeros_like()  # the parameters' layout: views of one buffer (flat.py)
+            self._grad_buffer = self.grads.buffer
         return self._grad_buffer
 
     def __call__(self, images: Array, train: bool = False, rng: Any = None) -> Array:

@@ -63,7 +63,10 @@ def train_step(model: Any, optimizer: SGD, images: Any, labels: np.ndarray, lr: 
         buffer[...] = total
     if comm is not None and comm.size > 1:
         comm.allreduce_sum_(buffer)  # in place: every rank now holds the whole batch's gradient
-    params, grads = {k: model.params[k] for k in names}, {k: model.grads[k] for k in names}
+    if head_only:
+        params, grads = {k: model.params[k] for k in names}, {k: model.grads[k] for k in names}
+    else:  # the whole buffers (flat.FlatArrays): clipping and the update act on them at once
+        params, grads = model.params, model.grads
     if clip:
         clip_by_global_norm(grads, clip)
     optimizer.step(params, grads, lr)

@@ -49,13 +49,15 @@ class Counts:
 
     def reset(self) -> None:
         self.calls: Counter = Counter()
+        self.launches: Counter = Counter()  # the calls that make new data (a kernel on a GPU), not views
         self.syncs: Counter = Counter()
         self.to_device: Counter = Counter()
         self.to_host: Counter = Counter()
 
     def snapshot(self) -> dict[str, int]:
         total = _builtins.sum
-        return {"calls": total(self.calls.values()), "syncs": total(self.syncs.values()),
+        return {"calls": total(self.calls.values()), "launches": total(self.launches.values()),
+                "syncs": total(self.syncs.values()),
                 "to_device": total(self.to_device.values()), "to_host": total(self.to_host.values())}
 
 
@@ -115,15 +117,26 @@ def _check_keywords(name: str, spec: dict | None, kwargs: dict) -> None:
 def _call(name: str, spec: dict | None, target: Any, args: tuple, kwargs: dict) -> Any:
     """One array call: counted, keywords checked, device arrays unwrapped (host arrays refused), result wrapped.
     ``out=`` writes into the device array given and returns it."""
-    COUNTS.calls[(name, _caller())] += 1
+    where = _caller()
+    COUNTS.calls[(name, where)] += 1
     _check_keywords(name, spec, kwargs)
     out = kwargs.get("out")
     plain_args = _unwrap(args, f"cupy.{name}")
     plain_kwargs = {k: _unwrap(v, f"cupy.{name}") for k, v in kwargs.items()}
     result = target(*plain_args, **plain_kwargs)
+    if out is not None or not _is_view(result, plain_args):
+        COUNTS.launches[(name, where)] += 1
     if isinstance(out, ndarray):
         return out
     return _wrap(result)
+
+
+def _is_view(result: Any, inputs: tuple) -> bool:
+    """Whether ``result`` is a view of an input (reshape, transpose, basic slicing: no kernel on a GPU)."""
+    if not isinstance(result, numpy.ndarray) or result.base is None:
+        return False
+    sources = [a for a in inputs if isinstance(a, numpy.ndarray)]
+    return _builtins.any(numpy.may_share_memory(result, a) for a in sources)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -229,7 +242,9 @@ class ndarray:  # noqa: N801 - CuPy's name
             raise AttributeError(f"'cupy.ndarray' object has no attribute {name!r} (not in CuPy "
                                  f"{API['cupy_version']}'s ndarray)")
         method = getattr(self._a, name)
-        return lambda *args, **kwargs: _call(f"ndarray.{name}", spec, method, args, kwargs)
+        # the array itself counts as an input (reshape, transpose ... of it are views, not kernels)
+        return lambda *args, **kwargs: _call(f"ndarray.{name}", spec, lambda _self, *a, **k: method(*a, **k),
+                                             (self, *args), kwargs)
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "shape":
@@ -251,11 +266,16 @@ class ndarray:  # noqa: N801 - CuPy's name
         return key
 
     def __getitem__(self, key: Any) -> ndarray:
-        COUNTS.calls[("ndarray.__getitem__", _caller())] += 1
-        return _wrap(self._a[self._key(key)])
+        where = _caller()
+        COUNTS.calls[("ndarray.__getitem__", where)] += 1
+        result = self._a[self._key(key)]
+        if not _is_view(result, (self._a,)):  # advanced indexing gathers: a kernel
+            COUNTS.launches[("ndarray.__getitem__", where)] += 1
+        return _wrap(result)
 
     def __setitem__(self, key: Any, value: Any) -> None:
         COUNTS.calls[("ndarray.__setitem__", _caller())] += 1
+        COUNTS.launches[("ndarray.__setitem__", _caller())] += 1
         if isinstance(value, numpy.ndarray):
             _refuse_host(value, "ndarray.__setitem__")
         self._a[self._key(key)] = value._a if isinstance(value, ndarray) else value

@@ -1,0 +1,118 @@
+"""The GPU path end to end, and its budgets: on a real GPU, or (``pytest --cupy-standin``) on the strict stand-in,
+which also counts what a training step asks of the device.
+
+- a training step makes no host sync, at most 3 host -> device copies (images, labels, the masks packed in one),
+  and a bounded number of array calls and kernel launches (SGD and AdamW, dropout and stochastic depth on);
+- examples/cifar10.py --backend cupy trains, stops, resumes bit for bit, evaluates; predict.py and fewshot.py run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_both_families import fewshot, predict
+from test_cifar10_script import DIGITS_ARGS, cifar10, digits_folder, params_of
+
+import tinymixer as tm
+from tinymixer import backend
+
+cupy, WHY_NOT = backend._load_cupy()
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(cupy is None, reason=f"needs a GPU: {WHY_NOT}")]
+standin_only = pytest.mark.skipif(not hasattr(cupy, "standin"), reason="counts come from the stand-in")
+
+# Measured on the stand-in (tiny/4, batch 128, dropout 0.1, stochastic depth 0.1, clipping on, a step after the
+# first): SGD 2,054 calls / 1,253 launches, AdamW 2,076 / 1,275 (before the whole-buffer optimisers and the packed
+# masks: 3,035 calls and 32 copies with SGD, 3,996 calls with AdamW). The budgets hold that line; the issue's aim
+# (600 / 800) needs fewer kernels in the layers themselves.
+BUDGETS = {"sgd": {"calls": 2100, "launches": 1300}, "adamw": {"calls": 2150, "launches": 1330}}
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> Path:
+    return digits_folder(tmp_path_factory.mktemp("digits"))
+
+
+@standin_only
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_a_training_step_stays_within_its_budget(optimizer):
+    from tinymixer.training.train import train_step
+
+    tm.set_backend("cupy")
+    model = tm.MlpMixer.from_name("tiny/4", num_classes=10, image_size=32, dropout=0.1, stochastic_depth=0.1)
+    opt = tm.SGD(momentum=0.9) if optimizer == "sgd" else tm.AdamW(weight_decay=0.1,
+                                                                  decay_mask=tm.decay_mask(model.params))
+    rng = np.random.default_rng(0)
+    images, labels = rng.uniform(-1, 1, (128, 32, 32, 3)).astype(np.float32), rng.integers(0, 10, 128)
+    counts = cupy.standin.COUNTS
+    for step in range(2):  # the first step allocates the gradients and the optimiser's state
+        counts.reset()
+        loss, logits = train_step(model, opt, images, labels, 0.01, 1.0, masks=model.draw_masks([0, step], 128))
+    measured = counts.snapshot()
+    print(f"{optimizer}: {measured}")
+    assert measured["syncs"] == 0, dict(counts.syncs)  # nothing waits for the GPU
+    assert measured["to_host"] == 0 and measured["to_device"] <= 3, dict(counts.to_device)
+    for key, budget in BUDGETS[optimizer].items():
+        assert measured[key] <= budget, (key, measured, counts.launches.most_common(10))
+    assert isinstance(loss, cupy.ndarray) and isinstance(logits, cupy.ndarray)  # results stay on the device
+
+
+def test_cifar10_on_the_device_trains_resumes_exactly_and_evaluates(tmp_path, digits, capsys):
+    base = ["--data-dir", str(digits), "--backend", "cupy", "--limit-train", "256", "--limit-test", "100",
+            "--epochs", "2", "--dropout", "0.1", "--optimizer", "adamw", "--lr", "0.003", "--ema", "0.9"]
+    base += DIGITS_ARGS
+    assert cifar10.main(base + ["--out", str(tmp_path / "straight")]) == 0
+    assert "backend cupy" in capsys.readouterr().out
+    assert cifar10.main(base + ["--out", str(tmp_path / "split"), "--stop-after-epoch", "1"]) == 0
+    assert cifar10.main(["--resume", "--out", str(tmp_path / "split"), "--backend", "cupy"]) == 0
+    a, b = params_of(tmp_path / "straight/checkpoint.npz"), params_of(tmp_path / "split/checkpoint.npz")
+    assert all(np.array_equal(a[k], b[k]) for k in a)  # bit for bit, through a checkpoint of device arrays
+    capsys.readouterr()
+    assert cifar10.main(["--evaluate", str(tmp_path / "straight/best.npz"), "--backend", "cupy", "--limit-test",
+                         "100"]) == 0
+    accuracy = json.loads((tmp_path / "straight/metrics.json").read_text())["best"]["accuracy"]
+    assert f"test accuracy {100 * accuracy:.2f}%" in capsys.readouterr().out
+
+
+def test_the_device_run_computes_what_the_host_run_computes(tmp_path, digits):
+    """The same run on NumPy and on CuPy (float64): the same weights to rounding (a GPU, and the host's two
+    shards against the device's one, add in other orders)."""
+    base = ["--data-dir", str(digits), "--limit-train", "128", "--limit-test", "50", "--epochs", "1",
+            "--dtype", "float64"] + DIGITS_ARGS
+    assert cifar10.main(base + ["--out", str(tmp_path / "host"), "--backend", "numpy"]) == 0
+    assert cifar10.main(base + ["--out", str(tmp_path / "device"), "--backend", "cupy"]) == 0
+    host, device = params_of(tmp_path / "host/checkpoint.npz"), params_of(tmp_path / "device/checkpoint.npz")
+    assert max(float(np.abs(host[k] - device[k]).max()) for k in host) < 1e-9
+
+
+def test_predict_and_fewshot_on_the_device(tmp_path, digits, capsys):
+    from PIL import Image
+
+    from tinymixer.data import load_folder
+
+    out = tmp_path / "run"
+    assert cifar10.main(["--data-dir", str(digits), "--limit-train", "128", "--epochs", "1", "--out", str(out)]
+                        + DIGITS_ARGS) == 0
+    Image.fromarray(load_folder(digits / "cifar-10-batches-py").test_images[0, ..., 0]).save(tmp_path / "d.png")
+    capsys.readouterr()
+    assert predict.main([str(tmp_path / "d.png"), "--checkpoint", str(out / "best.npz"), "--backend", "cupy"]) == 0
+    assert sum(1 for line in capsys.readouterr().out.splitlines() if "%  " in line) == 5
+    assert fewshot.main(["--checkpoint", str(out / "best.npz"), "--data-dir", str(digits), "--shots", "1",
+                         "--seeds", "1", "--limit-test", "50", "--no-progress", "--backend", "cupy"]) == 0
+    assert "few-shot accuracy on 50 test images" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(bool(__import__("os").environ.get("TINYMIXER_IN_GPUCHECK")), reason="run by the GPU check")
+def test_the_prepared_gpu_check_runs_and_reports(tmp_path):
+    """python -m tinymixer.tools.gpucheck --quick: every part PASS on this device (on the stand-in: the plumbing,
+    not CUDA), and its report written."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "tinymixer.tools.gpucheck", "--quick", "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    parts = json.loads((tmp_path / "gpucheck.json").read_text())
+    assert [p["status"] for p in parts] == ["PASS"] * 5 and "## Timings" in (tmp_path / "gpucheck.md").read_text()

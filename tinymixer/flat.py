@@ -1,0 +1,72 @@
+"""Named arrays that are consecutive views of one contiguous buffer: the parameters, the gradients, the optimiser's
+state.
+
+Why: an update rule written per parameter costs a few array calls per parameter, ~100 parameters for a small Mixer,
+so thousands of calls a step; on a GPU each call is a kernel launch of a few microseconds, and the step is then
+bound by launches, not arithmetic. When the parameters, their gradients and the state are views of one buffer each,
+in the same order, the same elementwise rule runs on the whole buffers at once: a handful of calls per step, and
+the same numbers (an elementwise rule does to each element exactly what it did before). The per-parameter loops
+stay in ``training/optim.py`` as the readable reference, and whatever is not flat goes through them.
+
+    params = FlatArrays.of({"a": a, "b": b}, xp)     # copies a and b into one buffer; params["a"] is a view
+    params.buffer                                     # the 1-D buffer, a's elements then b's
+    grads = params.zeros_like()                       # the same layout, zeros
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from .backend import array_module
+
+Array = Any
+
+
+class FlatArrays(dict):
+    """A dict name -> array whose arrays are consecutive views of ``buffer`` (1-D, contiguous), in insertion order.
+
+    Assigning to an existing name copies into its view (so ``buffer`` stays the truth); new names cannot be added.
+    """
+
+    buffer: Array
+    layout: tuple[tuple[str, tuple[int, ...]], ...]
+
+    def __init__(self, buffer: Array, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        super().__init__()
+        self.buffer = buffer
+        self.layout = tuple((name, tuple(shape)) for name, shape in shapes.items())
+        start = 0
+        for name, shape in self.layout:
+            stop = start + math.prod(shape)
+            dict.__setitem__(self, name, buffer[start:stop].reshape(shape))
+            start = stop
+        if start != buffer.size:
+            raise ValueError(f"the shapes hold {start} elements, the buffer {buffer.size}")
+
+    @classmethod
+    def of(cls, arrays: Mapping[str, Array], xp: Any, dtype: Any = None) -> FlatArrays:
+        """The arrays copied (and cast to ``dtype``) into one new buffer of the array module ``xp``."""
+        values = list(arrays.values())
+        dtype = dtype if dtype is not None else (values[0].dtype if values else "float32")
+        flat = cls(xp.empty(sum(math.prod(v.shape) for v in values), dtype=dtype),
+                   {name: tuple(v.shape) for name, v in arrays.items()})
+        for name, value in arrays.items():
+            flat[name][...] = xp.asarray(value, dtype=dtype)
+        return flat
+
+    def zeros_like(self, prefix: str = "") -> FlatArrays:
+        """A new FlatArrays of zeros in the same layout (names prefixed by ``prefix``, e.g. "m/")."""
+        xp = array_module(self.buffer)
+        return FlatArrays(xp.zeros_like(self.buffer), {prefix + name: shape for name, shape in self.layout})
+
+    def same_layout(self, other: Any) -> bool:
+        """Whether ``other`` is a FlatArrays of the same shapes in the same order (names may differ by a prefix)."""
+        return isinstance(other, FlatArrays) and [s for _, s in other.layout] == [s for _, s in self.layout] \
+            and other.buffer.dtype == self.buffer.dtype
+
+    def __setitem__(self, name: str, value: Array) -> None:
+        if name not in self:
+            raise KeyError(f"{name!r}: a FlatArrays has a fixed set of names ({len(self)}); it cannot grow")
+        self[name][...] = value
