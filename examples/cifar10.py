@@ -37,7 +37,7 @@ import tinymixer as tm  # before NumPy loads its BLAS: see tinymixer/_blas_threa
 import numpy as np
 from tqdm import tqdm
 
-from tinymixer.backend import use_device
+from tinymixer.backend import synchronize, use_device
 from tinymixer.chunks import batch_shards
 from tinymixer.data import (
     CIFAR10_MD5,
@@ -539,6 +539,7 @@ def epochs_within(budget: float, started: float, model: Model, data: Dataset, ar
         train_step(probe, optimizer, images, data.train_labels[index], 0.0, args.clip, comm=distributed.world(),
                    global_batch=args.batch_size, accumulate=args.accumulate, head_only=args.head_only,
                    masks=masks_rows(probe.draw_masks(np.random.default_rng(0), args.batch_size), rows))
+        synchronize()  # on a GPU the step has only been queued: the clock is read when it is done
         times.append(time.perf_counter() - t0)
     step = float(np.median(times[1:]))
 
@@ -806,6 +807,7 @@ def main(argv: list[str] | None = None) -> int:
                        dynamic_ncols=True, leave=False)
             loss_sum, correct_sum = model.xp.zeros((), np.float64), model.xp.zeros((), np.int64)  # on the device
             lr = lr_at(state["global_step"])
+            mark = time.perf_counter()  # the training time is counted from here to each read of the loss (a sync)
             for step in bar:
                 t0 = time.perf_counter()
                 rng = np.random.default_rng([args.seed, epoch, step])
@@ -853,7 +855,6 @@ def main(argv: list[str] | None = None) -> int:
                 state["global_step"] += 1
                 state["step_in_epoch"] = step + 1
                 run["seen"] += len(index)
-                run["seconds"] += time.perf_counter() - t0
                 run["data_seconds"] += t1 - t0
                 if comm.size > 1:  # a Ctrl-C may reach some ranks only: all stop at the same step
                     interrupted = comm.any(interrupted)
@@ -863,6 +864,8 @@ def main(argv: list[str] | None = None) -> int:
                     run["loss"] += comm.sum(float(loss_sum))
                     run["correct"] += comm.sum(int(correct_sum))
                     loss_sum[...], correct_sum[...] = 0, 0
+                    now = time.perf_counter()  # after the reads: the device has done these steps (img/s is true)
+                    run["seconds"], mark = run["seconds"] + now - mark, now
                     if not math.isfinite(run["loss"]):
                         log(f"\nerror: the loss became {run['loss']} at step {state['global_step']} (epoch "
                               f"{epoch + 1}); stopping without saving this state. The last good checkpoint is "

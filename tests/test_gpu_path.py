@@ -116,3 +116,17 @@ def test_the_prepared_gpu_check_runs_and_reports(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     parts = json.loads((tmp_path / "gpucheck.json").read_text())
     assert [p["status"] for p in parts] == ["PASS"] * 5 and "## Timings" in (tmp_path / "gpucheck.md").read_text()
+
+
+@standin_only
+def test_fit_reads_the_device_once_per_epoch_not_per_step():
+    from tinymixer.training.train import fit
+
+    tm.set_backend("cupy")
+    model = tm.MlpMixer.from_name("micro/4", num_classes=10, image_size=16)
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (256, 16, 16, 3), dtype=np.uint8), rng.integers(0, 10, 256)
+    cupy.standin.COUNTS.reset()
+    history = fit(model, images, labels, epochs=2, batch_size=32)  # 8 steps an epoch
+    assert cupy.standin.COUNTS.snapshot()["syncs"] == 2 * 2  # the loss and the accuracy, at each epoch's end
+    assert len(history) == 2 and 0 <= history[-1]["train_accuracy"] <= 1

@@ -453,3 +453,12 @@ def test_flat_arrays_keep_their_views():
     assert flat.buffer.tolist() == [5, 5, 5, 5, 0, 0, 0] and flat["a"].base is not None
     with pytest.raises(KeyError, match="cannot grow"):
         flat["c"] = np.ones(1)
+    flat.update({"b": np.full(3, 2.0)})  # dict.update would replace the view; this one copies into it
+    assert flat.buffer.tolist() == [5, 5, 5, 5, 2, 2, 2] and flat.intact()
+    with pytest.raises(TypeError, match="fixed set of names"):
+        flat.pop("a")
+    dict.__setitem__(flat, "a", np.zeros((2, 2)))  # forced past the guards: no longer a view of the buffer
+    assert not flat.intact()
+    grads = FlatArrays.of({"a": np.ones((2, 2)), "b": np.ones(3)}, np, np.float32)
+    tm.SGD(momentum=0.0).step(flat, grads, lr=1.0)  # so the per-parameter reference runs, on what the dict holds
+    assert flat["a"].tolist() == [[-1, -1], [-1, -1]] and flat["b"].tolist() == [1, 1, 1]

@@ -37,13 +37,15 @@ class FlatArrays(dict):
         super().__init__()
         self.buffer = buffer
         self.layout = tuple((name, tuple(shape)) for name, shape in shapes.items())
-        start = 0
+        start, views = 0, []
         for name, shape in self.layout:
             stop = start + math.prod(shape)
-            dict.__setitem__(self, name, buffer[start:stop].reshape(shape))
+            views.append(buffer[start:stop].reshape(shape))
+            dict.__setitem__(self, name, views[-1])
             start = stop
         if start != buffer.size:
             raise ValueError(f"the shapes hold {start} elements, the buffer {buffer.size}")
+        self._views = tuple(views)
 
     @classmethod
     def of(cls, arrays: Mapping[str, Array], xp: Any, dtype: Any = None) -> FlatArrays:
@@ -64,9 +66,30 @@ class FlatArrays(dict):
     def same_layout(self, other: Any) -> bool:
         """Whether ``other`` is a FlatArrays of the same shapes in the same order (names may differ by a prefix)."""
         return isinstance(other, FlatArrays) and [s for _, s in other.layout] == [s for _, s in self.layout] \
-            and other.buffer.dtype == self.buffer.dtype
+            and other.buffer.dtype == self.buffer.dtype and other.intact()
 
+    def intact(self) -> bool:
+        """Whether every name still holds its view of ``buffer`` (``dict.__setitem__`` or the like could have put
+        another array there; the whole-buffer path is then not taken)."""
+        return all(dict.__getitem__(self, name) is view for (name, _), view in zip(self.layout, self._views,
+                                                                                   strict=True))
+
+    # Writing copies into the views, so that ``buffer`` stays the truth; the set of names is fixed.
     def __setitem__(self, name: str, value: Array) -> None:
         if name not in self:
             raise KeyError(f"{name!r}: a FlatArrays has a fixed set of names ({len(self)}); it cannot grow")
-        self[name][...] = value
+        dict.__getitem__(self, name)[...] = value
+
+    def update(self, *others: Any, **named: Array) -> None:  # dict.update would bypass __setitem__
+        for name, value in dict(*others, **named).items():
+            self[name] = value
+
+    def setdefault(self, name: str, value: Array = None) -> Array:
+        if name not in self:
+            raise KeyError(f"{name!r}: a FlatArrays has a fixed set of names; it cannot grow")
+        return self[name]
+
+    def _fixed(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("a FlatArrays has a fixed set of names: nothing can be removed")
+
+    __delitem__ = pop = popitem = clear = __ior__ = _fixed

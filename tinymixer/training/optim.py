@@ -103,7 +103,7 @@ class _Optimizer:
     @staticmethod
     def _flat(params: Any, grads: Any) -> bool:
         """Whether the whole-buffer path applies: parameters and gradients are views of one buffer each, alike."""
-        return isinstance(params, FlatArrays) and params.same_layout(grads)
+        return isinstance(params, FlatArrays) and params.intact() and params.same_layout(grads)
 
     def _flat_state(self, params: FlatArrays, prefix: str) -> FlatArrays:
         """The state entries ``prefix + name`` as views of one buffer in the parameters' layout: made (zeros, or

@@ -135,7 +135,7 @@ def fit(model: Any, images: np.ndarray, labels: np.ndarray, *, epochs: int, batc
     start = time.perf_counter()
     for epoch in range(epochs):
         order = rng.permutation(len(labels))
-        loss_sum, correct = 0.0, 0
+        loss_sum, correct = model.xp.zeros((), np.float64), model.xp.zeros((), np.int64)  # summed on the device
         for step in range(steps_per_epoch):
             index = order[step * batch_size:(step + 1) * batch_size]
             batch = augment(images[index], rng, crop_padding, flip) if (crop_padding or flip) else images[index]
@@ -145,10 +145,10 @@ def fit(model: Any, images: np.ndarray, labels: np.ndarray, *, epochs: int, batc
             masks = model.draw_masks(rng, len(index))  # dropout / stochastic depth, when the model has them
             loss, logits = train_step(model, optimizer, normalize(batch, model.dtype), labels[index], lr_now, clip,
                                       masks=masks)
-            loss_sum += float(loss) * len(index)
-            correct += int((logits.argmax(axis=1) == model.xp.asarray(labels[index])).sum())
+            loss_sum += loss * len(index)  # no read back per step: the GPU is not waited for until the epoch's end
+            correct += (logits.argmax(axis=1) == model.xp.asarray(labels[index])).sum()
         seen = steps_per_epoch * batch_size
-        record = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": correct / seen}
+        record = {"epoch": epoch + 1, "train_loss": float(loss_sum) / seen, "train_accuracy": int(correct) / seen}
         if test is not None:
             result = evaluate(model, test[0], test[1])
             record.update(test_loss=result["loss"], test_accuracy=result["accuracy"])
