@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ..backend import array_module
+from ..chunks import for_row_blocks
 from ..flat import FlatArrays
 
 Array = Any
@@ -206,14 +207,21 @@ class SGD(_Optimizer):
                 p -= lr * v
 
     def _step_flat(self, params: FlatArrays, grads: FlatArrays, lr: float) -> None:
-        """``step`` on the whole buffers: every operation of the loop above, once (the same numbers)."""
-        p, g, v = params.buffer, grads.buffer, self._flat_state(params, "").buffer
+        """``step`` on the whole buffers: every operation of the loop above, once (the same numbers). On the CPU
+        in cache-sized blocks on the cores (``chunks.for_row_blocks``); on a GPU, one call per operation."""
+        columns = [params.buffer, grads.buffer, self._flat_state(params, "").buffer]
+        if self.weight_decay:
+            columns.append(self._decay_vector(params))
+        for_row_blocks(lambda *blocks: self._update(lr, *blocks), *(c.reshape(-1, 1) for c in columns))
+
+    def _update(self, lr: float, p: Array, g: Array, v: Array, decay: Array | None = None) -> None:
+        """The update of a block of the buffers (p, g, v and the decay mask's 0/1 of the same elements)."""
         v *= self.momentum
         v += g
-        if self.weight_decay:
-            decay = (lr * self.weight_decay) * p
-            decay *= self._decay_vector(params)  # 0 where the mask says no: p - 0 is p exactly
-            p -= decay
+        if decay is not None:
+            shrink = (lr * self.weight_decay) * p
+            shrink *= decay  # 0 where the mask says no: p - 0 is p exactly
+            p -= shrink
         if self.nesterov:
             p -= lr * (g + self.momentum * v)
         else:
@@ -317,15 +325,24 @@ class Adam(_Optimizer):
             p -= u
 
     def _step_flat(self, params: FlatArrays, grads: FlatArrays, lr: float) -> None:
-        """``step`` on the whole buffers: every operation of the loop above, once (the same numbers)."""
-        p, g = params.buffer, grads.buffer
-        m, v = self._flat_state(params, "m/").buffer, self._flat_state(params, "v/").buffer
-        xp = array_module(p)
+        """``step`` on the whole buffers: every operation of the loop above, once (the same numbers). On the CPU
+        in cache-sized blocks on the cores (``chunks.for_row_blocks``); on a GPU, one call per operation."""
+        p = params.buffer
+        columns = [p, grads.buffer, self._flat_state(params, "m/").buffer, self._flat_state(params, "v/").buffer]
+        if self.l2 or self.weight_decay:
+            columns.append(self._decay_vector(params))
         t = self.state["step"]
         t += 1
-        step_size = (lr / (1.0 - self.b1**t)).astype(p.dtype)
+        step_size = (lr / (1.0 - self.b1**t)).astype(p.dtype)  # 0-d, on the device
         inv_c2 = (1.0 / (1.0 - self.b2**t)).astype(p.dtype)
-        decay = self._decay_vector(params) if self.l2 or self.weight_decay else None
+        shrink = p.dtype.type(1.0 - lr * self.weight_decay)
+        for_row_blocks(lambda *blocks: self._update(step_size, inv_c2, shrink, *blocks),
+                       *(c.reshape(-1, 1) for c in columns))
+
+    def _update(self, step_size: Array, inv_c2: Array, shrink: Any, p: Array, g: Array, m: Array, v: Array,
+                decay: Array | None = None) -> None:
+        """The update of a block of the buffers (p, g, m, v and the decay mask's 0/1 of the same elements)."""
+        xp = array_module(p)
         if self.l2:
             penalty = self.l2 * p
             penalty *= decay  # 0 where the mask says no
@@ -344,7 +361,7 @@ class Adam(_Optimizer):
         u *= step_size
         if self.weight_decay:
             # p *= 1 - lr wd where the mask says so, p *= 1 (exactly p) elsewhere
-            factor = xp.multiply(decay, p.dtype.type(1.0 - lr * self.weight_decay))
+            factor = decay * shrink
             factor += 1 - decay
             p *= factor
         p -= u
