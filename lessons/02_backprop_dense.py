@@ -91,5 +91,8 @@ print(f"best two-point error {min(two):.1e} at h = {steps[np.argmin(two)]:.0e}; 
 # %% [markdown]
 # ## Exercises
 # 1. Derive dW for y = x W by writing one element $y_{nj} = \sum_i x_{ni} W_{ij}$ and differentiating.
-# 2. Why must gradient checks run in float64? Rerun the check with float32 arrays and explain the error you get.
+# 2. Why must gradient checks run in float64? Rerun the check with float32 arrays: `check_gradients` refuses them
+#    and says why. Then pass `allow_float32=True` to see the relative errors float32 gives for this correct
+#    backward, compare them with float64's, and explain the size of the difference from float32's epsilon
+#    (`np.finfo(np.float32).eps`) and the step h.
 # 3. Write the backward of y = x * W (elementwise, same shapes) and check it with `check_gradients`.

@@ -9,6 +9,17 @@ import tinymixer as tm
 TOL = 1e-7  # float64 finite differences of these smooth functions land at 1e-9..1e-12; a wrong backward at >1e-3
 
 
+def put(target, values) -> None:
+    """Write host values into an array of either backend: ``target[...] = values`` moved to ``target``'s device
+    first (CuPy refuses a NumPy array assigned into a device array, and so does the stand-in)."""
+    target[...] = tm.backend.array_module(target).asarray(values)
+
+
+def host(array) -> np.ndarray:
+    """Any array as a NumPy array, for comparisons (np.testing refuses device arrays)."""
+    return tm.to_host(array)
+
+
 def assert_gradients_ok(errors: dict[str, float], tol: float = TOL) -> None:
     """Every relative error below tol (printed, so `pytest -s` shows the measured numbers)."""
     print({k: f"{v:.1e}" for k, v in errors.items()})
@@ -29,7 +40,7 @@ def small_model(dtype: str = "float64", randomize: bool = True, seed: int = 0, *
     if randomize:
         r = np.random.default_rng(seed + 100)
         for value in model.params.values():
-            value[...] = 0.5 * r.standard_normal(value.shape)
+            put(value, 0.5 * r.standard_normal(value.shape))
     return model
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import fake_cifar
+from helpers import fake_cifar, host, put
 
 import tinymixer as tm
 from tinymixer.data import normalize, save_folder
@@ -95,11 +95,11 @@ def test_a_mixer_with_permuted_weights_on_permuted_images_gives_the_same_logits(
                         image_size=hw, in_channels=channels, dtype="float64")
     rng = np.random.default_rng(2)
     for value in model.params.values():  # every weight random: no zero head, no zero bias hides a wrong index
-        value[...] = 0.5 * rng.standard_normal(value.shape)
+        put(value, 0.5 * rng.standard_normal(value.shape))
     permuted = tm.MlpMixer(**model.config())
     permutation = patch_and_pixel_permutation(hw, 4, seed=5)
     for name, value in permute_mixer_params(model.params, permutation).items():
-        permuted.params[name][...] = value
+        put(permuted.params[name], host(value))
     images = rng.integers(0, 256, (4, *hw, channels), dtype=np.uint8)
     expected = model(normalize(images, np.float64))
     np.testing.assert_allclose(permuted(normalize(permutation(images), np.float64)), expected, rtol=0, atol=1e-12)

@@ -92,3 +92,21 @@ def test_directional_check_catches_a_wrong_branch_gradient(monkeypatch):
 
     monkeypatch.setattr(blocks, "channel_mixing_backward", channel_backward_that_drops_half)
     assert run_check() > 1e-4
+
+
+def test_a_check_never_passes_by_checking_nothing():
+    """float32 inputs are refused with the reason (they were skipped, and an empty result looked like a pass);
+    allow_float32 checks them to show float32's round-off; a check of no float input is an error."""
+    from tinymixer.nn import layers
+    from tinymixer.nn.gradcheck import check_gradients
+
+    rng = np.random.default_rng(0)
+    inputs = {"x": rng.standard_normal((3, 4)), "w": rng.standard_normal((4, 5)), "b": rng.standard_normal(5)}
+    assert max(check_gradients(layers.dense_forward, layers.dense_backward, inputs).values()) < 1e-8
+    single = {k: v.astype(np.float32) for k, v in inputs.items()}
+    with pytest.raises(TypeError, match="gradient checks need float64"):
+        check_gradients(layers.dense_forward, layers.dense_backward, single)
+    rough = check_gradients(layers.dense_forward, layers.dense_backward, single, allow_float32=True)
+    assert set(rough) == {"x", "w", "b"} and max(rough.values()) > 1e-6  # float32's round-off, now visible
+    with pytest.raises(ValueError, match="nothing to check"):
+        check_gradients(lambda labels: (labels * 1.0, None), lambda dout, cache: dout, {"labels": np.arange(3)})

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import put
 from PIL import Image
 
 import tinymixer as tm
@@ -33,7 +34,7 @@ def small_mixer(num_classes: int, seed: int = 0) -> tm.MlpMixer:
                         channels_mlp_dim=16, image_size=16, seed=seed)
     r = np.random.default_rng(seed)
     for value in model.params.values():
-        value[...] = r.standard_normal(value.shape)
+        put(value, r.standard_normal(value.shape))
     return model
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import small_model
+from helpers import host, put, small_model
 
 import tinymixer as tm
 from tinymixer.nn.blocks import subtree, token_mixing_forward
@@ -25,11 +25,11 @@ def pretrained(seed: int = 0) -> tm.MlpMixer:
 
 
 def expanded(model: tm.MlpMixer, factor: tuple[int, int]) -> tm.MlpMixer:
-    params = {k: np.asarray(v) for k, v in model.params.items()}
+    params = {k: host(v) for k, v in model.params.items()}
     params, config, _ = adapt(params, model.config(), image_size=(8 * factor[0], 8 * factor[1]))
     big = tm.MlpMixer(**config)
     for name, value in params.items():
-        big.params[name][...] = value
+        put(big.params[name], value)
     return big
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import put
 
 import tinymixer as tm
 from tinymixer.training.train import fit
@@ -48,7 +49,7 @@ def one_step(model, images, labels, **kwargs):
 def float64_model(seed: int = 0):
     model = tm.MlpMixer(num_classes=3, num_blocks=2, patch_size=4, hidden_dim=8, tokens_mlp_dim=4,
                         channels_mlp_dim=8, image_size=8, dtype="float64", seed=seed)
-    model.params["head/kernel"][...] = np.random.default_rng(seed).standard_normal((8, 3))  # all gradients live
+    put(model.params["head/kernel"], np.random.default_rng(seed).standard_normal((8, 3)))  # all gradients live
     return model
 
 

@@ -40,7 +40,8 @@ def rel_error(a: Array, b: Array, floor: float = 1e-8) -> float:
 
 
 def numerical_gradient(
-    f: Callable[[], Array], x: Array, dout: Array | None = None, h: float | None = None, order: int = 4
+    f: Callable[[], Array], x: Array, dout: Array | None = None, h: float | None = None, order: int = 4,
+    allow_float32: bool = False,
 ) -> np.ndarray:
     """Central-difference gradient of ``sum(f() * dout)`` with respect to every element of ``x``.
 
@@ -61,8 +62,9 @@ def numerical_gradient(
         raise ValueError(f"order must be 2 or 4, got {order}")
     if h is None:
         h = 1e-5 if order == 2 else 1e-3
-    if x.dtype != np.float64:
-        raise TypeError(f"gradient checks need float64 (round-off in {x.dtype} swamps the difference quotient)")
+    if x.dtype != np.float64 and not (allow_float32 and x.dtype == np.float32):
+        raise TypeError(f"gradient checks need float64: round-off in {x.dtype} swamps the difference quotient "
+                        f"(convert with .astype(np.float64); allow_float32=True shows the errors float32 gives)")
     if not x.flags.c_contiguous:
         raise ValueError("numerical_gradient perturbs x in place, so x must be C-contiguous")
     flat = x.reshape(-1)  # a view: writing to it writes to x
@@ -94,14 +96,19 @@ def check_gradients(
     h: float | None = None,
     order: int = 4,
     seed: int = 0,
+    allow_float32: bool = False,
 ) -> dict[str, float]:
     """Check a forward/backward pair against finite differences; return the relative error per input.
 
     ``forward(**inputs) -> (out, cache)``; ``backward(dout, cache)`` returns the gradients in the order of
     ``inputs``: one array, a tuple of arrays, or a tuple whose entries are dicts for inputs that are dicts of
-    parameters (as the blocks take). Every float64 array in ``inputs`` is checked; the result maps each one's
-    name (``"x"``, ``"w"``, or ``"params/Dense_0/kernel"`` for a dict entry) to its relative error.
-    ``h`` and ``order`` are those of ``numerical_gradient``.
+    parameters (as the blocks take). Every floating-point array in ``inputs`` is checked (integer inputs, e.g.
+    labels, are not); the result maps each one's name (``"x"``, ``"w"``, or ``"params/Dense_0/kernel"`` for a dict
+    entry) to its relative error. ``h`` and ``order`` are those of ``numerical_gradient``.
+
+    A float32 input is refused with a TypeError (its round-off swamps the differences, so a correct backward
+    would look wrong), unless ``allow_float32``, which checks it anyway to show how large those errors are. A check
+    that would check nothing is a ValueError: it never passes silently.
 
     Example::
 
@@ -124,9 +131,12 @@ def check_gradients(
     for (name, value), grad in zip(inputs.items(), analytic, strict=True):
         if isinstance(value, Mapping):
             for key, array in value.items():
-                errors[f"{name}/{key}"] = rel_error(grad[key], numerical_gradient(f, array, dout, h, order))
-        elif getattr(value, "dtype", None) == np.float64:
-            errors[name] = rel_error(grad, numerical_gradient(f, value, dout, h, order))
+                errors[f"{name}/{key}"] = rel_error(grad[key], numerical_gradient(f, array, dout, h, order,
+                                                                                  allow_float32))
+        elif getattr(getattr(value, "dtype", None), "kind", None) == "f":  # float32 too: refused, or checked
+            errors[name] = rel_error(grad, numerical_gradient(f, value, dout, h, order, allow_float32))
+    if not errors:
+        raise ValueError(f"nothing to check: none of the inputs {list(inputs)} is a floating-point array")
     return errors
 
 

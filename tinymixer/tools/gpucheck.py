@@ -186,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     env = {"TINYMIXER_BACKEND": "cupy"}
     parts.append(part("self-check on CuPy", run([sys.executable, "-m", "tinymixer"], left(0.1), env)))
-    inside = {"TINYMIXER_IN_GPUCHECK": "1"}  # the test that runs this check does not run it again from here
+    # the test that runs this check does not run it again from here; the GPU tests choose their backends themselves
+    inside = {"TINYMIXER_IN_GPUCHECK": "1", "TINYMIXER_TEST_BACKEND": "numpy"}
     parts.append(part("GPU tests (pytest -m gpu)", run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-x"],
                                                        left(0.3), inside)))
     with tempfile.TemporaryDirectory() as scratch:
