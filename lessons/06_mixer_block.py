@@ -69,7 +69,10 @@ save_figure(fig, "06_gradient_per_block")
 # %% [markdown]
 # ## Exercises
 # 1. In the backward, why is `du += dout` needed after `layer_norm_backward`? What would be lost without it?
-# 2. The token-mixing output bias adds one constant per token across all channels. Show, with lesson 4's first
-#    exercise, that its gradient is exactly zero (the whole-model test in `tests/test_model.py` relies on this).
+# 2. The token-mixing output bias adds one constant per token across all channels. In a whole model its gradient
+#    is zero up to round-off (about 1e-16): show why with lesson 4's first exercise (a LayerNorm's output does not
+#    change when a constant is added across its channels, and every path from this bias to the loss passes through
+#    one). For the block alone, checked as above against a random upstream gradient, it is not zero: why not?
+#    (The whole-model test in `tests/test_model.py` relies on the zero.)
 # 3. Pre-LayerNorm vs post-LayerNorm: rewrite the block equations with LayerNorm after the residual addition. How
 #    does the identity path of the gradient change?
