@@ -25,7 +25,8 @@ def test_round_trip_is_exact_and_uses_official_names(tmp_path):
     with np.load(path) as raw:  # readable as a plain .npz, keys as in the official checkpoints
         assert "stem/kernel" in raw.files and "MixerBlock_0/token_mixing/Dense_0/kernel" in raw.files
     params, state, meta = load_checkpoint(path)
-    assert all(np.array_equal(params[k], v) for k, v in model.params.items()) and set(params) == set(model.params)
+    assert all(np.array_equal(params[k], tm.to_host(v)) for k, v in model.params.items())
+    assert set(params) == set(model.params)
     assert all(np.array_equal(state[k], opt_state[k]) for k in opt_state) and meta["step"] == 7
     again = load_model(path)
     x = np.random.default_rng(0).uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
@@ -87,7 +88,7 @@ def test_missing_checkpoint_and_mismatched_model(tmp_path):
     model = tm.MlpMixer.from_name("micro/4", num_classes=10, image_size=16)
     other = tm.MlpMixer.from_name("micro/4", num_classes=5, image_size=16)
     with pytest.raises(CheckpointError, match=r"does not fit this model.*head/kernel"):
-        load_params_into(model, {k: np.asarray(v) for k, v in other.params.items()})
+        load_params_into(model, {k: tm.to_host(v) for k, v in other.params.items()})
     path = save_checkpoint(tmp_path / "bare.npz", {"w": np.ones(3)})
     with pytest.raises(CheckpointError, match="not in the Mixer checkpoint layout"):
         load_model(path)
@@ -97,7 +98,7 @@ def test_an_official_style_npz_loads_into_a_model(tmp_path):
     """The official checkpoints are plain .npz files of the parameters under their flat '/'-joined names."""
     source = tm.MlpMixer.from_name("micro/4", num_classes=10, image_size=16, seed=5)
     path = tmp_path / "official.npz"
-    np.savez(path, **{k: np.asarray(v) for k, v in source.params.items()})  # no optimiser state, no metadata
+    np.savez(path, **{k: tm.to_host(v) for k, v in source.params.items()})  # no optimiser state, no metadata
     params, optimizer_state, meta = load_checkpoint(path)
     assert optimizer_state == {} and meta == {}
     model = tm.MlpMixer.from_name("micro/4", num_classes=10, image_size=16, seed=0)
@@ -110,7 +111,7 @@ def test_load_model_reads_the_configuration_off_an_official_style_npz(tmp_path):
     source = tm.MlpMixer(num_classes=7, num_blocks=3, patch_size=4, hidden_dim=16, tokens_mlp_dim=8,
                          channels_mlp_dim=24, image_size=24, seed=2)
     path = tmp_path / "official.npz"
-    np.savez(path, **{k: np.asarray(v) for k, v in source.params.items()})
+    np.savez(path, **{k: tm.to_host(v) for k, v in source.params.items()})
     model = load_model(path)
     config = {k: v for k, v in source.config().items() if k != "gelu"}
     assert {k: v for k, v in model.config().items() if k != "gelu"} == config
@@ -122,6 +123,6 @@ def test_load_model_reads_the_configuration_off_an_official_style_npz(tmp_path):
 def test_load_model_refuses_a_non_square_token_grid(tmp_path):
     source = tm.MlpMixer.from_name("micro/4", num_classes=3, image_size=(8, 16))  # S = 2 x 4 tokens
     path = tmp_path / "wide.npz"
-    np.savez(path, **{k: np.asarray(v) for k, v in source.params.items()})
+    np.savez(path, **{k: tm.to_host(v) for k, v in source.params.items()})
     with pytest.raises(CheckpointError, match="8 tokens is not a square grid.*image_size"):
         load_model(path)

@@ -29,7 +29,7 @@ def official(tmp_path_factory) -> Path:
     for value in model.params.values():
         value[...] += 0.05 * rng.standard_normal(value.shape)
     path = tmp_path_factory.mktemp("official") / "Mixer-test.npz"
-    np.savez(path, **{k: np.asarray(v) for k, v in model.params.items()})
+    np.savez(path, **{k: tm.to_host(v) for k, v in model.params.items()})
     return path
 
 

@@ -43,8 +43,8 @@ def files(tmp_path_factory) -> dict[str, Path]:
     """An official-layout 1000-class checkpoint, a 7-class one, and a few pictures (one in a folder)."""
     root = tmp_path_factory.mktemp("predict")
     model = small_mixer(1000)
-    np.savez(root / "Mixer-T_4.npz", **{name: np.asarray(value) for name, value in model.params.items()})
-    np.savez(root / "seven.npz", **{name: np.asarray(value) for name, value in small_mixer(7, 1).params.items()})
+    np.savez(root / "Mixer-T_4.npz", **{name: tm.to_host(value) for name, value in model.params.items()})
+    np.savez(root / "seven.npz", **{name: tm.to_host(value) for name, value in small_mixer(7, 1).params.items()})
     r = np.random.default_rng(0)
     Image.fromarray(r.integers(0, 256, (30, 20, 3), dtype=np.uint8)).save(root / "photo.png")
     Image.fromarray(r.integers(0, 256, (16, 40), dtype=np.uint8)).save(root / "grey.jpg")

@@ -96,7 +96,7 @@ def test_gradients_of_an_expanded_model():
 
 def test_a_grid_that_is_not_a_whole_multiple_is_refused_with_the_sizes_that_work():
     small = pretrained()
-    params = {k: np.asarray(v) for k, v in small.params.items()}
+    params = {k: tm.to_host(v) for k, v in small.params.items()}
     with pytest.raises(PretrainedError, match=r"12x12 images give a 6x6 grid.*Resolutions that work: 8x8, 16x16"):
         adapt(params, small.config(), image_size=(12, 12))
     with pytest.raises(PretrainedError, match="do not tile"):
@@ -124,7 +124,7 @@ def test_a_new_zero_head_for_new_classes(tmp_path):
 
 
 def test_expansion_leaves_other_parameters_alone():
-    params = {k: np.asarray(v) for k, v in pretrained().params.items()}
+    params = {k: tm.to_host(v) for k, v in pretrained().params.items()}
     out = expand_token_mixing(params, (4, 4), (2, 2))
     for name in params:
         if "token_mixing" not in name:

@@ -355,7 +355,7 @@ def test_checkpoints_with_and_without_the_rates_load(tmp_path):
     old = load_model(tmp_path / "old.npz")
     assert (old.dropout, old.stochastic_depth) == (0.0, 0.0) and old.config() == old_config
     # an official checkpoint (parameters only): the config read off the shapes
-    official = tm.MlpMixer(**config_from_params({k: np.asarray(v) for k, v in model.params.items()}))
+    official = tm.MlpMixer(**config_from_params({k: tm.to_host(v) for k, v in model.params.items()}))
     assert not official.regularized
     images = np.random.default_rng(0).standard_normal((2, 8, 8, 3)).astype(np.float32)
     assert np.array_equal(old.forward(images, train=False), loaded.forward(images, train=False))
