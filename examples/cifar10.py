@@ -77,7 +77,7 @@ from tinymixer.training.checkpoint import (
 )
 from tinymixer.training.evaluate import confusion_matrix, evaluate, format_confusion_matrix
 from tinymixer.training.train import train_step
-from tinymixer.transfer.pretrained import PretrainedError, load_for_finetuning
+from tinymixer.transfer.pretrained import FamilyError, PretrainedError, load_for_finetuning
 
 # The options a checkpoint remembers, restored by --resume (the rest belong to one invocation: --out, --resume,
 # --backend, progress and logging). The model's shape is remembered as the model itself (meta["model"]).
@@ -464,12 +464,11 @@ def build_model(args: argparse.Namespace, data: Dataset) -> Model:
         try:
             model, notes = load_for_finetuning(args.init, data.num_classes, (h, w), args.dtype, args.seed,
                                                keep_head=args.keep_head, architecture=ARCHITECTURES[args.model])
+        except FamilyError as exc:
+            other = next(name for name, arch in ARCHITECTURES.items() if arch == exc.held)
+            fail(f"--init {args.init}: {exc}; to fine-tune it, add --model {other}")
         except PretrainedError as exc:
-            hint = ""
-            if "cannot move between the two families" in str(exc):
-                other = next(name for name, arch in ARCHITECTURES.items() if arch != ARCHITECTURES[args.model])
-                hint = f"; to fine-tune it, add --model {other}"
-            fail(f"--init {args.init}: {exc}{hint}")
+            fail(f"--init {args.init}: {exc}")
         for note in notes:
             log(f"note: --init {args.init}: {note}" + (" (--keep-head)" if "head kept" in note else
                                                       " (--keep-head keeps a matching one)" if "new zero" in note

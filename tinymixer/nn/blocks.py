@@ -78,9 +78,6 @@ class BlockMasks:
         is a slice or an array of image indices."""
         return replace(self, **{name: mask[index] for name, mask in self.arrays().items()})
 
-    def to(self, xp: Any) -> BlockMasks:
-        """The masks as arrays of the array module ``xp`` (moved to the GPU for CuPy; no copy for NumPy)."""
-        return replace(self, **{name: xp.asarray(mask) for name, mask in self.arrays().items()})
 
 
 def draw_block_masks(rng: np.random.Generator, batch: int, num_tokens: int, hidden_dim: int, tokens_mlp_dim: int,

@@ -185,11 +185,12 @@ class Network:
         buffer = self.grad_buffer  # allocates the buffer and the views on first use
         if len(results) == 1:  # one copy into the buffer, in one call (on a GPU: one kernel, not one per parameter)
             self.xp.concatenate([results[0][1][name].ravel() for name in self.grads], out=buffer)
-        for name, view in self.grads.items() if len(results) > 1 else ():
+            return results[0][0]
+        for name, view in self.grads.items():
             self.xp.add(results[0][1][name], results[1][1][name], out=view)  # shard 0 + shard 1 + ...: a fixed order
             for _, shard_grads in results[2:]:
                 view += shard_grads[name]
-        return results[0][0] if len(shards) == 1 else self.xp.concatenate([r[0] for r in results])
+        return self.xp.concatenate([r[0] for r in results])
 
     def _backward_shard(self, dlogits: Array, cache: tuple) -> tuple[Array, dict[str, Array]]:
         """Backward through one shard's caches: returns dL/dimages of the shard and its parameter gradients."""

@@ -7,14 +7,15 @@ minutes on a large GPU and writes one report (``gpucheck.md`` and ``gpucheck.jso
    CUDA 12 ones with ``--cuda 12``), then the device, its memory and the CUDA versions;
 2. the self-check (``python -m tinymixer``) on CuPy: a float64 gradient check and a float32 training step;
 3. the GPU tests (``pytest -m gpu``: layer parity with NumPy, a step's budgets, examples/cifar10.py on the device);
-4. the whole test suite with ``TINYMIXER_TEST_BACKEND=cupy`` (every test on the GPU where it builds a model);
-5. ``examples/cifar10.py --backend cupy`` for two epochs on a generated data set, stopped after one and resumed:
+4. ``examples/cifar10.py --backend cupy`` for two epochs on a generated data set, stopped after one and resumed:
    the resumed weights must equal the uninterrupted run's bit for bit;
-6. timings with synchronisation: a training step and an inference batch of ``tiny/4`` (batch 128, 32x32) and
-   ``B/16`` (batch 64, 224x224), images per second, and the memory pool's peak.
+5. timings with synchronisation: a training step and an inference batch of ``tiny/4`` (batch 128, 32x32) and
+   ``B/16`` (batch 64, 224x224), images per second, and the memory pool's size after them;
+6. the whole test suite with ``TINYMIXER_TEST_BACKEND=cupy`` (every test on the GPU where it builds a model; not
+   with ``--quick``).
 
-Each part is PASS or FAIL (or SKIP, with why); the exit code is 1 if any failed. Parts have time limits
-(``--budget``) so the whole check fits a short lease on a GPU machine.
+Each part is PASS or FAIL; the exit code is 1 if any failed. Parts have time limits (``--budget``) so the whole
+check fits a short lease on a GPU machine.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def cupy_info(install: bool, cuda: str) -> dict[str, Any]:
 
 
 def timings(quick: bool) -> dict[str, Any]:
-    """Synchronised timings of training steps and inference batches, and the memory pool's peak."""
+    """Synchronised timings of training steps and inference batches, and the memory pool's size after them."""
     import cupy
 
     import tinymixer as tm

@@ -360,9 +360,10 @@ class Adam(_Optimizer):
         xp.divide(m, u, out=u)
         u *= step_size
         if self.weight_decay:
-            # p *= 1 - lr wd where the mask says so, p *= 1 (exactly p) elsewhere
-            factor = decay * shrink
-            factor += 1 - decay
+            # p *= 1 - lr wd where the mask says so, p *= 1 (exactly p) elsewhere: (shrink - 1) is exact in floating
+            # point (Sterbenz), so 0/1 * (shrink - 1) + 1 is exactly shrink or exactly 1
+            factor = decay * (shrink - 1)
+            factor += 1
             p *= factor
         p -= u
 

@@ -36,6 +36,14 @@ class PretrainedError(ValueError):
     """A checkpoint cannot be adapted as asked; the message says why and what would work."""
 
 
+class FamilyError(PretrainedError):
+    """The checkpoint holds the other family of network (``held``: its "architecture", "mixer" or "resnet")."""
+
+    def __init__(self, message: str, held: str) -> None:
+        super().__init__(message)
+        self.held = held
+
+
 def tile_of_tokens(grid: tuple[int, int], factor: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """For the K_h*g_h x K_w*g_w grid of an expanded model, in the model's row-major token order: the tile of each
     token (0 .. K_h*K_w - 1, row-major over the tiles) and its position inside its tile (0 .. g_h*g_w - 1, row-major
@@ -166,9 +174,9 @@ def load_for_finetuning(path: Path | str, num_classes: int, image_size: tuple[in
     config = dict(meta["model"]) if "model" in meta else config_from_params(params, path)
     held = architecture_of(config)
     if architecture is not None and held != architecture:
-        raise PretrainedError(f"it holds {FAMILY_NAMES.get(held, held)}, and this run trains "
+        raise FamilyError(f"it holds {FAMILY_NAMES.get(held, held)}, and this run trains "
                               f"{FAMILY_NAMES.get(architecture, architecture)}: weights cannot move between the "
-                              f"two families (train the checkpoint's family, or start without it)")
+                              f"two families (train the checkpoint's family, or start without it)", held)
     params, config, notes = adapt(params, config, num_classes, image_size, path, keep_head)
     model = model_from_config(config | {"dtype": dtype, "seed": seed})
     load_params_into(model, params, path)
