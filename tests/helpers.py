@@ -15,9 +15,19 @@ def put(target, values) -> None:
     target[...] = tm.backend.array_module(target).asarray(values)
 
 
+def nudge(target, delta) -> None:
+    """``target += delta`` in place, with ``delta`` a host array: moved to ``target``'s device first."""
+    target += tm.backend.array_module(target).asarray(delta)
+
+
 def host(array) -> np.ndarray:
     """Any array as a NumPy array, for comparisons (np.testing refuses device arrays)."""
     return tm.to_host(array)
+
+
+def host_params(model) -> dict[str, np.ndarray]:
+    """A model's parameters as NumPy arrays, by name (for layer-level computations in the tests)."""
+    return {name: host(value) for name, value in model.params.items()}
 
 
 def assert_gradients_ok(errors: dict[str, float], tol: float = TOL) -> None:

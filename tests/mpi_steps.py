@@ -28,7 +28,7 @@ def main(steps: int = 6, batch: int = 24) -> None:
                   image_size=8, dtype="float64", seed=3)
     parallel, alone = tm.MlpMixer(**config), tm.MlpMixer(**config)
     for model in (parallel, alone):  # a random head, so that every gradient is non-zero from the first step
-        model.params["head/kernel"][...] = 0.1 * np.random.default_rng(1).standard_normal((12, 5))
+        model.params["head/kernel"][...] = model.xp.asarray(0.1 * np.random.default_rng(1).standard_normal((12, 5)))
     opt_parallel, opt_alone = tm.SGD(momentum=0.9), tm.SGD(momentum=0.9)
     rows = distributed.shard_of(batch, comm)
     identical = True

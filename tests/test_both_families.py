@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 from test_cifar10_script import DIGITS_ARGS, ROOT, SCRIPT, cifar10, digits_folder, params_of
 
+from tinymixer import to_host
 from tinymixer.data import load_folder
 
 QUICK = ["--limit-train", "128", "--limit-test", "60", "--epochs", "1"] + DIGITS_ARGS
@@ -102,7 +103,7 @@ def test_keep_head_keeps_a_matching_head_and_says_so(runs, tmp_path, capsys, fam
 
     def spy(model, *args, **kwargs):  # the head at the first step is the checkpoint's
         if not heads:
-            heads.append(np.array(model.params["head/kernel"]))
+            heads.append(to_host(model.params["head/kernel"]).copy())
         return real(model, *args, **kwargs)
 
     monkeypatch.setattr(cifar10, "train_step", spy)

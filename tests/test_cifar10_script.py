@@ -167,6 +167,7 @@ def test_resume_with_other_model_options_is_refused(tmp_path, digits, capsys):
         capsys.readouterr().err
 
 
+@pytest.mark.host  # shards are the CPU's threads (on a GPU a batch is one shard)
 def test_resume_on_another_number_of_threads_says_so(tmp_path, digits, capsys, monkeypatch):
     # the batch's shards follow the thread count; resuming with another count changes the last bits, and says so
     base = ["--data-dir", str(digits), "--limit-train", "64", "--out", str(tmp_path)] + DIGITS_ARGS

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import assert_gradients_ok
+from helpers import assert_gradients_ok, host, nudge
 
 import tinymixer as tm
 from tinymixer.nn.architectures import MODEL_NAMES, make_model, model_from_config
@@ -33,7 +33,7 @@ def small_resnet(seed: int = 0, **overrides) -> ResNet:
     model = ResNet(**config)
     r = np.random.default_rng(seed + 1)
     for value in model.params.values():
-        value[...] += 0.3 * r.standard_normal(value.shape)
+        nudge(value, 0.3 * r.standard_normal(value.shape))
     return model
 
 
@@ -182,6 +182,7 @@ def test_identity_block_with_a_zero_branch_is_the_identity(rng):
 
 # -- The whole network --------------------------------------------------------------------------------------------
 
+@pytest.mark.host  # finite differences / PyTorch on the CPU
 def test_whole_network_gradients_by_finite_differences(monkeypatch):
     """Every parameter and the images, element by element (float64), through softmax cross-entropy."""
     model = small_resnet()
@@ -200,13 +201,14 @@ def test_whole_network_gradients_by_finite_differences(monkeypatch):
     assert_smooth_gradients_ok({**model.grads, "images": dimages}, numerical)
 
 
+@pytest.mark.host  # finite differences / PyTorch on the CPU
 def test_whole_network_directional_check_on_a_named_size(monkeypatch):
     """cnn-micro as used (3 stages, 16/32/64 channels, 8 groups) on 8x8 images: all gradients along a random
     direction, with the largest step whose stencil crosses no ReLU kink (see ``smooth_numerical_gradient``)."""
     model = make_model("cnn-micro", num_classes=10, image_size=8, dtype="float64", seed=3)
     r = np.random.default_rng(3)
     for value in model.params.values():
-        value[...] += 0.1 * r.standard_normal(value.shape)
+        nudge(value, 0.1 * r.standard_normal(value.shape))
     images, labels = r.uniform(-1, 1, (4, 8, 8, 3)), r.integers(0, 10, 4)
     relus = ReluPatterns(monkeypatch)
     _, dlogits = tm.softmax_cross_entropy(model.forward(images), labels)
@@ -225,6 +227,7 @@ def test_whole_network_directional_check_on_a_named_size(monkeypatch):
     assert error < 1e-7
 
 
+@pytest.mark.host  # finite differences / PyTorch on the CPU
 def test_whole_network_matches_pytorch():
     """The same network in PyTorch (F.conv2d, F.group_norm, F.relu, autograd), the same weights: logits, loss and
     every gradient to 1e-10 relative (float64)."""
@@ -275,7 +278,7 @@ def test_whole_network_matches_pytorch():
 def test_initialisation_is_he_normal_with_a_zero_head_and_deterministic():
     """The shared ``Network.init_params`` with the CNN's ``init_kernel``: variance 2 / fan_in (not the Mixer's 1)."""
     model = tm.make_model("cnn-tiny", num_classes=10, image_size=32, seed=3, dtype="float64")
-    p = model.params
+    p = {k: host(v) for k, v in model.params.items()}
     assert np.all(p["head/kernel"] == 0) and np.all(p["head/bias"] == 0)
     assert all(np.all(v == 1) for k, v in p.items() if k.endswith("/scale"))
     assert all(np.all(v == 0) for k, v in p.items() if k.endswith("/bias"))
@@ -284,9 +287,9 @@ def test_initialisation_is_he_normal_with_a_zero_head_and_deterministic():
     assert conv.std() == pytest.approx(np.sqrt(2 / 1440), rel=0.01)
     assert np.abs(conv).max() <= 2 * np.sqrt(2 / 1440) / 0.87962566103423978
     again = tm.make_model("cnn-tiny", num_classes=10, image_size=32, seed=3, dtype="float64")
-    assert all(np.array_equal(p[k], again.params[k]) for k in p)
+    assert all(np.array_equal(p[k], host(again.params[k])) for k in p)
     other = tm.make_model("cnn-tiny", num_classes=10, image_size=32, seed=4, dtype="float64")
-    assert not np.array_equal(p["stem/kernel"], other.params["stem/kernel"])
+    assert not np.array_equal(p["stem/kernel"], host(other.params["stem/kernel"]))
 
 
 def test_sizes_pair_with_the_mixers_in_parameters():
@@ -320,7 +323,7 @@ def test_shards_give_the_same_logits_and_gradients(monkeypatch):
                             lambda n, xp, k=shards: [slice(i * n // k, (i + 1) * n // k) for i in range(k)])
         logits = model.forward(images)
         model.backward(tm.softmax_cross_entropy(logits, labels)[1])
-        results.append((logits.copy(), model.grad_buffer.copy()))
+        results.append((host(logits), host(model.grad_buffer)))
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-13, atol=1e-13)
     np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-11, atol=1e-13)
 
@@ -334,7 +337,7 @@ def test_config_and_checkpoint_round_trip(tmp_path):
     path = save_checkpoint(tmp_path / "cnn.npz", model.params, meta={"model": model.config()})
     loaded = load_model(path)
     images = np.random.default_rng(6).uniform(-1, 1, (2, 7, 5, 3)).astype(np.float32)
-    np.testing.assert_array_equal(loaded(images), model(images))
+    np.testing.assert_array_equal(host(loaded(images)), host(model(images)))
     assert type(model_from_config({"num_classes": 3, "num_blocks": 1, "patch_size": 2, "hidden_dim": 4,
                                    "tokens_mlp_dim": 2, "channels_mlp_dim": 4, "image_size": 4})) is tm.MlpMixer
 

@@ -23,6 +23,8 @@ import tinymixer as tm
 from tinymixer.training.checkpoint import load_model, save_checkpoint
 from tinymixer.transfer import convert
 
+pytestmark = pytest.mark.host  # file formats and PyTorch state dicts: host work
+
 try:
     import torch
 except ImportError:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import small_model
+from helpers import host_params, small_model
 
 import tinymixer as tm
 from tinymixer import chunks
@@ -53,7 +53,7 @@ def test_features_by_the_definition():
     from tinymixer.nn.layers import stem_forward
 
     model = small_model()
-    p = model.params
+    p = host_params(model)
     images = np.random.default_rng(1).standard_normal((3, 8, 8, 3))
     x, _ = stem_forward(images, p["stem/kernel"], p["stem/bias"])  # (B, S, C)
     for i in range(model.num_blocks):

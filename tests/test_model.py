@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import small_model
+from helpers import host, nudge, small_model
 
 import tinymixer as tm
 from tinymixer import chunks
@@ -80,7 +80,7 @@ def test_from_name_builds_the_named_size():
 
 def test_initialisation_is_the_official_one_and_deterministic():
     model = tm.MlpMixer.from_name("small/4", num_classes=10, image_size=32, seed=3, dtype="float64")
-    p = model.params
+    p = {k: host(v) for k, v in model.params.items()}
     assert np.all(p["head/kernel"] == 0) and np.all(p["head/bias"] == 0)
     assert np.all(p["MixerBlock_0/LayerNorm_0/scale"] == 1) and np.all(p["pre_head_layer_norm/bias"] == 0)
     # LeCun normal: variance 1 / fan_in, truncated at 2 standard deviations of the underlying normal
@@ -90,9 +90,9 @@ def test_initialisation_is_the_official_one_and_deterministic():
     stem = p["stem/kernel"]  # fan-in 4*4*3
     assert stem.std() == pytest.approx(np.sqrt(1 / 48), rel=0.03)
     again = tm.MlpMixer.from_name("small/4", num_classes=10, image_size=32, seed=3, dtype="float64")
-    assert all(np.array_equal(p[k], again.params[k]) for k in p)
+    assert all(np.array_equal(p[k], host(again.params[k])) for k in p)
     other = tm.MlpMixer.from_name("small/4", num_classes=10, image_size=32, seed=4, dtype="float64")
-    assert not np.array_equal(p["stem/kernel"], other.params["stem/kernel"])
+    assert not np.array_equal(p["stem/kernel"], host(other.params["stem/kernel"]))
 
 
 def test_flops_per_image_counts_the_matrix_multiplies():
@@ -129,12 +129,13 @@ def test_whole_model_gradient_of_every_parameter_tensor(gelu, threads, monkeypat
     assert max(errors.values()) < 1e-7, {k: v for k, v in errors.items() if v >= 1e-7}
 
 
+@pytest.mark.host  # finite differences / PyTorch on the CPU
 def test_whole_model_directional_check_at_realistic_size():
     # the CIFAR "tiny/4" size (8 blocks, C 128, 1.13M parameters) in float64, with every parameter randomised
     model = tm.MlpMixer.from_name("tiny/4", num_classes=10, image_size=32, dtype="float64", seed=0)
     r = np.random.default_rng(1)
     for value in model.params.values():
-        value[...] += 0.05 * r.standard_normal(value.shape)  # wakes the zero head and the unit LN scales
+        nudge(value, 0.05 * r.standard_normal(value.shape))  # wakes the zero head and the unit LN scales
     images, labels = r.uniform(-1, 1, (4, 32, 32, 3)), np.array([1, 5, 9, 0])
     forward_backward(model, images, labels)
     numerical, analytic, err = directional_check(loss_fn(model, images, labels), model.params, model.grads)
@@ -145,7 +146,7 @@ def test_whole_model_directional_check_at_realistic_size():
 def test_eval_forward_keeps_no_cache_and_gives_same_logits():
     model = small_model()
     images = np.random.default_rng(0).standard_normal((3, 8, 8, 3))
-    np.testing.assert_array_equal(model.forward(images, train=True), model.forward(images, train=False))
+    np.testing.assert_array_equal(host(model.forward(images, train=True)), host(model.forward(images, train=False)))
     with pytest.raises(RuntimeError, match="train=True"):
         model.backward(np.ones((3, 3)))
 
@@ -163,7 +164,7 @@ def test_float32_step_never_upcasts():
         if isinstance(obj, (tuple, list)):
             for item in obj:
                 yield from arrays(item)
-        elif isinstance(obj, np.ndarray):
+        elif isinstance(obj, model.xp.ndarray):
             yield obj
     cached = list(arrays(model._cache))
     assert cached and all(a.dtype == np.float32 for a in cached), {a.dtype for a in cached}

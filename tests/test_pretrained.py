@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import host, put, small_model
+from helpers import host, host_params, put, small_model
 
 import tinymixer as tm
 from tinymixer.nn.blocks import subtree, token_mixing_forward
@@ -55,15 +55,16 @@ def test_on_tiled_images_the_expanded_model_is_the_pretrained_one_on_each_tile(f
     rng = np.random.default_rng(1)
     tiles = rng.uniform(-1, 1, (factor[0] * factor[1], 3, 8, 8, 3))  # K tiles of a batch of 3 images
     images = tiled(tiles, factor)
-    mean_of_tiles = np.mean([small(t) for t in tiles], axis=0)
+    mean_of_tiles = np.mean([host(small(t)) for t in tiles], axis=0)
     np.testing.assert_allclose(big(images), mean_of_tiles, rtol=0, atol=1e-12)
     # one token-mixing layer on its own: each tile's tokens come out as the small layer's
     tile, position = tile_of_tokens((4, 4), factor)
     x = rng.standard_normal((2, len(tile), 5))  # (B, K S, C)
-    out, _ = token_mixing_forward(x, subtree(big.params, "MixerBlock_0/token_mixing"), train=False)
+    out, _ = token_mixing_forward(x, subtree(host_params(big), "MixerBlock_0/token_mixing"), train=False)
     for t in range(factor[0] * factor[1]):
         mine = np.flatnonzero(tile == t)[np.argsort(position[tile == t])]  # tile t's tokens in its own order
-        alone, _ = token_mixing_forward(x[:, mine], subtree(small.params, "MixerBlock_0/token_mixing"), train=False)
+        alone, _ = token_mixing_forward(x[:, mine], subtree(host_params(small), "MixerBlock_0/token_mixing"),
+                                        train=False)
         np.testing.assert_allclose(out[:, mine], alone, rtol=0, atol=1e-12)
 
 
@@ -76,7 +77,7 @@ def test_an_untiled_image_mixes_only_within_tiles():
     tile, _ = tile_of_tokens((4, 4), (2, 2))
     y = x.copy()
     y[:, tile == 3] += 1.0
-    params = subtree(big.params, "MixerBlock_1/token_mixing")
+    params = subtree(host_params(big), "MixerBlock_1/token_mixing")
     changed = np.abs(token_mixing_forward(y, params, train=False)[0] - token_mixing_forward(x, params,
                                                                                            train=False)[0])
     assert changed[:, tile != 3].max() == 0 and changed[:, tile == 3].min() > 0

@@ -18,10 +18,10 @@ from tinymixer.nn.gradcheck import check_gradients, numerical_gradient, rel_erro
 from tinymixer.nn.layers import (
     dropout_backward,
     dropout_forward,
-    keep_mask,
     stochastic_depth_backward,
     stochastic_depth_forward,
 )
+from tinymixer.nn.masks import keep_mask
 from tinymixer.training.checkpoint import config_from_params, load_model, save_checkpoint
 from tinymixer.training.train import train_step
 
@@ -186,15 +186,15 @@ def test_masks_are_seeded_drawn_in_order_and_shaped_per_block():
     assert a[2].token_depth.shape == a[2].channel_depth.shape == (4,)
     for ma, mb, mc in zip(a, b, c, strict=True):
         assert ma.arrays().keys() == mb.arrays().keys() == mc.arrays().keys()
-        assert all(np.array_equal(v, mb.arrays()[k]) for k, v in ma.arrays().items())
-    assert not np.array_equal(a[1].channel_dropout, c[1].channel_dropout)
+        assert all(np.array_equal(v.array(), mb.arrays()[k].array()) for k, v in ma.arrays().items())
+    assert not np.array_equal(a[1].channel_dropout.array(), c[1].channel_dropout.array())
     assert small_model().draw_masks(np.random.default_rng(0), 4) is None
 
 
 def test_stochastic_depth_keeps_one_minus_rate_over_many_steps():
     model = small_model(num_blocks=3, stochastic_depth=0.5)  # depth only: nothing big to draw
-    kept = [m for step in range(2000) for m in model.draw_masks(np.random.default_rng([0, 0, step]), 8)[2].arrays()
-            .values()]
+    kept = [m.array() for step in range(2000)
+            for m in model.draw_masks(np.random.default_rng([0, 0, step]), 8)[2].arrays().values()]
     fraction = np.mean(kept)  # 32000 draws at rate 0.5: standard deviation 2.8e-3
     assert abs(fraction - 0.5) < 0.02
 
@@ -269,7 +269,8 @@ def test_whole_model_gradient_of_every_parameter_tensor_with_both_regularizers()
     # and skipped branches; other seeds give some) is checked by the stencil only to its round-off, ~1e-13
     # absolute, which is a relative error of ~1e-6 for it.
     masks = model.draw_masks(np.random.default_rng([0, 0, 1]), 4)
-    depth = np.concatenate([m.arrays()[k] for m in masks for k in ("token_depth", "channel_depth") if k in m.arrays()])
+    depth = np.concatenate([m.arrays()[k].array() for m in masks for k in ("token_depth", "channel_depth")
+                            if k in m.arrays()])
     assert depth.any() and not depth.all()  # some branches kept and some skipped
     loss, dlogits = tm.softmax_cross_entropy(model.forward(images, masks=masks), labels)
     dimages = model.backward(dlogits)

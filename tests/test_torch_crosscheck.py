@@ -15,6 +15,8 @@ import pytest
 
 import tinymixer as tm
 
+pytestmark = pytest.mark.host  # PyTorch on the CPU against the NumPy path, in float64
+
 if os.environ.get("CI"):
     import torch  # noqa: F401 - under CI a missing torch must fail, not skip
 torch = pytest.importorskip("torch")

@@ -15,6 +15,8 @@ Asking for ``cupy`` where it cannot run is an error that says why, never a silen
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -101,6 +103,40 @@ def array_module(*arrays: Any) -> ModuleType:
     if _cupy is not None:
         return _cupy.get_array_module(*arrays)
     return np
+
+
+def fused(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn``, an elementwise function written with array operators and ufuncs only, as one kernel on a GPU.
+
+    On NumPy arrays ``fn`` runs as written (one pass per operation; callers run it on cache-sized blocks). On
+    CuPy arrays it runs as ``cupy.fuse(fn)``: CuPy traces the operations once per argument types and compiles
+    them into a single kernel, so ten operations cost one launch and one pass through memory instead of ten.
+    Should CuPy fail to compile it, ``fn`` runs unfused (the same numbers, more launches) after one warning.
+    """
+    kernels: dict[Any, Callable[..., Any]] = {}
+
+    def call(*args: Any) -> Any:
+        xp = array_module(*args)
+        if xp is np:
+            return fn(*args)
+        kernel = kernels.get(xp)
+        if kernel is None:
+            kernel = kernels[xp] = xp.fuse(kernel_name=fn.__name__)(fn)
+        if kernel is fn:
+            return fn(*args)
+        try:
+            return kernel(*args)
+        except Exception as exc:  # noqa: BLE001 - a compiler's refusal; the unfused function then decides
+            result = fn(*args)  # raises if the arguments themselves are wrong
+            kernels[xp] = fn
+            warnings.warn(f"cupy.fuse could not compile {fn.__name__} ({type(exc).__name__}: {exc}); it runs "
+                          f"unfused, one kernel per operation", RuntimeWarning, stacklevel=2)
+            return result
+
+    call.__name__ = call.__qualname__ = fn.__name__
+    call.__doc__ = fn.__doc__
+    call.unfused = fn  # type: ignore[attr-defined]
+    return call
 
 
 def is_device_array(a: Any) -> bool:

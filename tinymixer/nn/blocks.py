@@ -26,12 +26,12 @@ from .layers import (
     dropout_forward,
     gelu_backward,
     gelu_forward,
-    keep_mask,
     layer_norm_backward,
     layer_norm_forward,
     stochastic_depth_backward,
     stochastic_depth_forward,
 )
+from .masks import KeepMask
 
 
 def subtree(params: dict[str, Array], prefix: str) -> dict[str, Array]:
@@ -52,7 +52,9 @@ def prefixed(grads: dict[str, Array], prefix: str) -> dict[str, Array]:
 @dataclass(frozen=True)
 class BlockMasks:
     """The keep masks of one Mixer block (True: kept) and the rates they were drawn with; a mask is None where its
-    regulariser is off. Every mask has the batch axis first, so that ``rows`` cuts out a part of the batch.
+    regulariser is off. Every mask has the batch axis first, so that ``rows`` cuts out a part of the batch. A mask
+    is a ``KeepMask`` (a rule, computed by the layer that uses it, on its device: ``masks.py``) or an array (given
+    by hand).
 
     - ``token_dropout`` (B, D_S, C): dropout after the token-mixing MLP's GELU (its hidden layer, in the (B, D_S, C)
       layout that token mixing computes in); ``channel_dropout`` (B, S, D_C): after the channel-mixing GELU.
@@ -62,52 +64,33 @@ class BlockMasks:
     """
 
     dropout: float = 0.0
-    token_dropout: Array | None = None
-    channel_dropout: Array | None = None
+    token_dropout: Any = None
+    channel_dropout: Any = None
     depth: float = 0.0
-    token_depth: Array | None = None
-    channel_depth: Array | None = None
+    token_depth: Any = None
+    channel_depth: Any = None
 
-    def arrays(self) -> dict[str, Array]:
+    def arrays(self) -> dict[str, Any]:
         """The masks that are on, by field name."""
         return {f.name: getattr(self, f.name) for f in fields(self)
                 if f.name.endswith(("_dropout", "_depth")) and getattr(self, f.name) is not None}
 
     def rows(self, index: Any) -> BlockMasks:
         """The masks of some of the batch's images (a shard, a process's share, an accumulation part): ``index``
-        is a slice or an array of image indices."""
+        is a slice (or, for masks given as arrays, an array of image indices)."""
         return replace(self, **{name: mask[index] for name, mask in self.arrays().items()})
-
 
 
 def draw_block_masks(rng: np.random.Generator, batch: int, num_tokens: int, hidden_dim: int, tokens_mlp_dim: int,
                      channels_mlp_dim: int, dropout: float, depth: float) -> BlockMasks:
-    """One block's masks for a batch of ``batch`` images, drawn on the host from ``rng`` in the forward's order
+    """One block's masks for a batch of ``batch`` images, their keys drawn from ``rng`` in the forward's order
     (token dropout, token depth, channel dropout, channel depth; nothing is drawn for a rate of 0)."""
     s, c = num_tokens, hidden_dim
-    token_dropout = keep_mask(rng, (batch, tokens_mlp_dim, c), dropout) if dropout else None  # (B, D_S, C)
-    token_depth = keep_mask(rng, (batch,), depth) if depth else None  # (B,)
-    channel_dropout = keep_mask(rng, (batch, s, channels_mlp_dim), dropout) if dropout else None  # (B, S, D_C)
-    channel_depth = keep_mask(rng, (batch,), depth) if depth else None  # (B,)
+    token_dropout = KeepMask.draw(rng, (batch, tokens_mlp_dim, c), dropout) if dropout else None  # (B, D_S, C)
+    token_depth = KeepMask.draw(rng, (batch,), depth) if depth else None  # (B,)
+    channel_dropout = KeepMask.draw(rng, (batch, s, channels_mlp_dim), dropout) if dropout else None  # (B, S, D_C)
+    channel_depth = KeepMask.draw(rng, (batch,), depth) if depth else None  # (B,)
     return BlockMasks(dropout, token_dropout, channel_dropout, depth, token_depth, channel_depth)
-
-
-def masks_to(masks: list[BlockMasks], xp: Any) -> list[BlockMasks]:
-    """Every block's masks as arrays of the array module ``xp``: for a GPU, packed into one host buffer and moved
-    in one copy (not one per mask: some 30 per step for a small Mixer), then viewed back into their shapes; for
-    NumPy, the masks themselves."""
-    if xp is np:
-        return masks
-    arrays = [(i, name, mask) for i, m in enumerate(masks) for name, mask in m.arrays().items()]
-    if not arrays:
-        return masks
-    packed = xp.asarray(np.concatenate([np.asarray(mask, dtype=bool).ravel() for _, _, mask in arrays]))  # 1 copy
-    moved: list[dict[str, Array]] = [{} for _ in masks]
-    start = 0
-    for i, name, mask in arrays:
-        moved[i][name] = packed[start:start + mask.size].reshape(mask.shape)
-        start += mask.size
-    return [replace(m, **fields_) for m, fields_ in zip(masks, moved, strict=True)]
 
 
 def masks_rows(masks: list[BlockMasks] | None, index: Any) -> list[BlockMasks] | None:

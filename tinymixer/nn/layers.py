@@ -18,6 +18,7 @@ import numpy as np
 
 from ..backend import array_module
 from ..chunks import BLOCK_ELEMENTS, for_row_blocks, rows, scratch
+from .masks import as_array
 from .special import erf
 
 Array = Any  # numpy.ndarray or cupy.ndarray
@@ -193,28 +194,21 @@ def _multiply_block(a: Array, b: Array, out: Array) -> None:
 # Dropout and stochastic depth: random keep masks with inverted scaling
 #
 # The masks are arguments, never drawn inside a forward: a gradient check holds them fixed (the function is then
-# deterministic and linear in x), and a training run draws them on the host from its own seeded generator, so that
-# a resumed run draws the same masks (``MlpMixer.draw_masks``).
-
-
-def keep_mask(rng: np.random.Generator, shape: tuple[int, ...], rate: float) -> np.ndarray:
-    """A host (NumPy) bool array of ``shape`` whose entries are independently True (kept) with probability
-    ``1 - rate``: ``u >= rate`` for u uniform on [0, 1). The uniforms are float32 (steps of 2^-24, so P(keep) is
-    1 - rate to 6e-8): half the random bits of float64, for masks the size of the MLPs' hidden activations."""
-    if not 0.0 <= rate < 1.0:
-        raise ValueError(f"a drop rate must be in [0, 1), got {rate}")
-    return rng.random(shape, dtype=np.float32) >= rate  # shape
+# deterministic and linear in x), and a training run draws them from its own seeded generator, so that a resumed
+# run draws the same masks (``MlpMixer.draw_masks``; how a mask is computed on the device: ``masks.py``).
 
 
 def dropout_forward(x: Array, rate: float, mask: Array, out: Array | None = None) -> tuple[Array, tuple]:
     """Inverted dropout, elementwise:  ``out = x * mask / (1 - rate)``.
 
     Inputs: x (any shape), ``rate`` in [0, 1), ``mask`` of x's shape, True (or 1) where an element is kept, drawn
-    with probability 1 - rate (``keep_mask``). Scaling the kept elements by 1 / (1 - rate) keeps the expectation,
-    ``E[out] = x``, so that an evaluation pass (no dropout) needs no rescaling. ``out``: where to write the result
+    with probability 1 - rate (an array, or a ``masks.KeepMask`` computed here). Scaling the kept elements by
+    1 / (1 - rate) keeps the expectation, ``E[out] = x``, so that an evaluation pass (no dropout) needs no
+    rescaling. ``out``: where to write the result
     (``out=x`` reuses x's memory). Returns out (x's shape) and the cache (mask, 1 / (1 - rate)).
     """
     xp = array_module(x)
+    mask = as_array(mask, xp)  # a KeepMask computed here, on x's device
     if mask.shape != x.shape:
         raise ValueError(f"a dropout mask must have the shape of its input {tuple(x.shape)}, got {tuple(mask.shape)}")
     scale = 1.0 / (1.0 - rate)
@@ -249,6 +243,7 @@ def stochastic_depth_forward(x: Array, rate: float, mask: Array, out: Array | No
     (B, 1, ..., 1) in x's dtype).
     """
     xp = array_module(x)
+    mask = as_array(mask, xp)  # a KeepMask computed here, on x's device
     if mask.shape != x.shape[:1]:
         raise ValueError(f"a stochastic-depth mask has one entry per example, shape ({x.shape[0]},); got "
                          f"{tuple(mask.shape)}")

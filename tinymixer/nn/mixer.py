@@ -18,7 +18,6 @@ import numpy as np
 from .blocks import (
     BlockMasks,
     draw_block_masks,
-    masks_to,
     mixer_block_backward,
     mixer_block_forward,
     prefixed,
@@ -255,10 +254,11 @@ class MlpMixer(Network):
         """The keep masks of one training pass over ``batch_size`` images, one ``BlockMasks`` per block, or None
         when no regulariser is on (then nothing is drawn: ``rng`` is left as it was).
 
-        ``rng``: a NumPy Generator, or a seed for one (e.g. ``[run_seed, epoch, step]``). The masks are NumPy
-        arrays drawn on the host block by block in forward order, for the whole batch, whatever the threads,
-        shards, processes or devices that will run it: a part of the batch takes its rows
-        (``blocks.masks_rows(masks, rows)``), and a run resumed at a step draws that step's masks again."""
+        ``rng``: a NumPy Generator, or a seed for one (e.g. ``[run_seed, epoch, step]``). Each mask is a rule
+        (``masks.KeepMask``: two keys drawn on the host, block by block in forward order) for the whole batch,
+        whatever the threads, shards, processes or devices that will run it: a part of the batch takes its rows
+        (``blocks.masks_rows(masks, rows)``) and computes only those, where it runs; a run resumed at a step
+        draws that step's masks again."""
         if not self.regularized:
             return None
         rng = np.random.default_rng(rng)  # a Generator is returned as it is
@@ -280,7 +280,7 @@ class MlpMixer(Network):
                     f"pass is forward(images, train=False)")
             masks = self.draw_masks(rng, batch)
         self._check_masks(masks, batch)
-        return masks_to(masks, self.xp)  # on a GPU: one copy for all of them
+        return masks  # computed block by block where the block runs (blocks.BlockMasks.on): nothing moved here
 
     def _check_masks(self, masks: list[BlockMasks], batch: int) -> None:
         """Masks given by hand must be this model's: one per block, drawn with its rates, shaped for the batch."""

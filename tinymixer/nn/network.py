@@ -166,7 +166,8 @@ class Network:
 
     def backward(self, dlogits: Array) -> Array:
         """Back-propagate dL/dlogits (B, K) through the last training forward; fills ``self.grads`` (the same
-        names and shapes as ``self.params``) and returns dL/dimages (B, H, W, in_channels).
+        names and shapes as ``self.params``) and returns dL/dimages (B, H, W, in_channels). ``dlogits`` on the
+        host is moved to the network's device (as ``forward`` moves images); in another dtype it is cast.
 
         With several shards, each shard's backward runs on its own thread and the parameter gradients are the sum
         of the shards' (the loss's gradient is a sum over images), added in shard order: deterministic for a given
@@ -175,6 +176,7 @@ class Network:
             raise RuntimeError("backward() needs a preceding forward(images, train=True); the last forward was an "
                                "evaluation pass (train=False) or there was none")
         shards, caches = self._cache
+        dlogits = self.xp.asarray(dlogits, dtype=self.dtype)  # as forward takes images: host values are moved
         if dlogits.shape[0] != shards[-1].stop:
             raise ValueError(f"dlogits has {dlogits.shape[0]} rows but the last forward saw {shards[-1].stop} images")
         self._cache = None  # free the activations as soon as backward is done with them

@@ -71,22 +71,30 @@ def _median_ms(samples: list[float]) -> float:
     return 1000 * samples[len(samples) // 2]
 
 
-def _gemm_gflops(np: Any, n: int = 2048, repeats: int = 5) -> list[float]:
-    """The machine's float32 GEMM rate: GFLOP/s of each of ``repeats`` n x n x n matrix multiplies (after one
-    warm-up). The best is the rate reported; their spread and how the rate grows with threads say whether the
-    cores were free while the benchmark ran (``assess_stability``)."""
-    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
-    b, out = a.copy(), np.empty_like(a)
-    np.matmul(a, b, out=out)
-    return [2 * n**3 / _timed(lambda: np.matmul(a, b, out=out)) / 1e9 for _ in range(repeats)]
+def _gemm_gflops(xp: Any, n: int = 2048, repeats: int = 5) -> list[float]:
+    """The machine's float32 GEMM rate (the GPU's, on CuPy): GFLOP/s of each of ``repeats`` n x n x n matrix
+    multiplies (after one warm-up). The best is the rate reported; their spread and how the rate grows with
+    threads say whether the cores were free while the benchmark ran (``assess_stability``)."""
+    import numpy as np
+
+    a = xp.asarray(np.random.default_rng(0).standard_normal((n, n)).astype(np.float32))
+    b, out = a.copy(), xp.empty_like(a)
+    xp.matmul(a, b, out=out)
+    return [2 * n**3 / _timed(lambda: xp.matmul(a, b, out=out)) / 1e9 for _ in range(repeats)]
+
+
+_torch_synchronize: Any = None  # torch.cuda.synchronize while PyTorch runs on the GPU
 
 
 def _timed(fn: Any) -> float:
+    """Seconds of ``fn()``, read after the GPU (CuPy's and PyTorch's, when in use) has finished its work."""
     from .. import backend
 
     start = time.perf_counter()
     fn()
     backend.synchronize()
+    if _torch_synchronize is not None:
+        _torch_synchronize()
     return time.perf_counter() - start
 
 
@@ -236,12 +244,15 @@ def measure(config: str, batch_size: int, image_size: int, repeats: int, use_tor
     from tinymixer.nn.architectures import make_model
     from tinymixer.training.train import train_step
 
+    global _torch_synchronize
     model = make_model(config, num_classes=10, image_size=image_size, seed=0)
+    on_gpu = model.xp is not np
     rng = np.random.default_rng(0)
     model.params["head/kernel"][...] = model.xp.asarray(  # a non-zero head, so the logits comparison means something
         0.02 * rng.standard_normal(model.params["head/kernel"].shape), dtype=model.dtype)
-    images = rng.uniform(-1, 1, (batch_size, image_size, image_size, 3)).astype(np.float32)
+    host_images = rng.uniform(-1, 1, (batch_size, image_size, image_size, 3)).astype(np.float32)
     labels = rng.integers(0, 10, batch_size)
+    images = model.xp.asarray(host_images)  # on a GPU, already there (as PyTorch's are): the step is timed, not a copy
     optimizer = tm.SGD(momentum=0.9)
     flops_step = 3 * model.flops_per_image() * batch_size
     result: dict[str, Any] = {"config": config, "batch_size": batch_size, "params": model.num_params(),
@@ -254,13 +265,24 @@ def measure(config: str, batch_size: int, image_size: int, repeats: int, use_tor
         model.forward(images, train=False)
 
     runners = {"tinymixer": (tm_train, tm_infer)}
+    if on_gpu and getattr(model.xp, "standin", None) is not None:  # what a step asks of the device, counted
+        counts = model.xp.standin.COUNTS
+        tm_train()
+        counts.reset()
+        tm_train()
+        measured = counts.snapshot()
+        result["array_calls_per_step"], result["kernel_launches_per_step"] = measured["calls"], measured["launches"]
     if use_torch:
         import torch
 
-        net = _torch_network(torch, model)
-        t_images, t_labels = torch.from_numpy(images), torch.from_numpy(labels)
+        device = "cuda" if on_gpu else "cpu"
+        net = _torch_network(torch, model).to(device)
+        t_images, t_labels = torch.from_numpy(host_images).to(device), torch.from_numpy(labels).to(device)
+        _torch_synchronize = torch.cuda.synchronize if on_gpu else None
+        if on_gpu:
+            torch.cuda.reset_peak_memory_stats()
         with torch.no_grad():
-            ours, theirs = tm.to_host(model.forward(images, train=False)), net(t_images).numpy()
+            ours, theirs = tm.to_host(model.forward(images, train=False)), net(t_images).cpu().numpy()
         result["logits_max_abs_difference"] = float(np.abs(ours - theirs).max())
         if not np.allclose(ours, theirs, rtol=1e-3, atol=1e-4):
             raise RuntimeError(f"PyTorch and tinymixer disagree on {config}: max |difference| "
@@ -288,6 +310,10 @@ def measure(config: str, batch_size: int, image_size: int, repeats: int, use_tor
         for name, (train, infer) in runners.items():
             samples[f"{name}_train"].append(_timed(train))
             samples[f"{name}_infer"].append(_timed(infer))
+    if on_gpu:  # device memory after the steps: CuPy's pool (what it holds), PyTorch's peak allocation
+        result["tinymixer_gpu_pool_mb"] = model.xp.get_default_memory_pool().total_bytes() / 2**20
+        if use_torch:
+            result["pytorch_gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     for key, values in samples.items():
         result[f"{key}_ms"] = _median_ms(values)
         result[f"{key}_spread_ms"] = 1000 * (max(values) - min(values))
@@ -346,17 +372,21 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     from tinymixer.chunks import batch_shards
 
     tm.set_backend(args.backend)
-    use_torch = not args.no_torch
+    on_gpu = tm.backend_name() == "cupy"
+    use_torch, torch_note = not args.no_torch, None
     if use_torch:
         try:
             import torch
 
             torch.set_num_threads(args.threads[0])
+            if on_gpu and not torch.cuda.is_available():
+                use_torch, torch_note = False, "PyTorch has no CUDA device here: no comparison on the GPU"
         except ImportError:
             use_torch = False
     info: dict[str, Any] = {"threads": args.threads[0], "backend": tm.backend_name(), "numpy": np.__version__,
                             "torch": __import__("torch").__version__ if use_torch else None,
-                            "gemm_gflops_samples": _gemm_gflops(np), "blas": blas_description(),
+                            "gemm_gflops_samples": _gemm_gflops(tm.get_backend()),
+                            "blas": _gpu_name() if on_gpu else blas_description(), "torch_note": torch_note,
                             "blas_libraries": _blas_libraries(), "torch_blas": _torch_blas() if use_torch else None,
                             "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
                             "blas_thread_sleep": {k: os.environ.get(k) for k in tm.BLAS_THREADS_SLEEP_AT_ONCE},
@@ -553,7 +583,10 @@ def _format_table(runs: list[dict[str, Any]]) -> str:
                 get("tinymixer_train_ms", ".0f"), get("pytorch_train_ms", ".0f"), ratio("train"),
                 get("tinymixer_infer_ms", ".0f"), get("pytorch_infer_ms", ".0f"), ratio("infer"),
                 get("tinymixer_train_images_per_s", ".0f"), get("tinymixer_train_gflops", ".0f"), of_gemm,
-                get("tinymixer_train_peak_mb", ".0f"), get("pytorch_train_peak_mb", ".0f")]))
+                get("tinymixer_train_peak_mb", ".0f") if "tinymixer_gpu_pool_mb" not in r
+                else get("tinymixer_gpu_pool_mb", ".0f"),
+                get("pytorch_train_peak_mb", ".0f") if "tinymixer_gpu_pool_mb" not in r
+                else get("pytorch_gpu_peak_mb", ".0f")]))
     return "\n".join(lines)
 
 
@@ -567,7 +600,7 @@ def _legend(repeats: int) -> str:
         "of GEMM = that rate as a share of this machine's float32 GEMM rate on as many threads (best of 5 2048^3 "
         "matrix multiplies, in the header line): the part of the matrix multiplies' best speed the whole step reaches",
         "peak MB = peak resident memory of model + optimiser + 3 training steps, each framework in a process of its "
-        "own",
+        "own (on a GPU: CuPy's memory pool after the timed steps, and PyTorch's peak allocation)",
         f"! = a timing failed a stability check (below); \"unstable\" = a ratio not reported because one of its "
         f"timings did (limits: spread of the repeats {100 * SPREAD_LIMIT:.0f}% of their median, GEMM scaling "
         f"{GEMM_SCALING_LIMIT} of linear, {SLOWDOWN_LIMIT}x slower with more threads)",
@@ -628,6 +661,15 @@ def _check_args(p: Parser, args: argparse.Namespace) -> None:
             p.error(f"--backend cupy: {exc}")
 
 
+def _gpu_name() -> str:
+    """The GPU's name and CUDA runtime, for the header line of a run on CuPy."""
+    import cupy
+
+    props = cupy.cuda.runtime.getDeviceProperties(0)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    return f"{name} (cuBLAS, CUDA runtime {cupy.cuda.runtime.runtimeGetVersion()})"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark from the command line (``python -m tinymixer.tools.bench --help``); returns the exit code."""
     p = _parser()
@@ -639,6 +681,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(worker(args)))
         return 0
     _check_args(p, args)
+    if args.backend == "cupy" and len(args.threads) > 1:  # the GPU's speed does not depend on the CPU's threads
+        print(f"--backend cupy: one run on the GPU (--threads {' '.join(map(str, args.threads))} is for the CPU)")
+        args.threads = args.threads[:1]
     runs = []
     for threads in args.threads:
         env = dict(os.environ, **{v: str(threads) for v in THREAD_VARIABLES})
@@ -651,8 +696,8 @@ def main(argv: list[str] | None = None) -> int:
             print(done.stdout, done.stderr, sep="\n", file=sys.stderr)
             return done.returncode
         runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        for r in runs[-1]["results"]:  # peak memory: each framework in a process of its own
-            for framework in ["tinymixer"] + (["pytorch"] if "train_ratio" in r else []):
+        for r in runs[-1]["results"]:  # peak memory: each framework in a process of its own (on a GPU: measured above)
+            for framework in [] if args.backend == "cupy" else ["tinymixer"] + (["pytorch"] * ("train_ratio" in r)):
                 mem = subprocess.run(command[:3] + ["--memory-of", framework, "--configs", r["config"],
                                                     "--batch-size", str(args.batch_size), "--image-size",
                                                     str(args.image_size)], env=env, capture_output=True, text=True)
@@ -671,6 +716,11 @@ def main(argv: list[str] | None = None) -> int:
     print(_format_table(runs))
     print()
     print(_legend(args.repeats))
+    for r in (r for run in runs for r in run["results"] if "array_calls_per_step" in r):
+        print(f"{r['config']}: {r['array_calls_per_step']:,} array calls and {r['kernel_launches_per_step']:,} kernel "
+              f"launches per training step (counted on the CuPy stand-in)")
+    if runs[0]["machine"].get("torch_note"):
+        print(runs[0]["machine"]["torch_note"])
     if footnotes:
         print("\nUnstable timings (the machine was busy with other work? rerun on a quiet machine):")
         print("\n".join(f"! {text}" for text in footnotes))

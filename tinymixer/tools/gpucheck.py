@@ -11,7 +11,9 @@ minutes on a large GPU and writes one report (``gpucheck.md`` and ``gpucheck.jso
    the resumed weights must equal the uninterrupted run's bit for bit;
 5. timings with synchronisation: a training step and an inference batch of ``tiny/4`` (batch 128, 32x32) and
    ``B/16`` (batch 64, 224x224), images per second, and the memory pool's size after them;
-6. the whole test suite with ``TINYMIXER_TEST_BACKEND=cupy`` (every test on the GPU where it builds a model; not
+6. the benchmark on the GPU (``python -m tinymixer.tools.bench --backend cupy``): the same networks in PyTorch on
+   CUDA, side by side, with GPU memory;
+7. the whole test suite with ``TINYMIXER_TEST_BACKEND=cupy`` (every test on the GPU where it builds a model; not
    with ``--quick``).
 
 Each part is PASS or FAIL; the exit code is 1 if any failed. Parts have time limits (``--budget``) so the whole
@@ -157,6 +159,8 @@ def report(parts: list[dict[str, Any]], out: Path) -> None:
                       "| model | batch | train ms | img/s | inference ms | pool GB |", "|---|---|---|---|---|---|"]
             lines += [f"| {r['model']} | {r['batch']} | {r['train_ms']} | {r['train_images_per_s']} | "
                       f"{r['inference_ms']} | {r['pool_gb']} |" for r in p["rows"]]
+        if p.get("table"):
+            lines += ["", "## Benchmark against PyTorch (tools.bench --backend cupy)", "", "```", p["table"], "```"]
     for p in parts:
         if p["status"] == "FAIL" and p.get("tail"):
             lines += ["", f"## {p['name']}: output (tail)", "", "```", p["tail"][-2500:], "```"]
@@ -172,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cuda", choices=["12", "13"], default="13", help="the CUDA major version to install for")
     parser.add_argument("--quick", action="store_true", help="a shorter check (no suite, small timings)")
     parser.add_argument("--budget", type=float, default=460.0, help="seconds for the whole check (parts share it)")
+    parser.add_argument("--tests", default="", metavar="EXPR",
+                        help="only the GPU tests that pytest's -k EXPR selects (default: all of them)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     deadline = time.perf_counter() + args.budget
@@ -189,8 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     parts.append(part("self-check on CuPy", run([sys.executable, "-m", "tinymixer"], left(0.1), env)))
     # the test that runs this check does not run it again from here; the GPU tests choose their backends themselves
     inside = {"TINYMIXER_IN_GPUCHECK": "1", "TINYMIXER_TEST_BACKEND": "numpy"}
-    parts.append(part("GPU tests (pytest -m gpu)", run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-x"],
-                                                       left(0.3), inside)))
+    select = ["-k", args.tests] if args.tests else []
+    parts.append(part("GPU tests (pytest -m gpu)", run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-x",
+                                                        *select], left(0.3), inside)))
     with tempfile.TemporaryDirectory() as scratch:
         parts.append(part("cifar10.py --backend cupy: stop, resume, bit-exact", resume_check(Path(scratch),
                                                                                             left(0.3))))
@@ -201,6 +208,11 @@ def main(argv: list[str] | None = None) -> int:
         timed = {"code": 1, "tail": f"{type(exc).__name__}: {exc}"}
     timed["seconds"] = round(time.perf_counter() - start, 1)
     parts.append(part("timings", timed))
+    sizes = ["micro/4"] if args.quick else ["tiny/4", "small/4", "cnn-micro", "cnn-tiny"]
+    bench = run([sys.executable, "-m", "tinymixer.tools.bench", "--backend", "cupy", "--configs", *sizes,
+                 "--repeats", "2" if args.quick else "7", "--json", str(args.out / "bench.json")], left(0.4))
+    bench["table"] = "\n".join(line for line in bench["tail"].splitlines() if " | " in line)
+    parts.append(part("benchmark against PyTorch on the GPU (tools.bench --backend cupy)", bench))
     if not args.quick:
         parts.append(part("whole suite on CuPy (TINYMIXER_TEST_BACKEND=cupy)",
                           run([sys.executable, "-m", "pytest", "-q", "--maxfail=20"], left(0.95),

@@ -114,17 +114,27 @@ def _check_keywords(name: str, spec: dict | None, kwargs: dict) -> None:
                         f"takes {spec['params']})")
 
 
+_FUSING: list[str] = []  # the fused kernel being traced (cupy.fuse), if any
+
+
 def _call(name: str, spec: dict | None, target: Any, args: tuple, kwargs: dict) -> Any:
     """One array call: counted, keywords checked, device arrays unwrapped (host arrays refused), result wrapped.
-    ``out=`` writes into the device array given and returns it."""
+    ``out=`` writes into the device array given and returns it. Inside a fused function (``fuse``) only
+    elementwise operations are allowed, and they are not counted: the fused kernel counts once."""
     where = _caller()
-    COUNTS.calls[(name, where)] += 1
+    if _FUSING:
+        if _TOP.get(name, {}).get("kind") != "ufunc" or kwargs:
+            raise TypeError(f"cupy.fuse({_FUSING[-1]}): {name}{' with keywords' if kwargs else ''} is not a plain "
+                            f"elementwise operation (this stand-in allows ufuncs and operators only in fused "
+                            f"functions: what CuPy's fusion surely compiles)")
+    else:
+        COUNTS.calls[(name, where)] += 1
     _check_keywords(name, spec, kwargs)
     out = kwargs.get("out")
     plain_args = _unwrap(args, f"cupy.{name}")
     plain_kwargs = {k: _unwrap(v, f"cupy.{name}") for k, v in kwargs.items()}
     result = target(*plain_args, **plain_kwargs)
-    if out is not None or not _is_view(result, plain_args):
+    if not _FUSING and (out is not None or not _is_view(result, plain_args)):
         COUNTS.launches[(name, where)] += 1
     if isinstance(out, ndarray):
         return out
@@ -148,7 +158,7 @@ _BINARY = {"add": "__add__", "subtract": "__sub__", "multiply": "__mul__", "true
            "floor_divide": "__floordiv__", "power": "__pow__", "remainder": "__mod__", "matmul": "__matmul__",
            "less": "__lt__", "less_equal": "__le__", "greater": "__gt__", "greater_equal": "__ge__",
            "equal": "__eq__", "not_equal": "__ne__", "bitwise_and": "__and__", "bitwise_or": "__or__",
-           "bitwise_xor": "__xor__"}
+           "bitwise_xor": "__xor__", "right_shift": "__rshift__", "left_shift": "__lshift__"}
 
 
 class ndarray:  # noqa: N801 - CuPy's name
@@ -387,7 +397,7 @@ def get_array_module(*args: Any) -> ModuleType:
 
 
 _OWN = {"ndarray", "ufunc", "asarray", "array", "asnumpy", "get_array_module", "cuda", "lib", "random", "linalg",
-        "standin"}
+        "standin", "fuse"}
 for _name, _spec in _TOP.items():
     if _name in _OWN or not hasattr(numpy, _name):
         continue  # names only CuPy has (e.g. ElementwiseKernel) are absent here: the project does not use them
@@ -397,6 +407,36 @@ for _name, _spec in _TOP.items():
         globals()[_name] = _function(_name, _spec)
     elif _spec["kind"] in ("type", "value"):
         globals()[_name] = getattr(numpy, _name)  # dtypes (cupy.float32 is numpy.float32), constants (pi, newaxis)
+
+
+def fuse(*args: Any, kernel_name: str | None = None) -> Any:
+    """``cupy.fuse``: the decorated function's elementwise operations as one kernel. Here it runs the function on
+    the stand-in's arrays, counted as one call and one launch; only ufuncs and operators may appear inside (a
+    routine, a reduction, indexing or a keyword is a TypeError), arguments are device arrays or scalars."""
+
+    def decorate(fn: Any) -> Any:
+        name = kernel_name or fn.__name__
+
+        def fused(*call_args: Any) -> Any:
+            if not _builtins.any(isinstance(a, ndarray) for a in call_args):
+                raise TypeError(f"cupy.fuse({name}): no device array among the arguments")
+            _unwrap(call_args, f"cupy.fuse({name})")  # host arrays refused, as everywhere
+            where = _caller()
+            _FUSING.append(name)
+            try:
+                result = fn(*call_args)
+            finally:
+                _FUSING.pop()
+            COUNTS.calls[(f"fuse:{name}", where)] += 1
+            COUNTS.launches[(f"fuse:{name}", where)] += 1
+            return result
+
+        fused.__name__ = name
+        return fused
+
+    if len(args) == 1 and callable(args[0]):
+        return decorate(args[0])
+    return decorate
 
 
 def _submodule(path: str) -> ModuleType:
