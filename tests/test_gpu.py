@@ -138,3 +138,41 @@ def test_nccl_allreduce_on_one_rank_and_a_step_through_it():
     before = model.grad_buffer.copy()
     comm.allreduce_sum_(model.grad_buffer)
     assert isinstance(model.grad_buffer, cupy.ndarray) and bool((model.grad_buffer == before).all())
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("bias_shape", [None, (6,), (5, 1)])
+def test_the_fused_gelu_is_the_row_block_gelu(dtype, bias_shape):
+    """On the device the tanh GELU is two fused kernels (value, slope); on the host, row blocks. The same function:
+    float64 to 1e-13, in the input's dtype, with a bias of the channel or the token layout, and out=x allowed."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 5, 6)).astype(dtype)
+    bias = None if bias_shape is None else rng.standard_normal(bias_shape).astype(dtype)
+    y_host, (slope_host,) = layers.gelu_forward(x.copy(), "tanh", bias=bias)
+    x_dev = cupy.asarray(x)
+    y_dev, (slope_dev,) = layers.gelu_forward(x_dev, "tanh", bias=None if bias is None else cupy.asarray(bias),
+                                              out=x_dev)
+    assert y_dev.dtype == slope_dev.dtype == np.dtype(dtype)
+    tol = 1e-13 if dtype == "float64" else 1e-6
+    np.testing.assert_allclose(tm.to_host(y_dev), y_host, rtol=tol, atol=tol)
+    np.testing.assert_allclose(tm.to_host(slope_dev), slope_host, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_the_fused_layer_norm_is_the_row_block_layer_norm(train):
+    """On the device LayerNorm is matrix-vector products and fused kernels; on the host, row blocks. Forward and
+    backward agree in float64 to 1e-13, and out=dout in the backward is allowed."""
+    rng = np.random.default_rng(4)
+    x, scale, bias = rng.standard_normal((3, 7, 16)), rng.standard_normal(16), rng.standard_normal(16)
+    dout = rng.standard_normal((3, 7, 16))
+    host_out, host_cache = layers.layer_norm_forward(x, scale, bias, train=train)
+    dev_out, dev_cache = layers.layer_norm_forward(*map(cupy.asarray, (x, scale, bias)), train=train)
+    np.testing.assert_allclose(tm.to_host(dev_out), host_out, rtol=1e-13, atol=1e-13)
+    if not train:
+        assert dev_cache is None
+        return
+    host_grads = layers.layer_norm_backward(dout.copy(), host_cache)
+    dev_dout = cupy.asarray(dout)
+    dev_grads = layers.layer_norm_backward(dev_dout, dev_cache, out=dev_dout)
+    for host_grad, dev_grad in zip(host_grads, dev_grads, strict=True):
+        np.testing.assert_allclose(tm.to_host(dev_grad), host_grad, rtol=1e-12, atol=1e-13)

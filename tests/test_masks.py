@@ -115,8 +115,8 @@ def test_a_function_cupy_cannot_fuse_runs_unfused_after_a_warning():
         pytest.skip("the stand-in refuses a routine inside a fused function; real CuPy might compile it")
 
     @backend.fused
-    def doubled_and_joined(x):
-        return cupy.concatenate([x, x]) * 2  # concatenate is not elementwise
+    def doubled_and_joined(xp, x):
+        return xp.concatenate([x, x]) * 2  # concatenate is not elementwise
 
     x = cupy.asarray(np.arange(3.0))
     with pytest.warns(RuntimeWarning, match="runs unfused"):

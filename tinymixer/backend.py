@@ -106,28 +106,32 @@ def array_module(*arrays: Any) -> ModuleType:
 
 
 def fused(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn``, an elementwise function written with array operators and ufuncs only, as one kernel on a GPU.
+    """``fn(xp, *arrays)``, an elementwise function written with array operators and ``xp``'s ufuncs only, as one
+    kernel on a GPU.
 
-    On NumPy arrays ``fn`` runs as written (one pass per operation; callers run it on cache-sized blocks). On
-    CuPy arrays it runs as ``cupy.fuse(fn)``: CuPy traces the operations once per argument types and compiles
-    them into a single kernel, so ten operations cost one launch and one pass through memory instead of ten.
-    Should CuPy fail to compile it, ``fn`` runs unfused (the same numbers, more launches) after one warning.
+    On NumPy arrays ``fn(np, ...)`` runs as written (one pass per operation; callers run it on cache-sized
+    blocks). On CuPy arrays it runs as ``cupy.fuse``: CuPy traces the operations once per argument types and
+    compiles them into a single kernel, so ten operations cost one launch and one pass through memory instead of
+    ten. Should CuPy fail to compile it, it runs unfused (the same numbers, more launches) after one warning.
     """
     kernels: dict[Any, Callable[..., Any]] = {}
 
     def call(*args: Any) -> Any:
         xp = array_module(*args)
         if xp is np:
-            return fn(*args)
+            return fn(np, *args)
         kernel = kernels.get(xp)
         if kernel is None:
-            kernel = kernels[xp] = xp.fuse(kernel_name=fn.__name__)(fn)
+            def bound(*arrays: Any) -> Any:
+                return fn(xp, *arrays)
+
+            kernel = kernels[xp] = xp.fuse(kernel_name=fn.__name__.strip("_"))(bound)
         if kernel is fn:
-            return fn(*args)
+            return fn(xp, *args)
         try:
             return kernel(*args)
         except Exception as exc:  # noqa: BLE001 - a compiler's refusal; the unfused function then decides
-            result = fn(*args)  # raises if the arguments themselves are wrong
+            result = fn(xp, *args)  # raises if the arguments themselves are wrong
             kernels[xp] = fn
             warnings.warn(f"cupy.fuse could not compile {fn.__name__} ({type(exc).__name__}: {exc}); it runs "
                           f"unfused, one kernel per operation", RuntimeWarning, stacklevel=2)
@@ -135,7 +139,6 @@ def fused(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     call.__name__ = call.__qualname__ = fn.__name__
     call.__doc__ = fn.__doc__
-    call.unfused = fn  # type: ignore[attr-defined]
     return call
 
 

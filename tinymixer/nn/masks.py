@@ -50,7 +50,7 @@ def lowbias32(x: Any) -> Any:
 
 
 @fused
-def _keep(image: Any, position: Any, n: Any, k1: Any, k2: Any, threshold: Any) -> Any:
+def _keep(xp: Any, image: Any, position: Any, n: Any, k1: Any, k2: Any, threshold: Any) -> Any:
     """keep = h(h(image * n + position + k1) ^ k2) >= threshold: image (B, 1), position (1, n), uint32 -> (B, n)."""
     return lowbias32(lowbias32(image * n + position + k1) ^ k2) >= threshold
 
