@@ -37,7 +37,7 @@ import numpy as np
 from .. import backend
 from ..chunks import for_row_blocks, scratch
 from .blocks import prefixed, subtree
-from .layers import Array, conv2d_backward, conv2d_forward, mean_pool_backward, mean_pool_forward
+from .layers import Array, constant_vector, conv2d_backward, conv2d_forward, mean_pool_backward, mean_pool_forward
 from .mixer import lecun_normal
 from .network import Network
 
@@ -78,7 +78,7 @@ def group_norm_forward(x: Array, scale: Array, bias: Array, groups: int, eps: fl
     out = xp.empty(x.shape, x.dtype)  # (B, H, W, C)
     xhat = xp.empty(x.shape, x.dtype) if train else out  # (B, H, W, C)
     rstd = xp.empty((b, 1, groups, 1), x.dtype)  # (B, 1, G, 1)
-    ones = xp.ones(h * w, x.dtype)  # (HW,): ones @ (n, HW, C) sums over positions
+    ones = constant_vector(xp, h * w, 1.0, x.dtype)  # (HW,): ones @ (n, HW, C) sums over positions
     for_row_blocks(partial(_group_norm_forward_block, scale=scale, bias=bias, groups=groups, eps=eps, ones=ones),
                    x.reshape(b, -1), xhat.reshape(b, -1), rstd.reshape(b, groups), out.reshape(b, -1))
     return out, ((xhat, rstd, scale, groups) if train else None)
@@ -120,7 +120,7 @@ def group_norm_backward(dout: Array, cache: tuple) -> tuple[Array, Array, Array]
     b, h, w, c = xhat.shape
     xp = backend.array_module(xhat)
     dx = xp.empty(xhat.shape, xhat.dtype)  # (B, H, W, C)
-    ones = xp.ones(h * w, xhat.dtype)  # (HW,)
+    ones = constant_vector(xp, h * w, 1.0, xhat.dtype)  # (HW,)
     partial_sums = for_row_blocks(partial(_group_norm_backward_block, scale=scale, groups=groups, ones=ones),
                                   dout.reshape(b, -1), xhat.reshape(b, -1), rstd.reshape(b, groups), dx.reshape(b, -1))
     dscale = sum(p[0] for p in partial_sums)  # (C,), block by block in a fixed order: deterministic

@@ -25,6 +25,24 @@ Array = Any  # numpy.ndarray or cupy.ndarray
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Constant vectors: the operands that turn sums and means into matrix-vector products
+
+_constants: dict[tuple, Array] = {}  # (xp, n, value, dtype) -> a read-only vector, made once
+
+
+def constant_vector(xp: Any, n: int, value: float, dtype: Any) -> Array:
+    """A vector of n equal values (ones for row sums, 1/C for means as matrix-vector products), made once per
+    size and dtype and kept: on a GPU each one made anew is a kernel. Only ever read (an operand of a GEMV)."""
+    key = (xp, n, float(value), np.dtype(dtype).str)
+    vector = _constants.get(key)
+    if vector is None:
+        if len(_constants) > 256:  # many shapes seen (a notebook trying sizes): start again
+            _constants.clear()
+        vector = _constants[key] = xp.full(n, value, dtype=dtype)
+    return vector
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Dense (affine) layer
 
 
@@ -69,13 +87,15 @@ def dense_backward(dout: Array, cache: tuple) -> tuple[Array, Array, Array]:
         dout2 = dout.reshape(-1, d_out)  # (N, D_out)
         dx = (dout2 @ w.T).reshape(x_shape)  # (..., D_in)
         dw = x.T @ dout2  # (D_in, D_out)
-        db = xp.ones(dout2.shape[0], dout.dtype) @ dout2  # (D_out,): the row sum as one BLAS call (2-3x a .sum(0))
+        ones = constant_vector(xp, dout2.shape[0], 1.0, dout.dtype)
+        db = ones @ dout2  # (D_out,): the row sum as one BLAS call (2-3x a .sum(0))
         return dx, dw, db
     dx = xp.matmul(w, dout)  # (..., D_in, C)
     per_item = xp.matmul(x, dout.swapaxes(-1, -2))  # (..., D_in, D_out): one small GEMM per leading index
     dw = per_item.reshape(-1, d_in * d_out).sum(axis=0).reshape(d_in, d_out)
-    column_sums = dout.reshape(-1, dout.shape[-1]) @ xp.ones(dout.shape[-1], dout.dtype)  # (N * D_out,)
-    db = xp.ones(column_sums.size // d_out, dout.dtype) @ column_sums.reshape(-1, d_out)  # (D_out,)
+    ones = constant_vector(xp, dout.shape[-1], 1.0, dout.dtype)
+    column_sums = dout.reshape(-1, dout.shape[-1]) @ ones  # (N * D_out,)
+    db = constant_vector(xp, column_sums.size // d_out, 1.0, dout.dtype) @ column_sums.reshape(-1, d_out)  # (D_out,)
     return dx, dw, db
 
 
@@ -307,7 +327,7 @@ def layer_norm_forward(x: Array, scale: Array, bias: Array, eps: float = LAYER_N
     matrix-vector products with a vector of 1/C (one BLAS call each, faster than a NumPy reduction).
     """
     xp = array_module(x)
-    mean_weights = xp.full(x.shape[-1], 1.0 / x.shape[-1], dtype=x.dtype)
+    mean_weights = constant_vector(xp, x.shape[-1], 1.0 / x.shape[-1], x.dtype)
     if xp is not np:  # a GPU: the means as matrix-vector products, the elementwise steps as fused kernels
         return _layer_norm_forward_on_device(x, scale, bias, eps, train, mean_weights)
     out = xp.empty(x.shape, x.dtype)
@@ -381,7 +401,7 @@ def _layer_norm_backward_on_device(dout: Array, xhat: Array, rstd: Array, scale:
     dout_xhat = dout2 * xhat2
     scale_over_c = scale / c
     mean_d, mean_d_xhat = (dout2 @ scale_over_c)[:, None], (dout_xhat @ scale_over_c)[:, None]  # (N, 1)
-    ones = xp.ones(dout2.shape[0], dout2.dtype)
+    ones = constant_vector(xp, dout2.shape[0], 1.0, dout2.dtype)
     dscale, dbias = ones @ dout_xhat, ones @ dout2  # (C,)
     dx = _layer_norm_dx_fused(dout2, xhat2, rows(rstd), scale, mean_d, mean_d_xhat).reshape(xhat.shape)
     if out is not None and out is not dout:
@@ -419,7 +439,7 @@ def _layer_norm_backward_block(dout: Array, xhat: Array, rstd: Array, dx: Array,
     xp.multiply(dout, xhat, out=dout_xhat)
     mean_d = dout @ scale_over_c  # (rows,)  mean(d)
     mean_d_xhat = dout_xhat @ scale_over_c  # (rows,)  mean(d * xhat)
-    ones = xp.ones(dout.shape[0], dout.dtype)
+    ones = constant_vector(xp, dout.shape[0], 1.0, dout.dtype)
     dscale_part, dbias_part = ones @ dout_xhat, ones @ dout  # row sums as BLAS calls; before the scratch is reused
     xp.multiply(dout, scale, out=dx)  # d (dout's last use: dx may be dout itself)
     dx -= mean_d[:, None]

@@ -49,7 +49,8 @@ class Counts:
 
     def reset(self) -> None:
         self.calls: Counter = Counter()
-        self.launches: Counter = Counter()  # the calls that make new data (a kernel on a GPU), not views
+        self.launches: Counter = Counter()  # the calls that compute new data (a kernel on a GPU): not views, not
+        # empty/empty_like (memory from the pool)
         self.syncs: Counter = Counter()
         self.to_device: Counter = Counter()
         self.to_host: Counter = Counter()
@@ -115,6 +116,7 @@ def _check_keywords(name: str, spec: dict | None, kwargs: dict) -> None:
 
 
 _FUSING: list[str] = []  # the fused kernel being traced (cupy.fuse), if any
+_ALLOCATIONS = {"empty", "empty_like"}  # memory from the pool, no kernel: counted as calls, not launches
 
 
 def _call(name: str, spec: dict | None, target: Any, args: tuple, kwargs: dict) -> Any:
@@ -134,7 +136,7 @@ def _call(name: str, spec: dict | None, target: Any, args: tuple, kwargs: dict) 
     plain_args = _unwrap(args, f"cupy.{name}")
     plain_kwargs = {k: _unwrap(v, f"cupy.{name}") for k, v in kwargs.items()}
     result = target(*plain_args, **plain_kwargs)
-    if not _FUSING and (out is not None or not _is_view(result, plain_args)):
+    if not _FUSING and name not in _ALLOCATIONS and (out is not None or not _is_view(result, plain_args)):
         COUNTS.launches[(name, where)] += 1
     if isinstance(out, ndarray):
         return out
