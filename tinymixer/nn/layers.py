@@ -194,10 +194,7 @@ def _gelu_tanh_on_device(x: Array, bias: Array | None, train: bool, out: Array |
     b = x.dtype.type(0) if bias is None else bias  # a (D, 1) bias of the token layout broadcasts over C as well
     y = _gelu_tanh_fused(x, b)
     dgelu = _gelu_tanh_slope_fused(x, b) if train else None
-    if out is not None and out is not x:
-        _checked_out(out, y)[...] = y
-        y = out
-    return y, (dgelu,)
+    return _into(out, x, y), (dgelu,)
 
 
 def _gelu_erf_block(x: Array, out: Array, dgelu: Array, bias: Array | None, train: bool) -> None:
@@ -237,6 +234,15 @@ def _checked_out(out: Array, like: Array) -> Array:
     return out
 
 
+def _into(out: Array | None, x: Array, result: Array) -> Array:
+    """A device path's result where the caller asked for it: a fused kernel writes a new array, copied into
+    ``out`` only when ``out`` is another array than the input x (``out=x`` says x is no longer needed)."""
+    if out is None or out is x:
+        return result
+    _checked_out(out, result)[...] = result
+    return out
+
+
 def _multiply_block(a: Array, b: Array, out: Array) -> None:
     array_module(a).multiply(a, b, out=out)
 
@@ -263,6 +269,8 @@ def dropout_forward(x: Array, rate: float, mask: Array, out: Array | None = None
     if mask.shape != x.shape:
         raise ValueError(f"a dropout mask must have the shape of its input {tuple(x.shape)}, got {tuple(mask.shape)}")
     scale = 1.0 / (1.0 - rate)
+    if xp is not np:  # a GPU: one fused kernel
+        return _into(out, x, _masked_scale_fused(x, mask, x.dtype.type(scale))), (mask, scale)
     out = xp.empty(x.shape, x.dtype) if out is None else _checked_out(out, x)
     for_row_blocks(partial(_masked_scale_block, scale=scale), rows(x), rows(mask), rows(out))
     return out, (mask, scale)
@@ -272,7 +280,10 @@ def dropout_backward(dout: Array, cache: tuple, out: Array | None = None) -> Arr
     """The forward is linear in x with the diagonal map mask / (1 - rate), so dx = dout * mask / (1 - rate): the
     gradient reaches only the kept elements, scaled as they were. ``out=dout`` reuses dout's memory."""
     mask, scale = cache
-    dx = array_module(dout).empty(dout.shape, dout.dtype) if out is None else _checked_out(out, dout)
+    xp = array_module(dout)
+    if xp is not np:
+        return _into(out, dout, _masked_scale_fused(dout, mask, dout.dtype.type(scale)))
+    dx = xp.empty(dout.shape, dout.dtype) if out is None else _checked_out(out, dout)
     for_row_blocks(partial(_masked_scale_block, scale=scale), rows(dout), rows(mask), rows(dx))
     return dx
 
@@ -281,6 +292,18 @@ def _masked_scale_block(x: Array, mask: Array, out: Array, scale: float) -> None
     xp = array_module(x)
     xp.multiply(x, mask, out=out)  # x where kept, 0 where dropped (out may be x)
     out *= scale  # the block is still in the CPU cache: the two steps cost about one pass through memory
+
+
+@fused
+def _masked_scale_fused(xp: Any, x: Array, mask: Array, scale: Any) -> Array:
+    """x * mask * scale in one kernel (the device's dropout, forward and backward)."""
+    return x * mask * scale
+
+
+@fused
+def _mask_times_fused(xp: Any, mask: Array, scale: Any) -> Array:
+    """mask * scale in one kernel, in the scale's dtype (the device's stochastic-depth factor): 0 or scale."""
+    return mask * scale
 
 
 def stochastic_depth_forward(x: Array, rate: float, mask: Array, out: Array | None = None) -> tuple[Array, tuple]:
@@ -298,8 +321,11 @@ def stochastic_depth_forward(x: Array, rate: float, mask: Array, out: Array | No
     if mask.shape != x.shape[:1]:
         raise ValueError(f"a stochastic-depth mask has one entry per example, shape ({x.shape[0]},); got "
                          f"{tuple(mask.shape)}")
-    factor = mask.astype(x.dtype).reshape(-1, *(1,) * (x.ndim - 1))  # (B, 1, ..., 1): 0 or 1
-    factor *= 1.0 / (1.0 - rate)  # 0 or 1 / (1 - rate)
+    if xp is not np:  # a GPU: the factor in one fused kernel
+        factor = _mask_times_fused(mask, x.dtype.type(1.0 / (1.0 - rate))).reshape(-1, *(1,) * (x.ndim - 1))
+    else:
+        factor = mask.astype(x.dtype).reshape(-1, *(1,) * (x.ndim - 1))  # (B, 1, ..., 1): 0 or 1
+        factor *= 1.0 / (1.0 - rate)  # 0 or 1 / (1 - rate)
     out = xp.multiply(x, factor, out=out)  # (B, ...)
     return out, (factor,)
 
@@ -387,9 +413,10 @@ def _layer_norm_forward_on_device(x: Array, scale: Array, bias: Array, eps: floa
 
 
 @fused
-def _layer_norm_dx_fused(xp: Any, dout: Array, xhat: Array, rstd: Array, scale: Array, mean_d: Array,
-                         mean_d_xhat: Array) -> Array:
-    return rstd * (dout * scale - mean_d - xhat * mean_d_xhat)
+def _layer_norm_dx_fused(xp: Any, dout: Array, xhat: Array, rstd: Array, scale: Array, sum_d: Array,
+                         sum_d_xhat: Array, inv_c: Any) -> Array:
+    """dx = rstd (d - mean(d) - xhat mean(d xhat)), d = dout * scale, the means as sums over C times 1/C."""
+    return rstd * (dout * scale - (sum_d + xhat * sum_d_xhat) * inv_c)
 
 
 def _layer_norm_backward_on_device(dout: Array, xhat: Array, rstd: Array, scale: Array, out: Array | None
@@ -399,15 +426,12 @@ def _layer_norm_backward_on_device(dout: Array, xhat: Array, rstd: Array, scale:
     c = xhat.shape[-1]
     dout2, xhat2 = rows(dout), rows(xhat)  # (N, C)
     dout_xhat = dout2 * xhat2
-    scale_over_c = scale / c
-    mean_d, mean_d_xhat = (dout2 @ scale_over_c)[:, None], (dout_xhat @ scale_over_c)[:, None]  # (N, 1)
+    sum_d, sum_d_xhat = (dout2 @ scale)[:, None], (dout_xhat @ scale)[:, None]  # (N, 1): C mean(d), C mean(d xhat)
     ones = constant_vector(xp, dout2.shape[0], 1.0, dout2.dtype)
     dscale, dbias = ones @ dout_xhat, ones @ dout2  # (C,)
-    dx = _layer_norm_dx_fused(dout2, xhat2, rows(rstd), scale, mean_d, mean_d_xhat).reshape(xhat.shape)
-    if out is not None and out is not dout:
-        _checked_out(out, xhat)[...] = dx
-        dx = out
-    return dx, dscale, dbias
+    dx = _layer_norm_dx_fused(dout2, xhat2, rows(rstd), scale, sum_d, sum_d_xhat, xhat.dtype.type(1.0 / c))
+    dx = dx.reshape(xhat.shape)
+    return _into(out, dout, dx), dscale, dbias
 
 
 def layer_norm_backward(dout: Array, cache: tuple, out: Array | None = None) -> tuple[Array, Array, Array]:
