@@ -52,9 +52,6 @@ from tinymixer.data import (
 )
 from tinymixer.nn.architectures import MIN_TOKENS
 from tinymixer.nn.blocks import masks_rows
-from tinymixer.tools.cli import Parser, add_backend_option, duration, number
-from tinymixer.tools.files import atomic_open
-from tinymixer.tools.plots import plot_confusion_matrix, plot_learning_curves
 from tinymixer.training import distributed
 from tinymixer.training.augment import (
     apply_augmentation,
@@ -78,6 +75,9 @@ from tinymixer.training.checkpoint import (
 from tinymixer.training.evaluate import confusion_matrix, evaluate, format_confusion_matrix
 from tinymixer.training.train import train_step
 from tinymixer.transfer.pretrained import FamilyError, PretrainedError, load_for_finetuning
+from tinymixer.util.cli import Parser, add_backend_option, duration, number
+from tinymixer.util.files import atomic_open
+from tinymixer.util.plots import plot_confusion_matrix, plot_learning_curves
 
 # The options a checkpoint remembers, restored by --resume (the rest belong to one invocation: --out, --resume,
 # --backend, progress and logging). The model's shape is remembered as the model itself (meta["model"]).

@@ -44,9 +44,9 @@ from tqdm import tqdm
 from tinymixer.data import DATA_DIR_ENV, DataError, class_balanced_subset, find_data, load_folder, normalize
 from tinymixer.data.images import resize_image
 from tinymixer.nn.network import Network
-from tinymixer.tools.cli import Parser, add_backend_option, number
 from tinymixer.training.checkpoint import CheckpointError, load_model
 from tinymixer.transfer.fewshot import L2, NUM_SEEDS, SHOTS, few_shot_evaluation, few_shot_rows, mean_and_std
+from tinymixer.util.cli import Parser, add_backend_option, number
 
 # ----------------------------------------------------------------------------------------------------------------
 # Options

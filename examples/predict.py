@@ -40,9 +40,9 @@ from tinymixer.data.images import (
     read_class_names,
 )
 from tinymixer.nn.network import Network
-from tinymixer.tools.cli import Parser, add_backend_option, positive_int
 from tinymixer.training.checkpoint import META_KEY, CheckpointError, load_model
 from tinymixer.training.evaluate import predict_logits
+from tinymixer.util.cli import Parser, add_backend_option, positive_int
 
 PROG = "predict.py"
 

@@ -24,9 +24,9 @@ import numpy as np
 
 from tinymixer.data import DataError, Dataset, find_data, load_folder, normalize
 from tinymixer.nn.architectures import make_model
-from tinymixer.tools.cli import HelpWithDefaults, Parser, add_backend_option, number, positive_int
 from tinymixer.training.evaluate import evaluate
 from tinymixer.training.train import fit, train_step
+from tinymixer.util.cli import HelpWithDefaults, Parser, add_backend_option, number, positive_int
 
 # The learning rates used when no sweep runs (--preset quick, or --no-sweep). Mixer: the fine-tuning recipe's
 # default of examples/cifar10.py (batch 128). CNN: the usual SGD rate of a ResNet on CIFAR at batch 128 (0.1,
@@ -138,7 +138,7 @@ def resolve(args: Any, presets: dict[str, Preset]) -> Preset:
 
 
 def fail(message: str) -> None:
-    """A problem found after parsing: one line on stderr, exit code 2 (as tinymixer.tools.cli.Parser's errors)."""
+    """A problem found after parsing: one line on stderr, exit code 2 (as tinymixer.util.cli.Parser's errors)."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(2)
 

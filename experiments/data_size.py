@@ -35,7 +35,7 @@ import common
 import numpy as np
 from common import Planned, Preset, log
 
-from tinymixer.tools.cli import number
+from tinymixer.util.cli import number
 
 FRACTIONS = (0.1, 0.3, 1.0)
 PRESETS = {

@@ -321,6 +321,8 @@ def test_random_erasing() -> None:
 
 
 def test_bench_runs(capsys: pytest.CaptureFixture[str]) -> None:
-    assert A.main(["--bench", "--batch-size", "4", "--repeats", "1", "--step", "none"]) == 0
+    from tinymixer.tools import bench_augment
+
+    assert bench_augment.main(["--bench", "--batch-size", "4", "--repeats", "1", "--step", "none"]) == 0
     out = capsys.readouterr().out
     assert "RandAugment(2, 15)" in out and "CutMix" in out and "images/s" in out

@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from tinymixer.tools.cli import Parser, duration, number
+from tinymixer.util.cli import Parser, duration, number
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("10m", 600), ("1.5h", 5400), ("42", 42)])

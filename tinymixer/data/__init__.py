@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..tools.files import atomic_open
+from ..util.files import atomic_open
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"  # published with the archive
@@ -500,7 +500,7 @@ def synthetic_shapes(num: int, size: int = 16, seed: int = 0, noise: float = 0.1
 
 def main(argv: list[str] | None = None) -> int:
     """Convert NumPy arrays saved with ``np.savez`` into a CIFAR-layout folder."""
-    from ..tools.cli import Parser
+    from ..util.cli import Parser
 
     parser = Parser(
         prog="python -m tinymixer.data",

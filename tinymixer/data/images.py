@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data import DataError, Dataset, bilinear_resize, is_cifar_folder, save_folder
-from ..tools.cli import Parser
+from ..util.cli import Parser
 
 WHITE = (255, 255, 255)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",

@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .cli import Parser, add_backend_option
+from ..util.cli import Parser, add_backend_option
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import Parser
+from ..util.cli import Parser
 
 # Links (bytes/s, latency s): nominal line rates; real all-reduce bus bandwidth is lower, so the predictions are
 # upper bounds on efficiency.

@@ -1,80 +1,10 @@
-"""What the command-line programs share (``examples/*.py``, ``python -m tinymixer...``): ``--help`` that shows
-every default, one-line errors with exit code 2, and option types that check their range up front."""
+"""Moved to ``tinymixer.util.cli`` (the helpers every layer uses live at the bottom of the package). This name keeps
+working for one release, with a DeprecationWarning."""
 
-from __future__ import annotations
+import warnings
 
-import argparse
-import math
-import os
-from collections.abc import Callable
+from ..util.cli import *  # noqa: F403
+from ..util.cli import __doc__ as _doc  # noqa: F401
 
-from ..backend import ENV_VAR
-
-
-class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
-    """--help shows every default, except the empty ones (None, and False for on/off flags)."""
-
-    def __init__(self, prog: str) -> None:
-        super().__init__(prog, width=120)
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        # ``is``, not ``in (None, False)``: 0 == False, and a default of 0 (--seed, --weight-decay) is shown
-        empty = action.default is None or action.default is False
-        return action.help if empty else super()._get_help_string(action)
-
-
-class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line (argparse's own prints the whole usage first), exit code 2,
-    and whose --help shows the defaults."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        kwargs.setdefault("formatter_class", HelpWithDefaults)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str) -> None:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def number(kind: type, low: float, high: float | None = None, low_open: bool = False, high_open: bool = False
-           ) -> Callable[[str], float]:
-    """An argparse type: a finite ``kind`` (int or float) in [low, high] (open at either end with ``low_open``,
-    ``high_open``)."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            kind_name = "an integer" if kind is int else "a number"
-            raise argparse.ArgumentTypeError(f"{text!r} is not {kind_name}") from None
-        too_low = value < low or (low_open and value == low)
-        too_high = high is not None and (value > high or (high_open and value == high))
-        if not math.isfinite(value) or too_low or too_high:
-            bounds = f"{'>' if low_open else '>='} {low}" + (f" and {'<' if high_open else '<='} {high}"
-                                                            if high is not None else "")
-            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
-        return value
-    return parse
-
-
-positive_int = number(int, 1)
-
-
-def duration(text: str) -> float:
-    """An argparse type: a duration in seconds from "90s", "10m", "1.5h" or a bare number of seconds (> 0)."""
-    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
-    number_part, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
-    try:
-        seconds = float(number_part) * units[unit]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration: give e.g. 90s, 10m or 1.5h") from None
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise argparse.ArgumentTypeError(f"a duration must be positive, got {text}")
-    return seconds
-
-
-def add_backend_option(parser: argparse.ArgumentParser, fallback: str = "auto") -> None:
-    """--backend numpy|cupy|auto, defaulting to $TINYMIXER_BACKEND when it is set (so the variable is honoured by
-    every program: a program that passed its own "auto" would override it), else to ``fallback``."""
-    default = os.environ.get(ENV_VAR, "").strip().lower() or fallback
-    parser.add_argument("--backend", default=default, choices=["auto", "numpy", "cupy"],
-                        help=f"array library: numpy (CPU), cupy (GPU), auto (cupy where a GPU runs it); the default "
-                             f"is ${ENV_VAR} when set, else {fallback}")
+warnings.warn("tinymixer.tools.cli moved to tinymixer.util.cli; import it from there", DeprecationWarning,
+              stacklevel=2)

@@ -38,8 +38,8 @@ from ..nn.mixer import MlpMixer
 from ..training import distributed
 from ..training.optim import SGD
 from ..training.train import train_step
+from ..util.cli import Parser
 from .bench import blas_description
-from .cli import Parser
 
 # The environment variables that change what tinymixer does, with what each one does.
 ENVIRONMENT = {

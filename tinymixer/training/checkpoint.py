@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import to_host
-from ..tools.files import atomic_open
+from ..util.files import atomic_open
 
 META_KEY = "__meta__"
 OPTIMIZER_PREFIX = "optimizer/"

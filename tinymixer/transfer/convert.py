@@ -59,9 +59,9 @@ import numpy as np
 
 from ..backend import to_host
 from ..nn.mixer import param_shapes
-from ..tools.cli import Parser
-from ..tools.files import atomic_open
 from ..training.checkpoint import CheckpointError, load_checkpoint
+from ..util.cli import Parser
+from ..util.files import atomic_open
 
 NPZ_SUFFIXES = (".npz",)
 TORCH_SUFFIXES = (".pth", ".pt")
