@@ -50,20 +50,10 @@ from tinymixer.data import (
     normalize,
     resize_batch,
 )
+from tinymixer.data.pipeline import Augmentation, training_batch
 from tinymixer.nn.architectures import MIN_TOKENS
 from tinymixer.nn.blocks import masks_rows
 from tinymixer.training import distributed
-from tinymixer.training.augment import (
-    apply_augmentation,
-    apply_cutmix,
-    apply_randaugment,
-    apply_random_erasing,
-    draw_augmentation,
-    draw_cutmix,
-    draw_mixup,
-    draw_randaugment,
-    draw_random_erasing,
-)
 from tinymixer.training.averaging import ExponentialMovingAverage
 from tinymixer.training.checkpoint import (
     CheckpointError,
@@ -146,17 +136,6 @@ def randaugment_spec(text: str) -> str:
     if num_ops != int(num_ops) or not 0 <= num_ops <= 10 or not 0 <= magnitude <= 30:
         raise argparse.ArgumentTypeError(f"N must be a whole number 0..10 and M a magnitude 0..30, got {text!r}")
     return text
-
-
-def augment_rows(images: np.ndarray, which, draws: dict, strong: dict | None, erasing: dict | None) -> np.ndarray:
-    """The uint8 images of the batch's positions ``which`` (a slice or indices), augmented as in the whole batch:
-    crop and flip, then RandAugment and random erasing where they were drawn."""
-    images = apply_augmentation(images, draws, which)
-    if strong is not None:
-        images = apply_randaugment(images, strong, which)
-    if erasing is not None:
-        images = apply_random_erasing(images, erasing, which)
-    return images
 
 
 def warmup_spec(text: str) -> str:
@@ -662,6 +641,8 @@ def main(argv: list[str] | None = None) -> int:
     resize = (h, w) != data.image_shape[:2]
     crop = round(min(h, w) / 8) if args.crop_padding == "auto" else args.crop_padding
     num_ops, magnitude = (float(v) for v in args.randaugment.split(",")) if args.randaugment else (0.0, 0.0)
+    augmentation = Augmentation(crop, args.flip, (int(num_ops), magnitude) if args.randaugment else None,
+                                args.random_erasing, args.mixup, args.cutmix)
     optimizer = make_optimizer(args, model)
     ema = ExponentialMovingAverage(args.ema) if args.ema else None  # an average of the weights, evaluated beside
     if comm.size > args.batch_size:
@@ -812,32 +793,10 @@ def main(argv: list[str] | None = None) -> int:
                 rng = np.random.default_rng([args.seed, epoch, step])
                 index = order[step * args.batch_size:(step + 1) * args.batch_size]  # the global batch
                 # The random crops, flips, RandAugment operations, erased boxes and mixup or CutMix partners are
-                # drawn for the whole batch; this process augments only its rows (all of them in a one-process run),
-                # so N processes see the one-process batch. Nothing is drawn for an augmentation that is off: a run
-                # without them sees the same random numbers as before they existed.
-                draws = draw_augmentation(rng, len(index), crop, args.flip)
-                strong = draw_randaugment(rng, len(index), int(num_ops), magnitude) if args.randaugment else None
-                erasing = draw_random_erasing(rng, len(index), args.random_erasing) if args.random_erasing else None
-                mine = index[rows]
-                images = resize_batch(data.train_images[mine], (h, w))  # the official pipeline: resize, then crop
-                images = augment_rows(images, rows, draws, strong, erasing)
-                labels = data.train_labels[mine]
-                mix = None
-                if args.mixup or args.cutmix:
-                    cut = draw_cutmix(rng, len(index), args.cutmix) if args.cutmix else None
-                    lam, partner = draw_mixup(rng, len(index), args.mixup) if args.mixup else (None, cut["partner"])
-                    theirs = partner[rows]
-                    others = resize_batch(data.train_images[index[theirs]], (h, w))
-                    others = augment_rows(others, theirs, draws, strong, erasing)
-                    if cut is not None:  # paste a box of the partner; lam: the share of the image left its own
-                        images, lam = apply_cutmix(images, others, cut)
-                        images = normalize(images, model.dtype)
-                    else:
-                        images, others = normalize(images, model.dtype), normalize(others, model.dtype)
-                        images = (lam * images + (1.0 - lam) * others).astype(model.dtype, copy=False)
-                    mix = (data.train_labels[index[theirs]], lam)
-                else:
-                    images = normalize(images, model.dtype)
+                # drawn for the whole batch; this process makes only its rows (all of them in a one-process run),
+                # so N processes see the one-process batch (tinymixer/data/pipeline.py).
+                images, labels, mix = training_batch(data.train_images, data.train_labels, index, rng, augmentation,
+                                                     (h, w), model.dtype, rows)
                 t1 = time.perf_counter()
 
                 masks = masks_rows(model.draw_masks(rng, len(index)), rows)  # dropout, stochastic depth (or None)

@@ -1,4 +1,4 @@
-"""tinymixer.training.augment: RandAugment's operations against Pillow and hand-worked values, the official
+"""tinymixer.data.augment: RandAugment's operations against Pillow and hand-worked values, the official
 level-to-argument mapping, determinism, rows-vs-whole equality (data parallel), CutMix's label weight, random
 erasing."""
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageOps
 
-from tinymixer.training import augment as A
+from tinymixer.data import augment as A
 
 F = A.FILL
 

@@ -12,7 +12,7 @@ import pytest
 from helpers import fake_cifar, make_cifar_archive
 
 from tinymixer import data as D
-from tinymixer.training import augment as A
+from tinymixer.data import augment as A
 
 
 @pytest.fixture

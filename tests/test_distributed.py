@@ -107,7 +107,7 @@ def test_the_ranks_rows_tile_the_batch_in_order(batch, ranks):
 
 
 def test_augmenting_some_rows_equals_those_rows_of_the_whole_batch():
-    from tinymixer.training.augment import apply_augmentation, augment, draw_augmentation
+    from tinymixer.data.augment import apply_augmentation, augment, draw_augmentation
 
     images = np.random.default_rng(0).integers(0, 256, (10, 8, 8, 3), dtype=np.uint8)
     whole = augment(images, np.random.default_rng(5), 2, True)

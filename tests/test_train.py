@@ -91,18 +91,20 @@ def test_transform_sees_each_augmented_batch_and_the_model_trains_on_what_it_ret
     scaling: training through a transform that blanks every batch is training on blank images."""
     images, labels = tiny_data()
     seen = []
-    real_augment = tm.training.train.augment
-    marked = lambda batch, rng, padding, flip: np.full_like(real_augment(batch, rng, padding, flip), 7)  # noqa: E731
+    from tinymixer.data import pipeline
+
+    real_augment = pipeline.apply_augmentation  # crop and flip, in the one batch path fit takes
+    marked = lambda batch, draws, rows: np.full_like(real_augment(batch, draws, rows), 7)  # noqa: E731
 
     def record(batch):
         seen.append(batch.copy())
         return np.zeros_like(batch)
 
-    monkeypatch.setattr(tm.training.train, "augment", marked)
+    monkeypatch.setattr(pipeline, "apply_augmentation", marked)
     through, direct = tiny_model(), tiny_model()
     fit(through, images, labels, epochs=2, batch_size=16, crop_padding=2, flip=True, transform=record)
     assert len(seen) == 8 and all(b.shape == (16, 8, 8, 3) and b.dtype == np.uint8 and (b == 7).all() for b in seen)
-    monkeypatch.setattr(tm.training.train, "augment", real_augment)
+    monkeypatch.setattr(pipeline, "apply_augmentation", real_augment)
     fit(direct, np.zeros_like(images), labels, epochs=2, batch_size=16, crop_padding=2, flip=True)  # same draws
     for name in through.params:
         np.testing.assert_array_equal(through.params[name], direct.params[name])

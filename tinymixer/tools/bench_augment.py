@@ -1,4 +1,4 @@
-"""``python -m tinymixer.tools.bench_augment``: images/s of each augmentation (``training/augment.py``) on random
+"""``python -m tinymixer.tools.bench_augment``: images/s of each augmentation (``data/augment.py``) on random
 uint8 batches, and their share of a training step on the same batch."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..training.augment import (
+from ..data.augment import (
     BIG_VISION_OPS,
     apply_augmentation,
     cutmix,

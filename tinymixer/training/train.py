@@ -11,10 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from ..data import normalize
+from ..data.pipeline import Augmentation, training_batch
 from ..nn.blocks import masks_rows
 from ..nn.layers import dense_backward, dense_forward, softmax_cross_entropy
-from .augment import augment
 from .evaluate import evaluate
 from .optim import SGD, clip_by_global_norm, warmup_cosine, warmup_steps
 
@@ -133,6 +132,7 @@ def fit(model: Any, images: np.ndarray, labels: np.ndarray, *, epochs: int, batc
     total = epochs * steps_per_epoch
     warmup_length = warmup_steps(warmup, total, steps_per_epoch)
     rng = np.random.default_rng(seed)
+    augmentation = Augmentation(crop_padding=crop_padding, flip=flip)
     history = []
     start = time.perf_counter()
     for epoch in range(epochs):
@@ -140,13 +140,11 @@ def fit(model: Any, images: np.ndarray, labels: np.ndarray, *, epochs: int, batc
         loss_sum, correct = model.xp.zeros((), np.float64), model.xp.zeros((), np.int64)  # summed on the device
         for step in range(steps_per_epoch):
             index = order[step * batch_size:(step + 1) * batch_size]
-            batch = augment(images[index], rng, crop_padding, flip) if (crop_padding or flip) else images[index]
-            if transform is not None:
-                batch = transform(batch)
+            batch, batch_labels, _ = training_batch(images, labels, index, rng, augmentation, dtype=model.dtype,
+                                                    transform=transform)  # the one batch path (data/pipeline.py)
             lr_now = warmup_cosine(epoch * steps_per_epoch + step, lr, total, warmup_length)
             masks = model.draw_masks(rng, len(index))  # dropout / stochastic depth, when the model has them
-            loss, logits = train_step(model, optimizer, normalize(batch, model.dtype), labels[index], lr_now, clip,
-                                      masks=masks)
+            loss, logits = train_step(model, optimizer, batch, batch_labels, lr_now, clip, masks=masks)
             loss_sum += loss * len(index)  # no read back per step: the GPU is not waited for until the epoch's end
             correct += (logits.argmax(axis=1) == model.xp.asarray(labels[index])).sum()
         seen = steps_per_epoch * batch_size
