@@ -22,12 +22,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import json
 import math
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -37,7 +34,7 @@ import tinymixer as tm  # before NumPy loads its BLAS: see tinymixer/_blas_threa
 import numpy as np
 from tqdm import tqdm
 
-from tinymixer.backend import synchronize, use_device
+from tinymixer.backend import use_device
 from tinymixer.chunks import batch_shards
 from tinymixer.data import (
     CIFAR10_MD5,
@@ -47,8 +44,6 @@ from tinymixer.data import (
     Dataset,
     find_data,
     load_folder,
-    normalize,
-    resize_batch,
 )
 from tinymixer.data.pipeline import Augmentation, training_batch
 from tinymixer.nn.architectures import MIN_TOKENS
@@ -57,16 +52,26 @@ from tinymixer.training import distributed
 from tinymixer.training.averaging import ExponentialMovingAverage
 from tinymixer.training.checkpoint import (
     CheckpointError,
-    config_from_params,
     load_checkpoint,
-    load_params_into,
     save_checkpoint,
 )
 from tinymixer.training.evaluate import confusion_matrix, evaluate, format_confusion_matrix
+from tinymixer.training.run import (
+    epoch_record,
+    epochs_in_budget,
+    load_model_on_root,
+    new_state,
+    on_root,
+    refit_schedule,
+    resumed_state,
+    running_totals,
+    share_optimizer_state,
+    update_best,
+    write_metrics,
+)
 from tinymixer.training.train import train_step
 from tinymixer.transfer.pretrained import FamilyError, PretrainedError, load_for_finetuning
 from tinymixer.util.cli import Parser, add_backend_option, duration, number
-from tinymixer.util.files import atomic_open
 from tinymixer.util.plots import plot_confusion_matrix, plot_learning_curves
 
 # The options a checkpoint remembers, restored by --resume (the rest belong to one invocation: --out, --resume,
@@ -339,50 +344,6 @@ def with_remembered_options(meta: dict, argv: list[str], given: set[str], verb: 
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Several processes (mpiexec -n N): rank 0 reads and writes the run's files, every rank trains
-
-
-def on_root(task):
-    """Run ``task`` on rank 0 alone (it reads the run's files, which the other ranks may not see) and give every
-    rank its result; if it fails, every rank stops (rank 0 with its error, the others quietly)."""
-    comm = distributed.world()
-    if comm.size == 1:
-        return task()
-    outcome = None
-    if comm.is_root:
-        try:
-            outcome = ("ok", task())
-        except SystemExit as stop:
-            outcome = ("exit", stop.code)
-        except Exception as error:  # noqa: BLE001 - handed on below
-            outcome = ("error", error)
-    kind, value = comm.broadcast_object(outcome)
-    if kind == "ok":
-        return value
-    if kind == "error" and comm.is_root:
-        raise value
-    raise SystemExit(value if kind == "exit" else 1)
-
-
-def load_model_on_root(path: Path) -> tuple[Model, dict, dict]:
-    """The model a checkpoint holds and its metadata, on every rank (rank 0 reads the file and broadcasts the
-    weights), and the optimiser state it holds (on rank 0; empty on the others)."""
-    held: dict = {}
-
-    def read() -> tuple[dict, dict]:
-        params, held["optimizer"], meta = load_checkpoint(path)
-        held["params"] = params
-        return dict(meta.get("model") or config_from_params(params, path)), meta
-
-    config, meta = on_root(read)
-    model = tm.model_from_config(config)
-    if held:
-        load_params_into(model, held["params"], path)
-    distributed.world().broadcast_(model.params)
-    return model, meta, held.get("optimizer", {})
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # Data and model
 
 
@@ -498,55 +459,6 @@ def make_optimizer(args: argparse.Namespace, model: Model) -> tm.SGD | tm.Adam:
     return tm.Adam(l2=args.weight_decay, decay_mask=mask)
 
 
-def epochs_within(budget: float, started: float, model: Model, data: Dataset, args: argparse.Namespace,
-                  rows: slice, size: tuple[int, int], steps_per_epoch: int) -> int:
-    """--time-budget: how many epochs fit in ``budget`` seconds, counted from ``started`` (the program's start, so
-    that loading and this probe count too). Training steps of a model of the same shape (not the one being
-    trained) on a real batch, one evaluation batch, the checkpoints and the plot are timed (each warm: the first
-    call pays for imports, buffers and the first figure, once); an epoch is its steps, its evaluation and what it
-    writes. Rank 0's estimate is everyone's."""
-    probe, optimizer = tm.model_from_config(model.config()), make_optimizer(args, model)
-    index = np.arange(args.batch_size)[rows]
-    images = normalize(resize_batch(data.train_images[index], size), probe.dtype)
-    times: list[float] = []
-    probe_start = time.perf_counter()
-    # The first step pays for allocating buffers; then up to 5 timed ones (a few steps vary by 20% on a busy
-    # machine), fewer if they would take more than 5% of the budget: the median counts.
-    while len(times) < 6 and (len(times) < 3 or time.perf_counter() - probe_start < 0.05 * budget):
-        t0 = time.perf_counter()
-        train_step(probe, optimizer, images, data.train_labels[index], 0.0, args.clip, comm=distributed.world(),
-                   global_batch=args.batch_size, accumulate=args.accumulate, head_only=args.head_only,
-                   masks=masks_rows(probe.draw_masks(np.random.default_rng(0), args.batch_size), rows))
-        synchronize()  # on a GPU the step has only been queued: the clock is read when it is done
-        times.append(time.perf_counter() - t0)
-    step = float(np.median(times[1:]))
-
-    def seconds(task) -> tuple[float, float]:  # (the first run, the second): the first pays the one-off costs
-        t0 = time.perf_counter()
-        task()
-        t1 = time.perf_counter()
-        task()
-        return t1 - t0, time.perf_counter() - t1
-
-    test_batch = min(args.batch_size, len(data.test_labels))
-    _, evaluation = seconds(lambda: evaluate(probe, data.test_images[:test_batch], data.test_labels[:test_batch],
-                                             args.batch_size, resize=size != data.image_shape[:2]))
-    evaluation *= len(data.test_labels) / test_batch
-    record = {"epoch": 1, "train_loss": 1.0, "train_accuracy": 0.5, "test_loss": 1.0, "test_accuracy": 0.5, "lr": 0.1}
-    with tempfile.TemporaryDirectory() as scratch:  # what the end of every epoch writes: two checkpoints, the plot
-        _, checkpoint = seconds(lambda: save_checkpoint(Path(scratch) / "probe.npz", probe.params, optimizer.state))
-        cold, plot = seconds(lambda: plot_learning_curves([record, record | {"epoch": 2}], Path(scratch) / "probe.png"))
-    # 5% for loading and augmenting the data; once: the first figure's set-up, the final confusion-matrix plot
-    epoch = steps_per_epoch * step * 1.05 + evaluation + 2 * checkpoint + plot
-    left = budget - (time.perf_counter() - started) - max(cold - plot, 0.0) - plot - evaluation
-    epochs = distributed.world().broadcast_object(max(1, int(left // epoch)))
-    log(f"time budget {budget:.0f} s: a step takes {step:.3g} s, an epoch about {epoch:.3g} s with its evaluation: "
-        f"{epochs} epoch(s) in the {max(left, 0):.3g} s left" + (" (one epoch takes longer than the budget: "
-                                                                  "--limit-train shortens it)"
-                                                                  if epoch > left else ""))
-    return epochs
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # --evaluate
 
@@ -573,20 +485,6 @@ def evaluate_only(args: argparse.Namespace, argv: list[str], given: set[str]) ->
     print("confusion matrix:", plot_confusion_matrix(counts, data.class_names, out / f"confusion_matrix_{split}.png",
                                                      title=f"{split} set"))
     return 0
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Outputs
-
-
-def write_metrics(out: Path, history: list[dict], summary: dict) -> None:
-    """metrics.json (everything) and metrics.csv (one row per epoch), each replaced atomically."""
-    with atomic_open(out / "metrics.json", "w") as f:
-        json.dump(summary | {"epochs": history}, f, indent=2)
-    with atomic_open(out / "metrics.csv", "w") as f:
-        writer = csv.DictWriter(f, fieldnames=list(history[0]))
-        writer.writeheader()
-        writer.writerows(history)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -661,7 +559,11 @@ def main(argv: list[str] | None = None) -> int:
         if resumed:
             fail("--time-budget sets the length of a new run; a resumed run keeps its schedule (give --epochs to "
                  "change it)")
-        args.epochs = epochs_within(args.time_budget, started, model, data, args, rows, (h, w), steps_per_epoch)
+        args.epochs, said = epochs_in_budget(args.time_budget, started, model, make_optimizer(args, model), data,
+                                             args.batch_size, rows, (h, w), steps_per_epoch,
+                                             {"clip": args.clip, "accumulate": args.accumulate,
+                                              "head_only": args.head_only})
+        log(said)
         recipe = RECIPES[args.recipe]
         if "warmup" not in given and "warmup" in recipe and recipe.get("epochs") and not args.warmup.endswith("%"):
             # the recipe's warm-up in epochs or steps was sized for its own length of run: keep its share of it
@@ -686,43 +588,26 @@ def main(argv: list[str] | None = None) -> int:
     def lr_at(step: int) -> float:
         return tm.schedule(args.schedule, step, args.lr, total_steps, warmup, args.end_lr)
 
-    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "history": [], "best": None,
-             "running": {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0, "data_seconds": 0.0}}
+    state = new_state()
     if resumed:
-        # the optimiser's state (and the weights' average) too come from rank 0: the others, which got an empty
-        # dict, make room for them first
-        if comm.size > 1:
-            layout = comm.broadcast_object({k: (v.shape, str(v.dtype)) for k, v in momentum.items()})
-            momentum = momentum or {k: np.zeros(shape, dtype) for k, (shape, dtype) in layout.items()}
-            comm.broadcast_(momentum)
-        optimizer.state = {k: model.xp.asarray(v) for k, v in momentum.items() if not k.startswith("ema/")}
+        held = share_optimizer_state(momentum)  # read by rank 0, on every rank
+        optimizer.state = {k: model.xp.asarray(v) for k, v in held.items() if not k.startswith("ema/")}
         if ema is not None:
-            ema.state = {k[4:]: (v if k == "ema/step" else model.xp.asarray(v)) for k, v in momentum.items()
+            ema.state = {k[4:]: (v if k == "ema/step" else model.xp.asarray(v)) for k, v in held.items()
                          if k.startswith("ema/")}
-        state = {"best": None} | meta["state"]
-        for record in state["history"]:  # checkpoints before the evaluation split was named called it "test"
-            for key in ("loss", "accuracy"):
-                record.setdefault(f"{split}_{key}", record.pop(f"test_{key}", None))
-        before = meta.get("schedule", {})
+        state = resumed_state(meta["state"], split)
         if state["epoch"] > args.epochs:
             fail(f"the run being resumed has trained {state['epoch']} epochs already; --epochs {args.epochs} is "
                  f"fewer (give at least {state['epoch']})")
         # The schedule counts steps; if the batch size, the data or the number of epochs changed, the run continues
         # at the same place in its epoch (the same images seen) on the schedule fitted to the new run.
-        old_batch = int(before.get("batch_size", args.batch_size))
-        state["step_in_epoch"] = min(steps_per_epoch, state["step_in_epoch"] * old_batch // args.batch_size)
-        global_step = state["epoch"] * steps_per_epoch + state["step_in_epoch"]
         now = {"batch_size": args.batch_size, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
                "warmup_steps": warmup}
-        if before and any(before.get(k) != v for k, v in now.items()) or global_step != state["global_step"]:
-            was = ""
-            if {"lr", "total_steps", "warmup_steps"} <= before.keys():
-                then = tm.schedule(before.get("name", "cosine"), state["global_step"], before["lr"],
-                                   before["total_steps"], before["warmup_steps"], before.get("end_lr", 0.0))
-                was = f" (it was {then:.4g})"
+        global_step, was = refit_schedule(state, meta.get("schedule", {}), now)
+        if was is not None:
             log(f"note: the schedule is re-fitted to the options now: {args.epochs} epochs of {steps_per_epoch} "
                 f"steps ({total_steps} steps, {warmup} of warm-up); continuing at step {global_step}, learning rate "
-                f"{lr_at(global_step):.4g}{was}")
+                f"{lr_at(global_step):.4g}" + (f" (it was {was:.4g})" if was == was else ""))
         state["global_step"] = global_step
         log(f"resumed from {path}: epoch {state['epoch'] + 1}, step {state['global_step']}")
         layout = (meta.get("processes", 1), meta.get("shards", shards))
@@ -842,12 +727,7 @@ def main(argv: list[str] | None = None) -> int:
 
             # --- end of an epoch: evaluate, record, checkpoint (the last and the best), plot ------------------------
             result = evaluate(model, data.test_images, data.test_labels, args.batch_size, comm=comm, resize=resize)
-            seen, seconds = max(run["seen"], 1), max(run["seconds"], 1e-9)
-            record = {"epoch": epoch + 1, "train_loss": run["loss"] / seen * args.batch_size,
-                      "train_accuracy": run["correct"] / seen, f"{split}_loss": result["loss"],
-                      f"{split}_accuracy": result["accuracy"], "lr": lr, "step": state["global_step"],
-                      "wall_time": run["seconds"], "images_per_sec": run["seen"] / seconds,
-                      "data_time_fraction": run["data_seconds"] / seconds}
+            record = epoch_record(epoch + 1, run, result, split, lr, state["global_step"], args.batch_size)
             candidates = [("weights", result)]
             if ema is not None:  # the average of the weights, evaluated beside them; the better one may be the best
                 with ema.swapped_into(model):
@@ -856,12 +736,8 @@ def main(argv: list[str] | None = None) -> int:
                 record.update({f"ema_{split}_loss": averaged["loss"], f"ema_{split}_accuracy": averaged["accuracy"]})
                 candidates.append(("ema", averaged))
             state["history"].append(record)
-            state.update(epoch=epoch + 1, step_in_epoch=0,
-                         running={"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0, "data_seconds": 0.0})
-            which, chosen = max(candidates, key=lambda c: c[1]["accuracy"])  # ties: the weights themselves
-            is_best = state["best"] is None or chosen["accuracy"] > state["best"]["accuracy"]
-            if is_best:
-                state["best"] = {"epoch": epoch + 1, "accuracy": chosen["accuracy"], "split": split, "weights": which}
+            state.update(epoch=epoch + 1, step_in_epoch=0, running=running_totals())
+            which, is_best = update_best(state, candidates, epoch + 1, split)
             log(f"epoch {epoch + 1:3d}  train loss {record['train_loss']:.4f} acc "
                 f"{100 * record['train_accuracy']:5.2f}%  |  {split} loss {result['loss']:.4f} acc "
                 f"{100 * result['accuracy']:5.2f}%"
