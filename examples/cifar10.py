@@ -37,16 +37,12 @@ from tqdm import tqdm
 from tinymixer.backend import use_device
 from tinymixer.chunks import batch_shards
 from tinymixer.data import (
-    CIFAR10_MD5,
-    CIFAR10_URL,
-    DATA_DIR_ENV,
     DataError,
     Dataset,
     find_data,
     load_folder,
 )
 from tinymixer.data.pipeline import Augmentation, training_batch
-from tinymixer.nn.architectures import MIN_TOKENS
 from tinymixer.nn.blocks import masks_rows
 from tinymixer.training import distributed
 from tinymixer.training.averaging import ExponentialMovingAverage
@@ -56,6 +52,15 @@ from tinymixer.training.checkpoint import (
     save_checkpoint,
 )
 from tinymixer.training.evaluate import confusion_matrix, evaluate, format_confusion_matrix
+from tinymixer.training.options import (
+    ARCHITECTURES,
+    RECIPES,
+    OptionError,
+    check_model_options,
+    parse_args,
+    remembered,
+    with_remembered_options,
+)
 from tinymixer.training.run import (
     epoch_record,
     epochs_in_budget,
@@ -71,47 +76,13 @@ from tinymixer.training.run import (
 )
 from tinymixer.training.train import train_step
 from tinymixer.transfer.pretrained import FamilyError, PretrainedError, load_for_finetuning
-from tinymixer.util.cli import Parser, add_backend_option, duration, number
 from tinymixer.util.plots import plot_confusion_matrix, plot_learning_curves
 
-# The options a checkpoint remembers, restored by --resume (the rest belong to one invocation: --out, --resume,
-# --backend, progress and logging). The model's shape is remembered as the model itself (meta["model"]).
-REMEMBERED = ["model", "config", "patch_size", "dtype", "init", "keep_head", "image_size", "head_only", "accumulate",
-              "recipe", "data_dir", "data_url", "data_md5", "validation", "limit_train", "limit_test", "epochs",
-              "batch_size", "optimizer", "schedule", "end_lr", "lr", "warmup", "clip", "momentum", "weight_decay",
-              "label_smoothing", "mixup", "randaugment", "cutmix", "random_erasing", "ema", "crop_padding", "flip",
-              "seed", "dropout", "stochastic_depth"]
-MODEL_OPTIONS = ["model", "config", "patch_size", "dtype", "init", "keep_head", "image_size"]
 Model = tm.MlpMixer | tm.ResNet  # the networks this script trains (tinymixer.nn.network.Network)
-# --model: each family's sizes, and its default (--config auto)
-FAMILIES = {"mixer": "micro/4", "cnn": "cnn-micro"}
-ARCHITECTURES = {"mixer": "mixer", "cnn": "resnet"}  # --model: the "architecture" of its checkpoints' config
-# Named sets of defaults (--recipe): every option a recipe sets can still be given on its own, and wins.
-RECIPES = {
-    # the defaults below: the paper's fine-tuning recipe (SGD momentum, clipping, warm-up + cosine), sized for a CPU
-    "finetune": {},
-    # the official fine-tuning hyper-parameters (the official Mixer fine-tuning configuration, PAPER.md)
-    "paper-finetune": {"batch_size": 512, "lr": 0.03, "warmup": "500", "momentum": 0.9, "clip": 1.0,
-                       "weight_decay": 0.0},
-    # the paper's pre-training recipe as big_vision's configs/mlp_mixer_i1k.py runs it: Adam with decoupled weight
-    # decay on the kernels (its wd 1e-4 is not scaled by the base rate: 0.1 here), clipping at 1, warm-up (10k of
-    # ~94k steps there: 10%) then linear decay to 1e-5 of the base rate, RandAugment(2, 15), mixup 0.5 (big_vision
-    # mixes with probability 0.5; here every batch, alpha 0.5), stochastic depth 0.1 (its batch 4096 and 300 epochs
-    # are left to --batch-size and --epochs)
-    "pretrain": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.1, "clip": 1.0, "warmup": "10%",
-                 "schedule": "linear", "end_lr": 1e-8, "randaugment": "2,15", "mixup": 0.5, "stochastic_depth": 0.1},
-    # the best documented from-scratch CIFAR-10 Mixer (omihub777/MLP-Mixer-CIFAR: Mixer-nano = tiny/4, 90.83% in
-    # 300 epochs): Adam, lr 1e-3, L2 5e-5, batch 128, 5 warm-up epochs, cosine to 1e-6, label smoothing 0.1, CutMix,
-    # no clipping; its AutoAugment is RandAugment(2, 9) here, its beta2 0.99 is 0.999, its CutMix every other batch
-    # is every batch
-    "scratch-cifar": {"config": "tiny/4", "optimizer": "adam", "lr": 1e-3, "weight_decay": 5e-5, "batch_size": 128,
-                      "epochs": 300, "warmup": "5ep", "schedule": "cosine", "end_lr": 1e-6, "label_smoothing": 0.1,
-                      "randaugment": "2,9", "cutmix": 1.0, "clip": 0.0},
-}
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Options: parsed, checked up front, remembered by the checkpoint
+# Options (tinymixer/training/options.py: the command line, the recipes, what a checkpoint remembers)
 
 
 def fail(message: str) -> None:
@@ -128,218 +99,14 @@ def log(message: str = "") -> None:
         tqdm.write(message)
 
 
-def int_or_auto(text: str) -> int | str:
-    return "auto" if text == "auto" else number(int, 0)(text)
-
-
-def randaugment_spec(text: str) -> str:
-    """--randaugment N,M: N operations per image (0..10) of magnitude M (0..30); kept as text (it is remembered)."""
+def continued(meta: dict, argv: list[str], given: set[str], verb: str, path: Path) -> argparse.Namespace:
+    """The options of the run a checkpoint holds, overridden by those given now, each change said."""
     try:
-        num_ops, magnitude = (float(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected N,M (e.g. 2,15), got {text!r}") from None
-    if num_ops != int(num_ops) or not 0 <= num_ops <= 10 or not 0 <= magnitude <= 30:
-        raise argparse.ArgumentTypeError(f"N must be a whole number 0..10 and M a magnitude 0..30, got {text!r}")
-    return text
-
-
-def warmup_spec(text: str) -> str:
-    try:
-        tm.warmup_steps(text, total_steps=10**9, steps_per_epoch=1)  # the syntax only; the length is checked later
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
-def build_parser() -> Parser:
-    p = Parser(prog="cifar10.py", description=__doc__.split("\n\n")[0])
-    pos, whole, chance = number(int, 1), number(int, 0), number(float, 0, 1)
-    model = p.add_argument_group("model")
-    model.add_argument("--model", default="mixer", choices=list(FAMILIES),
-                       help="the network: the MLP-Mixer, or the CNN baseline (a pre-activation ResNet with GroupNorm, "
-                            "tinymixer/nn/cnn.py) to compare it with")
-    model.add_argument("--config", default="auto", choices=["auto", *tm.MODEL_NAMES], metavar="SIZE",
-                       help=f"size; auto: {FAMILIES['mixer']} or {FAMILIES['cnn']}. Mixer sizes: "
-                            f"{', '.join(tm.SIZES)}; CNN sizes: {', '.join(tm.CNN_SIZES)}")
-    model.add_argument("--patch-size", type=int_or_auto, metavar="P", default="auto",
-                       help=f"patch size; auto: the size's, or smaller where it would leave fewer than {MIN_TOKENS} "
-                            f"tokens (patch 2 on 8x8 images)")
-    model.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="floating-point type")
-
-    tune = p.add_argument_group("fine-tuning from a checkpoint")
-    tune.add_argument("--init", type=Path, metavar="CHECKPOINT",
-                      help="start from these weights (an official Mixer .npz, or a checkpoint of this script, of "
-                           "the --model family): all but the head, a new zero head for the data's classes; the "
-                           "size comes from the checkpoint")
-    tune.add_argument("--keep-head", action="store_true",
-                      help="with --init: keep the checkpoint's head instead (its classes must be the data's)")
-    tune.add_argument("--image-size", type=pos, metavar="N",
-                      help="resize the images to NxN on the fly (e.g. 224 for an official checkpoint); a grid of "
-                           "patches a whole multiple of the checkpoint's gets the paper's block-diagonal token mixing")
-    tune.add_argument("--head-only", action="store_true", help="train the head alone, the rest frozen")
-    tune.add_argument("--accumulate", type=pos, default=1, metavar="K",
-                      help="split every batch into K parts, one after the other, and add up their gradients: the "
-                           "update of the whole batch with the memory of one part")
-
-    data = p.add_argument_group("data")
-    data.add_argument("--data-dir", type=Path, metavar="DIR",
-                      help=f"a CIFAR-layout folder or its parent (default: CIFAR-10 in ${DATA_DIR_ENV} or "
-                           f"~/.cache/tinymixer, downloaded once)")
-    data.add_argument("--download", action="store_true", help="download CIFAR-10 into --data-dir if it is not there")
-    data.add_argument("--no-download", action="store_true", help="never touch the network")
-    data.add_argument("--data-url", default=CIFAR10_URL, help="where to download the archive from (e.g. a mirror)")
-    data.add_argument("--data-md5", default=CIFAR10_MD5, help="the MD5 the downloaded archive must have")
-    data.add_argument("--validation", type=whole, metavar="N", default=0,
-                      help="hold out N training images and evaluate on them instead of the test set (0: off)")
-    data.add_argument("--limit-train", type=pos, metavar="N",
-                      help="train on N of the training images (quick runs): a random subset (--seed) with every "
-                           "class in proportion")
-    data.add_argument("--limit-test", type=pos, metavar="N",
-                      help="evaluate on N of the test (or validation) images: a random subset (--seed) with every "
-                           "class in proportion")
-
-    train = p.add_argument_group("training (the paper's fine-tuning recipe)")
-    described = "; ".join(f"{name}: " + (", ".join(f"{k.replace('_', '-')} {v}" for k, v in values.items())
-                                          or "the defaults below") for name, values in RECIPES.items())
-    described = described.replace("%", "%%")  # argparse formats help texts with %
-    train.add_argument("--recipe", choices=list(RECIPES), default="finetune",
-                       help=f"a named set of defaults, each option of which can still be given on its own "
-                            f"({described})")
-    train.add_argument("--epochs", type=pos, default=15, metavar="N", help="epochs to train")
-    train.add_argument("--time-budget", type=duration, metavar="TIME",
-                       help="instead of --epochs: as many epochs as fit in TIME (e.g. 10m, 1.5h), from a measured step "
-                            "time, with the schedule fitted to them")
-    train.add_argument("--batch-size", type=pos, metavar="N", default=128, help="images per step")
-    train.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default="sgd",
-                       help="sgd: momentum (--momentum); adam, adamw: Adam (beta 0.9, 0.999); --weight-decay is "
-                            "decoupled for sgd and adamw, coupled L2 for adam; biases and LayerNorm never decay")
-    train.add_argument("--schedule", choices=sorted(tm.SCHEDULES), default="cosine",
-                       help="after the linear warm-up: cosine decay, or linear decay (the paper's pre-training)")
-    train.add_argument("--end-lr", type=number(float, 0), default=0.0, help="the learning rate at the end of the run")
-    train.add_argument("--lr", type=number(float, 0, low_open=True), default=0.05, help="peak learning rate")
-    train.add_argument("--warmup", type=warmup_spec, metavar="SPEC", default="5%",
-                       help="linear warm-up: a percentage of the run (5%%), epochs (2ep) or steps (200)")
-    train.add_argument("--clip", type=number(float, 0), metavar="NORM", default=1.0,
-                       help="clip gradients at this global norm (0: off)")
-    train.add_argument("--momentum", type=number(float, 0, 1), default=0.9, help="SGD momentum")
-    train.add_argument("--weight-decay", type=number(float, 0), default=0.0, help="decoupled weight decay")
-    train.add_argument("--label-smoothing", type=chance, default=0.0, help="label smoothing")
-    train.add_argument("--mixup", type=number(float, 0), metavar="ALPHA", default=0.0, help="mixup alpha (0: off)")
-    train.add_argument("--randaugment", type=randaugment_spec, metavar="N,M",
-                       help="RandAugment: N operations of magnitude M on each image, after crop and flip (the "
-                            "official big_vision operations; the paper pre-trains with 2,15); default off")
-    train.add_argument("--cutmix", type=number(float, 0), metavar="ALPHA", default=0.0,
-                       help="CutMix alpha (0: off; not with --mixup)")
-    train.add_argument("--random-erasing", type=chance, metavar="P", default=0.0,
-                       help="random erasing: the chance of each image (0: off; its paper uses 0.5)")
-    train.add_argument("--crop-padding", type=int_or_auto, metavar="PIXELS", default="auto",
-                       help="random-crop padding in pixels; auto: 1/8 of the image side (4 on 32x32); 0: no crop")
-    train.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
-                       help="random horizontal flips (--no-flip e.g. for digits)")
-    train.add_argument("--dropout", type=number(float, 0, 1, high_open=True), default=0.0,
-                       help="dropout rate after the GELU of every MLP (0: off)")
-    train.add_argument("--stochastic-depth", type=number(float, 0, 1, high_open=True), default=0.0,
-                       help="stochastic-depth rate of the last block, rising linearly from 0 at the first (0: off)")
-    train.add_argument("--ema", type=number(float, 0, 1, high_open=True), default=0.0, metavar="DECAY",
-                       help="also keep an exponential moving average of the weights (e.g. 0.999), evaluated beside "
-                            "them; best.npz is the better of the two (0: off)")
-    train.add_argument("--seed", type=int, default=0, help="seed of the weights, the data order and augmentation")
-
-    run = p.add_argument_group("the run")
-    run.add_argument("--out", type=Path, metavar="DIR", default=Path("runs/cifar10"), help="run folder")
-    run.add_argument("--resume", nargs="?", const="auto", metavar="CHECKPOINT",
-                     help="continue the run in --out (or from CHECKPOINT) with its remembered options")
-    run.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds a run (replacing it)")
-    run.add_argument("--stop-after-epoch", type=pos, metavar="N",
-                     help="stop (with a checkpoint) after epoch N, keeping the schedule of --epochs")
-    run.add_argument("--evaluate", type=Path, metavar="CHECKPOINT",
-                     help="only evaluate CHECKPOINT (on the test set, or --validation N's split); output goes beside "
-                          "it, or to --out when given")
-    add_backend_option(run)
-    run.add_argument("--log-every", type=pos, metavar="N", default=10,
-                     help="steps between progress-bar updates (each reads the loss back from the device)")
-    run.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return p
-
-
-def parse_args(argv: list[str]) -> tuple[argparse.Namespace, set[str]]:
-    """The options, and which of them were given on the command line (not defaults). A --recipe's values replace
-    the defaults; options given on the command line win over both."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    parser.set_defaults(**RECIPES[args.recipe])
-    args = parser.parse_args(argv)
-    if args.download and args.no_download:
-        parser.error("--download and --no-download contradict each other")
-    if args.mixup and args.cutmix:
-        parser.error("--mixup and --cutmix are two ways to mix a batch: choose one")
-    unset = object()
-    parser.set_defaults(**{name: unset for name in vars(args)})
-    given = {name for name, value in vars(parser.parse_args(argv)).items() if value is not unset}
-    return args, given
-
-
-def remembered_argv(options: dict) -> list[str]:
-    """A checkpoint's remembered options as command-line words (older checkpoints kept every value as text)."""
-    options = dict(options)
-    if "no_flip" in options:  # before --flip/--no-flip
-        options["flip"] = options.pop("no_flip") in (False, "False")
-    words = []
-    for name in REMEMBERED:
-        value, flag = options.get(name), "--" + name.replace("_", "-")
-        if value in (None, "None"):
-            continue
-        if name == "flip":
-            words.append("--flip" if value in (True, "True") else "--no-flip")
-        elif name in ("head_only", "keep_head"):
-            words += [flag] if value in (True, "True") else []
-        else:
-            words.append(f"{flag}={value}")
-    return words
-
-
-def holds_data(folder: Path) -> bool:
-    """Whether --data-dir ``folder`` would find a data set there (without downloading anything)."""
-    try:
-        find_data(folder, download=False)
-    except DataError:
-        return False
-    return True
-
-
-def with_remembered_options(meta: dict, argv: list[str], given: set[str], verb: str, path: Path
-                            ) -> argparse.Namespace:
-    """The options of the run a checkpoint (at ``path``) holds, overridden by those given now (each change noted).
-    A remembered relative --data-dir (checkpoints before paths were stored absolute) is looked for from here, then
-    from the checkpoint's folder and the folders above it (where the run was started); ``args.data_dir_from``
-    names the checkpoint, for any error about that folder."""
-    saved = meta.get("options") or meta.get("args") or {}
-    before, _ = parse_args(remembered_argv(saved))
-    args, _ = parse_args(remembered_argv(saved) + argv)
-    if verb == "evaluated":  # an evaluation uses the test set, all of it, unless told otherwise: not the run's split
-        for name, default in (("validation", 0), ("limit_test", None)):
-            if name not in given:
-                setattr(args, name, default)
-            elif getattr(args, name) == default:  # asked for what an evaluation does anyway: nothing to note
-                setattr(before, name, default)
-    for name in sorted(given & set(REMEMBERED)):
-        old, new = getattr(before, name), getattr(args, name)
-        if old != new:
-            flag = "--" + name.replace("_", "-")
-            if name in MODEL_OPTIONS and verb == "resumed":
-                fail(f"the run being resumed was trained with {flag} {old}; {flag} {new} cannot change it (leave "
-                     f"model options out on --resume: they are remembered), or start a new run with another --out")
-            log(f"note: {flag} is {new} now, {old} in the run being {verb}")
-    args.data_dir_from = None
-    if "data_dir" not in given and args.data_dir is not None:
-        args.data_dir_from = path
-        if not args.data_dir.expanduser().is_absolute():
-            folder = Path(path).resolve().parent
-            places = [Path.cwd(), folder, *folder.parents]
-            found = next((place / args.data_dir for place in places if holds_data(place / args.data_dir)), None)
-            if found is not None and found != Path.cwd() / args.data_dir:
-                log(f"note: the --data-dir {args.data_dir} remembered by {path} is {found}")
-            args.data_dir = found or args.data_dir
+        args, notes = with_remembered_options(meta, argv, given, verb, path)
+    except OptionError as exc:
+        fail(str(exc))
+    for note in notes:
+        log(note)
     return args
 
 
@@ -375,24 +142,6 @@ def load_data(args: argparse.Namespace) -> Dataset:
         data = data.split_validation(args.validation, seed=args.seed)
     # a seeded subset with every class in proportion (the first N of data sorted by class would be a few classes)
     return data.limited(args.limit_train, args.limit_test, seed=args.seed)
-
-
-def check_model_options(args: argparse.Namespace) -> None:
-    """--config auto becomes the family's default size; a size of the other family, or an option the family does
-    not have, is refused in one line."""
-    sizes = tm.CNN_SIZES if args.model == "cnn" else tm.SIZES
-    if args.config == "auto":
-        args.config = FAMILIES[args.model]
-    if args.config not in sizes:
-        fail(f"--config {args.config} is not a {args.model} size; --model {args.model} takes {', '.join(sizes)}")
-    if args.model == "cnn":
-        unused = [f"--{name.replace('_', '-')} {getattr(args, name)}" for name in ("patch_size", "dropout",
-                  "stochastic_depth") if getattr(args, name) not in ("auto", 0, 0.0, None)]
-        if unused:
-            fail(f"{', '.join(unused)}: the CNN has no patches, dropout or stochastic depth; leave these options "
-                 f"out with --model cnn")
-    if args.keep_head and not args.init:
-        fail("--keep-head keeps the head of --init's checkpoint; give --init CHECKPOINT, or leave it out")
 
 
 def build_model(args: argparse.Namespace, data: Dataset) -> Model:
@@ -468,7 +217,7 @@ def evaluate_only(args: argparse.Namespace, argv: list[str], given: set[str]) ->
     location comes from the checkpoint unless given; the test set is used unless --validation N is given."""
     model, meta, _ = load_model_on_root(args.evaluate)
     if meta.get("options") or meta.get("args"):
-        args = with_remembered_options(meta, argv, given, "evaluated", args.evaluate)
+        args = continued(meta, argv, given, "evaluated", args.evaluate)
     data = load_data(args)
     check_fits(model, data, f"the model in {args.evaluate}", resized=bool(args.image_size))
     split = "validation" if args.validation else "test"
@@ -516,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         if "state" not in meta:
             fail(f"--resume: {path} holds weights but no training state (best.npz is the best epoch's weights "
                  f"only); resume from the run's checkpoint.npz, or evaluate it with --evaluate")
-        args = with_remembered_options(meta, argv, given, "resumed", path)
+        args = continued(meta, argv, given, "resumed", path)
         resumed = path, meta
     else:
         def refuse_to_replace_a_run() -> None:
@@ -526,7 +275,10 @@ def main(argv: list[str] | None = None) -> int:
                      f"--resume --out {out}, choose another --out, or pass --overwrite to replace it")
 
         on_root(refuse_to_replace_a_run)
-    check_model_options(args)
+    try:
+        check_model_options(args)  # --config auto becomes the family's size; the other family's options refused
+    except OptionError as exc:
+        fail(str(exc))
     data = load_data(args)
     split = "validation" if args.validation else "test"  # what the evaluation set is, named so everywhere
 
@@ -627,20 +379,16 @@ def main(argv: list[str] | None = None) -> int:
         log("note: best.npz is picked by test accuracy, which makes the test set part of model selection; hold "
             "out a validation split (--validation N) for an honest choice")
 
-    def remembered_options() -> dict:  # paths absolute: --evaluate and --resume work from any folder
-        return {name: (str(v.expanduser().absolute()) if isinstance(v, Path) else v) for name, v in vars(args).items()
-                if name in REMEMBERED}
-
     def applies(name: str) -> bool:  # options that do nothing in this run are left out of the settings line
         if name in ("data_url", "data_md5"):  # only where CIFAR-10 may be downloaded
             return args.data_dir is None or args.download
         return name != "momentum" or args.optimizer == "sgd"
 
-    log("settings: " + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in remembered_options().items()
+    log("settings: " + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in remembered(args).items()
                                  if v not in (None, False) and applies(k)))
 
     def save(reason: str) -> None:
-        options = remembered_options()
+        options = remembered(args)
         schedule = {"batch_size": args.batch_size, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
                     "warmup_steps": warmup, "lr": args.lr, "name": args.schedule, "end_lr": args.end_lr}
         meta = {"model": model.config(), "state": state, "options": options, "schedule": schedule, "shards": shards,
@@ -748,14 +496,14 @@ def main(argv: list[str] | None = None) -> int:
             if is_best and comm.is_root:  # the weights alone (no optimiser state): for --evaluate and load_model
                 with ema.swapped_into(model) if which == "ema" else contextlib.nullcontext():
                     save_checkpoint(best_path, model.params, None, {"model": model.config(), "best": state["best"],
-                                                                    "options": remembered_options(),
+                                                                    "options": remembered(args),
                                                                     "class_names": data.class_names})
             save(f"epoch {epoch + 1}")
             if comm.is_root:
                 write_metrics(out, state["history"], {
                     "config": args.config, "model": model.config(), "num_params": model.num_params(),
                     "processes": comm.size, "evaluated_on": split, f"{split}_accuracy": result["accuracy"],
-                    "best": state["best"], "options": remembered_options()})
+                    "best": state["best"], "options": remembered(args)})
                 plot_learning_curves(state["history"], out / "learning_curves.png", split=split)
             if args.stop_after_epoch and epoch + 1 >= args.stop_after_epoch and epoch + 1 < args.epochs:
                 log(f"stopped after epoch {epoch + 1} as asked; continue with --resume --out {out}")

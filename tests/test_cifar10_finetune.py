@@ -12,6 +12,7 @@ from helpers import nudge
 from test_cifar10_script import cifar10, digits_folder, params_of
 
 import tinymixer as tm
+from tinymixer.training import options
 
 QUICK = ["--limit-train", "256", "--limit-test", "100", "--no-progress", "--batch-size", "32", "--no-flip"]
 
@@ -75,9 +76,9 @@ def test_head_only_changes_nothing_but_the_head(tmp_path, digits, official):
 
 
 def test_the_paper_finetune_recipe_sets_its_defaults_and_options_still_win(capsys):
-    args, _ = cifar10.parse_args(["--recipe", "paper-finetune"])
+    args, _ = options.parse_args(["--recipe", "paper-finetune"])
     assert (args.batch_size, args.lr, args.warmup, args.momentum, args.clip) == (512, 0.03, "500", 0.9, 1.0)
-    args, given = cifar10.parse_args(["--recipe", "paper-finetune", "--lr", "0.01"])
+    args, given = options.parse_args(["--recipe", "paper-finetune", "--lr", "0.01"])
     assert args.lr == 0.01 and args.batch_size == 512 and given == {"recipe", "lr"}
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from test_cifar10_script import DIGITS_ARGS, SCRIPT, cifar10, digits_folder, params_of
 
+from tinymixer.training import options
 from tinymixer.training.checkpoint import load_checkpoint, load_model
 
 QUICK = ["--limit-train", "256", "--no-progress"]
@@ -199,7 +200,7 @@ def test_help_shows_every_default():
                      "(default: 15)", "(default: runs/cifar10)", "(default: True)", "(default: 1.0)"]:
         assert expected in help_text, expected
     # every option whose default is a value (0 included: --seed, --weight-decay, --mixup ...) shows it
-    parser = cifar10.build_parser()
+    parser = options.build_parser()
     formatter = parser.formatter_class("cifar10.py")
     for action in parser._actions:
         if action.default is not None and action.default is not False and action.dest != "help":

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from test_cifar10_script import cifar10, digits_folder
 
+from tinymixer.training import options
 from tinymixer.training.checkpoint import load_checkpoint
 
 QUICK = ["--limit-train", "256", "--limit-test", "100", "--no-progress", "--batch-size", "32"]
@@ -64,22 +65,22 @@ def test_adamw_decays_the_kernels_only(tmp_path, digits):
 
 def test_mixup_and_cutmix_together_are_refused(capsys):
     with pytest.raises(SystemExit) as stop:
-        cifar10.parse_args(["--mixup", "0.2", "--cutmix", "1.0"])
+        options.parse_args(["--mixup", "0.2", "--cutmix", "1.0"])
     assert stop.value.code == 2 and "choose one" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("recipe", ["finetune", "paper-finetune", "pretrain", "scratch-cifar"])
 def test_every_recipe_is_in_help_and_the_settings_are_printed_and_saved(recipe, tmp_path, digits, capsys):
-    help_text = " ".join(cifar10.build_parser().format_help().split())
+    help_text = " ".join(options.build_parser().format_help().split())
     assert recipe in help_text
-    args, _ = cifar10.parse_args(["--recipe", recipe])
-    for name, value in cifar10.RECIPES[recipe].items():
+    args, _ = options.parse_args(["--recipe", recipe])
+    for name, value in options.RECIPES[recipe].items():
         assert getattr(args, name) == value, name
     out = tmp_path / "run"
-    options = ["--config", "micro/4", "--epochs", "1", "--warmup", "2"] if recipe == "scratch-cifar" else \
+    short = ["--config", "micro/4", "--epochs", "1", "--warmup", "2"] if recipe == "scratch-cifar" else \
         ["--epochs", "1", "--warmup", "0"]
-    assert cifar10.main(["--data-dir", str(digits), "--recipe", recipe, "--out", str(out)] + options + QUICK) == 0
+    assert cifar10.main(["--data-dir", str(digits), "--recipe", recipe, "--out", str(out)] + short + QUICK) == 0
     assert f"recipe {recipe}" in capsys.readouterr().out  # the settings line
     saved = json.loads((out / "metrics.json").read_text())["options"]
-    assert saved["recipe"] == recipe and all(saved[k] == v for k, v in cifar10.RECIPES[recipe].items()
+    assert saved["recipe"] == recipe and all(saved[k] == v for k, v in options.RECIPES[recipe].items()
                                              if k not in ("batch_size", "epochs", "warmup", "config"))

@@ -53,7 +53,9 @@ def test_every_program_takes_its_backend_default_from_the_environment(monkeypatc
         spec.loader.exec_module(module)
         return module.build_parser()
 
-    builders = {"cifar10": lambda: parser_of("cifar10"), "predict": lambda: parser_of("predict"),
+    from tinymixer.training import options
+
+    builders = {"cifar10": options.build_parser, "predict": lambda: parser_of("predict"),
                 "fewshot": lambda: parser_of("fewshot"), "bench": bench._parser,
                 "experiments": lambda: common.build_parser("x", "y", permutations.PRESETS, "permutations")}
     for value, bench_default in [(None, "numpy"), ("numpy", "numpy"), ("cupy", "cupy"), ("auto", "auto")]:
