@@ -38,30 +38,18 @@ from tinymixer.backend import use_device
 from tinymixer.chunks import batch_shards
 from tinymixer.data import (
     DataError,
-    Dataset,
-    find_data,
-    load_folder,
 )
 from tinymixer.data.pipeline import Augmentation, training_batch
 from tinymixer.nn.blocks import masks_rows
-from tinymixer.training import distributed
-from tinymixer.training.averaging import ExponentialMovingAverage
-from tinymixer.training.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    save_checkpoint,
-)
-from tinymixer.training.evaluate import confusion_matrix, evaluate, format_confusion_matrix
-from tinymixer.training.options import (
-    ARCHITECTURES,
-    RECIPES,
+from tinymixer.runs.options import (
     OptionError,
     check_model_options,
     parse_args,
     remembered,
     with_remembered_options,
 )
-from tinymixer.training.run import (
+from tinymixer.runs.setup import batch_layout, build_model, check_fits, load_data, make_optimizer, plan_schedule
+from tinymixer.runs.state import (
     epoch_record,
     epochs_in_budget,
     load_model_on_root,
@@ -74,15 +62,22 @@ from tinymixer.training.run import (
     update_best,
     write_metrics,
 )
+from tinymixer.training import distributed
+from tinymixer.training.averaging import ExponentialMovingAverage
+from tinymixer.training.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
+from tinymixer.training.evaluate import confusion_matrix, evaluate, format_confusion_matrix
 from tinymixer.training.train import train_step
-from tinymixer.transfer.pretrained import FamilyError, PretrainedError, load_for_finetuning
 from tinymixer.util.plots import plot_confusion_matrix, plot_learning_curves
 
 Model = tm.MlpMixer | tm.ResNet  # the networks this script trains (tinymixer.nn.network.Network)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Options (tinymixer/training/options.py: the command line, the recipes, what a checkpoint remembers)
+# Speaking (rank 0 alone), and the options of a run continued from a checkpoint
 
 
 def fail(message: str) -> None:
@@ -101,111 +96,10 @@ def log(message: str = "") -> None:
 
 def continued(meta: dict, argv: list[str], given: set[str], verb: str, path: Path) -> argparse.Namespace:
     """The options of the run a checkpoint holds, overridden by those given now, each change said."""
-    try:
-        args, notes = with_remembered_options(meta, argv, given, verb, path)
-    except OptionError as exc:
-        fail(str(exc))
+    args, notes = with_remembered_options(meta, argv, given, verb, path)
     for note in notes:
         log(note)
     return args
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Data and model
-
-
-def load_data(args: argparse.Namespace) -> Dataset:
-    """The data set, with the validation split and limits applied. In a data-parallel run every rank loads it
-    (from the same folder, or a copy at the same path on each machine); rank 0 first, alone, in case CIFAR-10 is
-    to be downloaded or extracted."""
-    comm = distributed.world()
-    if not comm.is_root:
-        comm.barrier()
-    try:
-        folder = find_data(args.data_dir, download=False if args.no_download else (True if args.download else None),
-                           url=args.data_url, md5=args.data_md5, progress=not args.no_progress and comm.is_root)
-    except DataError as exc:
-        if getattr(args, "data_dir_from", None) is None:
-            raise
-        raise DataError(f"{exc} (--data-dir {args.data_dir} is the one remembered by {args.data_dir_from}; give "
-                        f"--data-dir to use another folder)") from exc
-    data = load_folder(folder)
-    if comm.is_root:
-        comm.barrier()
-    h, w, c = data.image_shape
-    log(f"data: {folder} ({len(data.train_labels)} training and {len(data.test_labels)} test images, {h}x{w}x{c}, "
-        f"{data.num_classes} classes)")
-    if args.validation:
-        if args.validation >= len(data.train_labels):
-            fail(f"--validation {args.validation} holds out every training image (there are "
-                 f"{len(data.train_labels)}); hold out fewer")
-        data = data.split_validation(args.validation, seed=args.seed)
-    # a seeded subset with every class in proportion (the first N of data sorted by class would be a few classes)
-    return data.limited(args.limit_train, args.limit_test, seed=args.seed)
-
-
-def build_model(args: argparse.Namespace, data: Dataset) -> Model:
-    """A new model of --config for the data (at --image-size when given), or one started from --init's weights."""
-    h, w, c = data.image_shape
-    if args.image_size:
-        h = w = args.image_size
-    if args.init:
-        try:
-            model, notes = load_for_finetuning(args.init, data.num_classes, (h, w), args.dtype, args.seed,
-                                               keep_head=args.keep_head, architecture=ARCHITECTURES[args.model])
-        except FamilyError as exc:
-            other = next(name for name, arch in ARCHITECTURES.items() if arch == exc.held)
-            fail(f"--init {args.init}: {exc}; to fine-tune it, add --model {other}")
-        except PretrainedError as exc:
-            fail(f"--init {args.init}: {exc}")
-        for note in notes:
-            log(f"note: --init {args.init}: {note}" + (" (--keep-head)" if "head kept" in note else
-                                                      " (--keep-head keeps a matching one)" if "new zero" in note
-                                                      else ""))
-        if model.in_channels != c:
-            fail(f"--init {args.init} takes images of {model.in_channels} channels, the data has {c}")
-        if args.model == "mixer":
-            model.dropout, model.stochastic_depth = args.dropout, args.stochastic_depth  # this run's
-        return model
-    if args.model == "cnn":
-        return tm.ResNet.from_name(args.config, num_classes=data.num_classes, image_size=(h, w), in_channels=c,
-                                   seed=args.seed, dtype=args.dtype)
-    patch = args.patch_size
-    if patch == "auto":
-        size_patch = tm.SIZES[args.config].patch_size
-        patch = tm.auto_patch_size(size_patch, (h, w))
-        if patch != size_patch:
-            log(f"note: patch size {patch}: {args.config}'s {size_patch} would leave "
-                  f"{(h // size_patch) * (w // size_patch) if h % size_patch == w % size_patch == 0 else 'no whole'}"
-                  f" tokens on {h}x{w} images (--patch-size sets it)")
-    try:
-        return tm.MlpMixer.from_name(args.config, num_classes=data.num_classes, image_size=(h, w), in_channels=c,
-                                     seed=args.seed, dtype=args.dtype, patch_size=patch, dropout=args.dropout,
-                                     stochastic_depth=args.stochastic_depth)
-    except ValueError as exc:
-        fail(f"--patch-size {patch}: {exc}")
-
-
-def check_fits(model: Model, data: Dataset, what: str, resized: bool = False) -> None:
-    """The data must be what the model takes (or, ``resized`` to the model's resolution on the fly, its channels
-    and classes must be)."""
-    h, w = model.image_size
-    hd, wd, cd = data.image_shape
-    if (hd, wd, cd) != (h, w, model.in_channels) and not (resized and cd == model.in_channels) \
-            or data.num_classes != model.num_classes:
-        fail(f"{what} takes {h}x{w}x{model.in_channels} images of {model.num_classes} classes, but the data has "
-             f"{hd}x{wd}x{cd} images of {data.num_classes} classes: is --data-dir the data it was trained on?")
-
-
-def make_optimizer(args: argparse.Namespace, model: Model) -> tm.SGD | tm.Adam:
-    """The optimiser of --optimizer. Weight decay, when asked for, goes to the kernels alone (the official code's
-    mask: no bias, no LayerNorm parameter decays)."""
-    mask = tm.decay_mask(model.params)
-    if args.optimizer == "sgd":
-        return tm.SGD(momentum=args.momentum, weight_decay=args.weight_decay, decay_mask=mask)
-    if args.optimizer == "adamw":
-        return tm.AdamW(weight_decay=args.weight_decay, decay_mask=mask)
-    return tm.Adam(l2=args.weight_decay, decay_mask=mask)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -218,7 +112,7 @@ def evaluate_only(args: argparse.Namespace, argv: list[str], given: set[str]) ->
     model, meta, _ = load_model_on_root(args.evaluate)
     if meta.get("options") or meta.get("args"):
         args = continued(meta, argv, given, "evaluated", args.evaluate)
-    data = load_data(args)
+    data = load_data(args, log)
     check_fits(model, data, f"the model in {args.evaluate}", resized=bool(args.image_size))
     split = "validation" if args.validation else "test"
     result = evaluate(model, data.test_images, data.test_labels, args.batch_size, comm=distributed.world(),
@@ -237,8 +131,14 @@ def evaluate_only(args: argparse.Namespace, argv: list[str], given: set[str]) ->
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return train(list(sys.argv[1:] if argv is None else argv))
+    except OptionError as exc:  # a problem with the options found after parsing: one line, exit code 2
+        fail(str(exc))
+
+
+def train(argv: list[str]) -> int:
     started = time.perf_counter()  # --time-budget counts from here
-    argv = list(sys.argv[1:] if argv is None else argv)
     args, given = parse_args(argv)
     comm = distributed.init()  # one process, or one rank of `mpiexec -n N` (then rank 0 alone speaks and writes)
     if comm.size > 1 and args.backend != "numpy":
@@ -275,17 +175,14 @@ def main(argv: list[str] | None = None) -> int:
                      f"--resume --out {out}, choose another --out, or pass --overwrite to replace it")
 
         on_root(refuse_to_replace_a_run)
-    try:
-        check_model_options(args)  # --config auto becomes the family's size; the other family's options refused
-    except OptionError as exc:
-        fail(str(exc))
-    data = load_data(args)
+    check_model_options(args)  # --config auto becomes the family's size; the other family's options refused
+    data = load_data(args, log)
     split = "validation" if args.validation else "test"  # what the evaluation set is, named so everywhere
 
     if resumed:
         check_fits(model, data, f"the run in {path}", resized=bool(args.image_size))
     else:
-        model = build_model(args, data)
+        model = build_model(args, data, log)
         comm.broadcast_(model.params)  # the same start on every rank (the seed gives it already: made certain)
     h, w = model.image_size  # the images the model takes (the data's, or --image-size's: resized on the fly)
     resize = (h, w) != data.image_shape[:2]
@@ -295,47 +192,19 @@ def main(argv: list[str] | None = None) -> int:
                                 args.random_erasing, args.mixup, args.cutmix)
     optimizer = make_optimizer(args, model)
     ema = ExponentialMovingAverage(args.ema) if args.ema else None  # an average of the weights, evaluated beside
-    if comm.size > args.batch_size:
-        fail(f"--batch-size {args.batch_size} is smaller than the {comm.size} processes; each needs at least one "
-             f"image of every batch")
-    rows = distributed.shard_of(args.batch_size, comm)  # this rank's rows of every global batch
-    if args.accumulate > rows.stop - rows.start:
-        fail(f"--accumulate {args.accumulate} parts of {rows.stop - rows.start} images (each process's share of a "
-             f"batch of {args.batch_size}): each part needs at least one image; lower --accumulate")
+    rows, steps_per_epoch = batch_layout(args, comm, len(data.train_labels))  # this rank's rows of every batch
     shards = len(batch_shards(rows.stop - rows.start, model.xp))  # how a step spreads over the cores (chunks.py)
-    steps_per_epoch = len(data.train_labels) // args.batch_size
-    if steps_per_epoch == 0:
-        fail(f"{len(data.train_labels)} training images is less than one batch of {args.batch_size}; lower "
-             f"--batch-size")
+    budget_epochs = None
     if args.time_budget:
         if resumed:
             fail("--time-budget sets the length of a new run; a resumed run keeps its schedule (give --epochs to "
                  "change it)")
-        args.epochs, said = epochs_in_budget(args.time_budget, started, model, make_optimizer(args, model), data,
-                                             args.batch_size, rows, (h, w), steps_per_epoch,
-                                             {"clip": args.clip, "accumulate": args.accumulate,
-                                              "head_only": args.head_only})
+        budget_epochs, said = epochs_in_budget(args.time_budget, started, model, make_optimizer(args, model), data,
+                                               args.batch_size, rows, (h, w), steps_per_epoch,
+                                               {"clip": args.clip, "accumulate": args.accumulate,
+                                                "head_only": args.head_only})
         log(said)
-        recipe = RECIPES[args.recipe]
-        if "warmup" not in given and "warmup" in recipe and recipe.get("epochs") and not args.warmup.endswith("%"):
-            # the recipe's warm-up in epochs or steps was sized for its own length of run: keep its share of it
-            planned = recipe["epochs"] * steps_per_epoch
-            share = tm.warmup_steps(args.warmup, planned, steps_per_epoch) / planned
-            log(f"note: --recipe {args.recipe}'s warm-up of {args.warmup} is {100 * share:.3g}% of its "
-                f"{recipe['epochs']} epochs; the time budget's {args.epochs} epoch(s) keep that share (--warmup sets "
-                f"it)")
-            args.warmup = f"{100 * share:.6g}%"
-    total_steps = args.epochs * steps_per_epoch
-    try:
-        warmup = tm.warmup_steps(args.warmup, total_steps, steps_per_epoch)
-    except ValueError as exc:
-        source = (f" (the warm-up of --recipe {args.recipe}; give --warmup to override it, e.g. --warmup 5%)"
-                  if "warmup" not in given and "warmup" in RECIPES[args.recipe] else "")
-        fail(f"--warmup: {exc}{source}")
-    if warmup and warmup >= total_steps and total_steps > 1:
-        source = f"--recipe {args.recipe}'s" if "warmup" not in given and "warmup" in RECIPES[args.recipe] else "the"
-        fail(f"--warmup: {source} warm-up of {args.warmup} is the whole run ({total_steps} steps): the learning "
-             f"rate would only rise; give a shorter --warmup (e.g. 5%) or more --epochs")
+    total_steps, warmup = plan_schedule(args, given, steps_per_epoch, budget_epochs, log)
 
     def lr_at(step: int) -> float:
         return tm.schedule(args.schedule, step, args.lr, total_steps, warmup, args.end_lr)

@@ -8,6 +8,7 @@ checker is shown to fail on a tree with an upward import planted in it, and on a
     data                           data sets, images, permutations
     training                       optimisers, the step, checkpoints, augmentation, many processes
     transfer                       pretrained models, few-shot, conversion
+    runs                           a training run as a program runs it: options, set-up, state and resume
     tinymixer                      the facade (`import tinymixer as tm`): the everyday names of the layers below
     tools                          the programs (benchmarks, self-check, GPU check), which may use the facade
     tinymixer.__main__             `python -m tinymixer` (the self-check)
@@ -23,7 +24,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "tinymixer"
 
 LAYERS = [("util", "backend", "_blas_threads"), ("chunks", "flat"), ("nn",), ("data",), ("training",),
-          ("transfer",), ("",), ("tools",), ("__main__",)]
+          ("transfer",), ("runs",), ("",), ("tools",), ("__main__",)]
 
 
 def module_name(path: Path, root: Path, package: str) -> str:

@@ -16,7 +16,7 @@ from ..nn.architectures import MIN_TOKENS, MODEL_NAMES
 from ..nn.cnn import CNN_SIZES
 from ..nn.mixer import SIZES
 from ..util.cli import Parser, add_backend_option, duration, number
-from .optim import SCHEDULES, warmup_steps
+from ..training.optim import SCHEDULES, warmup_steps
 
 
 class OptionError(ValueError):

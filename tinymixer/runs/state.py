@@ -28,11 +28,11 @@ from ..nn.architectures import model_from_config
 from ..nn.blocks import masks_rows
 from ..util.files import atomic_open
 from ..util.plots import plot_learning_curves
-from . import distributed
-from .checkpoint import config_from_params, load_checkpoint, load_params_into, save_checkpoint
-from .evaluate import evaluate
-from .optim import schedule
-from .train import train_step
+from ..training import distributed
+from ..training.checkpoint import config_from_params, load_checkpoint, load_params_into, save_checkpoint
+from ..training.evaluate import evaluate
+from ..training.optim import schedule
+from ..training.train import train_step
 
 
 def running_totals() -> dict[str, float]:
