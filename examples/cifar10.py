@@ -36,39 +36,14 @@ from tqdm import tqdm
 
 from tinymixer.backend import use_device
 from tinymixer.chunks import batch_shards
-from tinymixer.data import (
-    DataError,
-)
-from tinymixer.data.pipeline import Augmentation, training_batch
+from tinymixer.data import DataError
+from tinymixer.data.pipeline import training_batch
 from tinymixer.nn.blocks import masks_rows
-from tinymixer.runs.options import (
-    OptionError,
-    check_model_options,
-    parse_args,
-    remembered,
-    with_remembered_options,
-)
-from tinymixer.runs.setup import batch_layout, build_model, check_fits, load_data, make_optimizer, plan_schedule
-from tinymixer.runs.state import (
-    epoch_record,
-    epochs_in_budget,
-    load_model_on_root,
-    new_state,
-    on_root,
-    refit_schedule,
-    resumed_state,
-    running_totals,
-    share_optimizer_state,
-    update_best,
-    write_metrics,
-)
+from tinymixer.runs import options, setup, state
+from tinymixer.runs.options import OptionError
 from tinymixer.training import distributed
 from tinymixer.training.averaging import ExponentialMovingAverage
-from tinymixer.training.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    save_checkpoint,
-)
+from tinymixer.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from tinymixer.training.evaluate import confusion_matrix, evaluate, format_confusion_matrix
 from tinymixer.training.train import train_step
 from tinymixer.util.plots import plot_confusion_matrix, plot_learning_curves
@@ -96,7 +71,7 @@ def log(message: str = "") -> None:
 
 def continued(meta: dict, argv: list[str], given: set[str], verb: str, path: Path) -> argparse.Namespace:
     """The options of the run a checkpoint holds, overridden by those given now, each change said."""
-    args, notes = with_remembered_options(meta, argv, given, verb, path)
+    args, notes = options.with_remembered_options(meta, argv, given, verb, path)
     for note in notes:
         log(note)
     return args
@@ -109,11 +84,11 @@ def continued(meta: dict, argv: list[str], given: set[str], verb: str, path: Pat
 def evaluate_only(args: argparse.Namespace, argv: list[str], given: set[str]) -> int:
     """--evaluate: rebuild the model from the checkpoint, report accuracy and the confusion matrix. The data's
     location comes from the checkpoint unless given; the test set is used unless --validation N is given."""
-    model, meta, _ = load_model_on_root(args.evaluate)
+    model, meta, _ = state.load_model_on_root(args.evaluate)
     if meta.get("options") or meta.get("args"):
         args = continued(meta, argv, given, "evaluated", args.evaluate)
-    data = load_data(args, log)
-    check_fits(model, data, f"the model in {args.evaluate}", resized=bool(args.image_size))
+    data = setup.load_data(args, log)
+    setup.check_fits(model, data, f"the model in {args.evaluate}", resized=bool(args.image_size))
     split = "validation" if args.validation else "test"
     result = evaluate(model, data.test_images, data.test_labels, args.batch_size, comm=distributed.world(),
                       resize=tuple(model.image_size) != data.image_shape[:2])
@@ -139,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def train(argv: list[str]) -> int:
     started = time.perf_counter()  # --time-budget counts from here
-    args, given = parse_args(argv)
+    args, given = options.parse_args(argv)
     comm = distributed.init()  # one process, or one rank of `mpiexec -n N` (then rank 0 alone speaks and writes)
     if comm.size > 1 and args.backend != "numpy":
         use_device(comm.local_rank)  # one GPU per process, before anything is allocated on one
@@ -158,10 +133,10 @@ def train(argv: list[str]) -> int:
     resumed = None
     if args.resume:
         path = checkpoint_path if args.resume == "auto" else Path(args.resume)
-        if args.resume == "auto" and not on_root(path.exists):
+        if args.resume == "auto" and not state.on_root(path.exists):
             fail(f"--resume: {out} holds no run ({path} does not exist); start one without --resume, or give "
                  f"--out the run's folder")
-        model, meta, momentum = load_model_on_root(path)
+        model, meta, momentum = state.load_model_on_root(path)
         if "state" not in meta:
             fail(f"--resume: {path} holds weights but no training state (best.npz is the best epoch's weights "
                  f"only); resume from the run's checkpoint.npz, or evaluate it with --evaluate")
@@ -174,94 +149,60 @@ def train(argv: list[str]) -> int:
                 fail(f"{out} already holds a run (checkpoint.npz, {epoch} epoch(s) trained). Continue it with "
                      f"--resume --out {out}, choose another --out, or pass --overwrite to replace it")
 
-        on_root(refuse_to_replace_a_run)
-    check_model_options(args)  # --config auto becomes the family's size; the other family's options refused
-    data = load_data(args, log)
+        state.on_root(refuse_to_replace_a_run)
+    options.check_model_options(args)  # --config auto becomes the family's size; the other family's options refused
+    data = setup.load_data(args, log)
     split = "validation" if args.validation else "test"  # what the evaluation set is, named so everywhere
 
     if resumed:
-        check_fits(model, data, f"the run in {path}", resized=bool(args.image_size))
+        setup.check_fits(model, data, f"the run in {path}", resized=bool(args.image_size))
     else:
-        model = build_model(args, data, log)
+        model = setup.build_model(args, data, log)
         comm.broadcast_(model.params)  # the same start on every rank (the seed gives it already: made certain)
     h, w = model.image_size  # the images the model takes (the data's, or --image-size's: resized on the fly)
     resize = (h, w) != data.image_shape[:2]
-    crop = round(min(h, w) / 8) if args.crop_padding == "auto" else args.crop_padding
-    num_ops, magnitude = (float(v) for v in args.randaugment.split(",")) if args.randaugment else (0.0, 0.0)
-    augmentation = Augmentation(crop, args.flip, (int(num_ops), magnitude) if args.randaugment else None,
-                                args.random_erasing, args.mixup, args.cutmix)
-    optimizer = make_optimizer(args, model)
+    augment = setup.augmentation(args, (h, w))  # crop and flip, RandAugment, erasing, mixup or CutMix
+    optimizer = setup.make_optimizer(args, model)
     ema = ExponentialMovingAverage(args.ema) if args.ema else None  # an average of the weights, evaluated beside
-    rows, steps_per_epoch = batch_layout(args, comm, len(data.train_labels))  # this rank's rows of every batch
+    rows, steps_per_epoch = setup.batch_layout(args, comm, len(data.train_labels))  # this rank's rows of every batch
     shards = len(batch_shards(rows.stop - rows.start, model.xp))  # how a step spreads over the cores (chunks.py)
     budget_epochs = None
     if args.time_budget:
         if resumed:
             fail("--time-budget sets the length of a new run; a resumed run keeps its schedule (give --epochs to "
                  "change it)")
-        budget_epochs, said = epochs_in_budget(args.time_budget, started, model, make_optimizer(args, model), data,
-                                               args.batch_size, rows, (h, w), steps_per_epoch,
-                                               {"clip": args.clip, "accumulate": args.accumulate,
-                                                "head_only": args.head_only})
+        budget_epochs, said = state.epochs_in_budget(
+            args.time_budget, started, model, setup.make_optimizer(args, model), data, args.batch_size, rows, (h, w),
+            steps_per_epoch, {"clip": args.clip, "accumulate": args.accumulate, "head_only": args.head_only})
         log(said)
-    total_steps, warmup = plan_schedule(args, given, steps_per_epoch, budget_epochs, log)
+    total_steps, warmup = setup.plan_schedule(args, given, steps_per_epoch, budget_epochs, log)
 
     def lr_at(step: int) -> float:
         return tm.schedule(args.schedule, step, args.lr, total_steps, warmup, args.end_lr)
 
-    state = new_state()
+    progress = state.new_state()  # where the run is: epoch, step, history, best (tinymixer/runs/state.py)
     if resumed:
-        held = share_optimizer_state(momentum)  # read by rank 0, on every rank
-        optimizer.state = {k: model.xp.asarray(v) for k, v in held.items() if not k.startswith("ema/")}
-        if ema is not None:
-            ema.state = {k[4:]: (v if k == "ema/step" else model.xp.asarray(v)) for k, v in held.items()
-                         if k.startswith("ema/")}
-        state = resumed_state(meta["state"], split)
-        if state["epoch"] > args.epochs:
-            fail(f"the run being resumed has trained {state['epoch']} epochs already; --epochs {args.epochs} is "
-                 f"fewer (give at least {state['epoch']})")
-        # The schedule counts steps; if the batch size, the data or the number of epochs changed, the run continues
-        # at the same place in its epoch (the same images seen) on the schedule fitted to the new run.
-        now = {"batch_size": args.batch_size, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
-               "warmup_steps": warmup}
-        global_step, was = refit_schedule(state, meta.get("schedule", {}), now)
-        if was is not None:
-            log(f"note: the schedule is re-fitted to the options now: {args.epochs} epochs of {steps_per_epoch} "
-                f"steps ({total_steps} steps, {warmup} of warm-up); continuing at step {global_step}, learning rate "
-                f"{lr_at(global_step):.4g}" + (f" (it was {was:.4g})" if was == was else ""))
-        state["global_step"] = global_step
-        log(f"resumed from {path}: epoch {state['epoch'] + 1}, step {state['global_step']}")
-        layout = (meta.get("processes", 1), meta.get("shards", shards))
-        if layout != (comm.size, shards):
-            log(f"note: the run being resumed ran as {layout[0]} process(es) with the batch in {layout[1]} shard(s) "
-                f"each, and now as {comm.size} with {shards}: the weights will differ from an uninterrupted run in "
-                f"the last bits")
-    shape = (f"patch {model.patch_size} ({model.num_tokens} tokens)" if args.model == "mixer" else
-             f"widths {'/'.join(map(str, model.widths))}, blocks {'/'.join(map(str, model.depths))}")
-    log(f"{'MLP-Mixer' if args.model == 'mixer' else 'CNN (ResNet)'} {args.config}: {model.num_params():,} parameters, "
-        f"{shape}, {model.flops_per_image() / 1e6:.1f} MFLOPs per image (forward); {len(data.train_labels)} "
-        f"training and {len(data.test_labels)} {split} images; {args.epochs} epochs of {steps_per_epoch} steps, "
-        f"warm-up {warmup} steps, crop padding {crop}, flip {'on' if args.flip else 'off'}; backend "
-        f"{tm.backend_name()}, {args.dtype}, batch in {shards} shard(s) (one per thread; TINYMIXER_THREADS sets it)"
-        + (f"; {comm.name}, {rows.stop - rows.start} images of each batch on each" if comm.size > 1 else ""))
+        try:
+            progress = state.continued_state(meta, momentum, model, optimizer, ema, split, args.epochs,
+                                    {"batch_size": args.batch_size, "steps_per_epoch": steps_per_epoch,
+                                     "total_steps": total_steps, "warmup_steps": warmup}, lr_at, (comm.size, shards),
+                                    log)
+        except ValueError as exc:
+            fail(str(exc))
+        log(f"resumed from {path}: epoch {progress['epoch'] + 1}, step {progress['global_step']}")
+    for line in setup.describe(args, model, data, split, steps_per_epoch, warmup, augment.crop_padding,
+                               tm.backend_name(), shards, comm, rows):
+        log(line)
     if split == "test" and not resumed:
         log("note: best.npz is picked by test accuracy, which makes the test set part of model selection; hold "
             "out a validation split (--validation N) for an honest choice")
 
-    def applies(name: str) -> bool:  # options that do nothing in this run are left out of the settings line
-        if name in ("data_url", "data_md5"):  # only where CIFAR-10 may be downloaded
-            return args.data_dir is None or args.download
-        return name != "momentum" or args.optimizer == "sgd"
-
-    log("settings: " + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in remembered(args).items()
-                                 if v not in (None, False) and applies(k)))
-
     def save(reason: str) -> None:
-        options = remembered(args)
+        remembered = options.remembered(args)
         schedule = {"batch_size": args.batch_size, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
                     "warmup_steps": warmup, "lr": args.lr, "name": args.schedule, "end_lr": args.end_lr}
-        meta = {"model": model.config(), "state": state, "options": options, "schedule": schedule, "shards": shards,
-                "processes": comm.size, "class_names": data.class_names}
+        meta = {"model": model.config(), "state": progress, "options": remembered, "schedule": schedule,
+                "shards": shards, "processes": comm.size, "class_names": data.class_names}
         if comm.is_root:  # every rank holds the same weights and state: rank 0 writes them
             averages = {f"ema/{k}": v for k, v in ema.state.items()} if ema is not None else {}
             save_checkpoint(checkpoint_path, model.params, optimizer.state | averages, meta)
@@ -278,17 +219,17 @@ def train(argv: list[str]) -> int:
     result = None  # the last evaluation
     try:
         # --- the training loop ---------------------------------------------------------------------------------
-        for epoch in range(state["epoch"], args.epochs):
+        for epoch in range(progress["epoch"], args.epochs):
             # The shuffle of an epoch and the augmentation of a step come from generators seeded by (seed, epoch,
             # step): a run resumed at any step sees exactly the batches the uninterrupted run saw.
             order = np.random.default_rng([args.seed, epoch]).permutation(len(data.train_labels))
-            run = state["running"]
-            bar = tqdm(range(state["step_in_epoch"], steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}",
-                       initial=state["step_in_epoch"], total=steps_per_epoch,
+            run = progress["running"]
+            bar = tqdm(range(progress["step_in_epoch"], steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}",
+                       initial=progress["step_in_epoch"], total=steps_per_epoch,
                        disable=True if args.no_progress or not comm.is_root else None,  # None: off when piped
                        dynamic_ncols=True, leave=False)
             loss_sum, correct_sum = model.xp.zeros((), np.float64), model.xp.zeros((), np.int64)  # on the device
-            lr = lr_at(state["global_step"])
+            lr = lr_at(progress["global_step"])
             mark = time.perf_counter()  # the training time is counted from here to each read of the loss (a sync)
             for step in bar:
                 t0 = time.perf_counter()
@@ -297,12 +238,12 @@ def train(argv: list[str]) -> int:
                 # The random crops, flips, RandAugment operations, erased boxes and mixup or CutMix partners are
                 # drawn for the whole batch; this process makes only its rows (all of them in a one-process run),
                 # so N processes see the one-process batch (tinymixer/data/pipeline.py).
-                images, labels, mix = training_batch(data.train_images, data.train_labels, index, rng, augmentation,
-                                                     (h, w), model.dtype, rows)
+                images, labels, mix = training_batch(data.train_images, data.train_labels, index, rng, augment, (h, w),
+                                                     model.dtype, rows)
                 t1 = time.perf_counter()
 
                 masks = masks_rows(model.draw_masks(rng, len(index)), rows)  # dropout, stochastic depth (or None)
-                lr = lr_at(state["global_step"])
+                lr = lr_at(progress["global_step"])
                 # forward -> loss -> backward -> (all-reduce) -> clip -> SGD update (tinymixer/training/train.py)
                 loss, logits = train_step(model, optimizer, images, labels, lr, args.clip, args.label_smoothing, mix,
                                           comm=comm, global_batch=len(index), accumulate=args.accumulate,
@@ -312,8 +253,8 @@ def train(argv: list[str]) -> int:
                     ema.update(model.params)
                 loss_sum += loss
                 correct_sum += (logits.argmax(axis=1) == model.xp.asarray(labels)).sum()
-                state["global_step"] += 1
-                state["step_in_epoch"] = step + 1
+                progress["global_step"] += 1
+                progress["step_in_epoch"] = step + 1
                 run["seen"] += len(index)
                 run["data_seconds"] += t1 - t0
                 if comm.size > 1:  # a Ctrl-C may reach some ranks only: all stop at the same step
@@ -327,7 +268,7 @@ def train(argv: list[str]) -> int:
                     now = time.perf_counter()  # after the reads: the device has done these steps (img/s is true)
                     run["seconds"], mark = run["seconds"] + now - mark, now
                     if not math.isfinite(run["loss"]):
-                        log(f"\nerror: the loss became {run['loss']} at step {state['global_step']} (epoch "
+                        log(f"\nerror: the loss became {run['loss']} at step {progress['global_step']} (epoch "
                               f"{epoch + 1}); stopping without saving this state. The last good checkpoint is "
                               f"{checkpoint_path if checkpoint_path.exists() else 'none'}. Try a lower --lr.")
                         return 3
@@ -337,14 +278,14 @@ def train(argv: list[str]) -> int:
                 if interrupted:
                     bar.close()
                     save("interrupted")
-                    log(f"interrupted: saved at epoch {epoch + 1}, step {state['global_step']}. Continue with "
+                    log(f"interrupted: saved at epoch {epoch + 1}, step {progress['global_step']}. Continue with "
                           f"--resume --out {out}")
                     return 130
             bar.close()
 
             # --- end of an epoch: evaluate, record, checkpoint (the last and the best), plot ------------------------
             result = evaluate(model, data.test_images, data.test_labels, args.batch_size, comm=comm, resize=resize)
-            record = epoch_record(epoch + 1, run, result, split, lr, state["global_step"], args.batch_size)
+            record = state.epoch_record(epoch + 1, run, result, split, lr, progress["global_step"], args.batch_size)
             candidates = [("weights", result)]
             if ema is not None:  # the average of the weights, evaluated beside them; the better one may be the best
                 with ema.swapped_into(model):
@@ -352,28 +293,22 @@ def train(argv: list[str]) -> int:
                                         resize=resize)
                 record.update({f"ema_{split}_loss": averaged["loss"], f"ema_{split}_accuracy": averaged["accuracy"]})
                 candidates.append(("ema", averaged))
-            state["history"].append(record)
-            state.update(epoch=epoch + 1, step_in_epoch=0, running=running_totals())
-            which, is_best = update_best(state, candidates, epoch + 1, split)
-            log(f"epoch {epoch + 1:3d}  train loss {record['train_loss']:.4f} acc "
-                f"{100 * record['train_accuracy']:5.2f}%  |  {split} loss {result['loss']:.4f} acc "
-                f"{100 * result['accuracy']:5.2f}%"
-                + (f", ema {100 * record[f'ema_{split}_accuracy']:5.2f}%" if ema is not None else "")
-                + f"{' (best)' if is_best else ''}  |  lr {lr:.4g}  |  "
-                f"{record['wall_time']:.0f}s, {record['images_per_sec']:.0f} img/s, data "
-                f"{100 * record['data_time_fraction']:.1f}%")
+            progress["history"].append(record)
+            progress.update(epoch=epoch + 1, step_in_epoch=0, running=state.running_totals())
+            which, is_best = state.update_best(progress, candidates, epoch + 1, split)
+            log(state.epoch_line(record, split, is_best, ema is not None))
             if is_best and comm.is_root:  # the weights alone (no optimiser state): for --evaluate and load_model
                 with ema.swapped_into(model) if which == "ema" else contextlib.nullcontext():
-                    save_checkpoint(best_path, model.params, None, {"model": model.config(), "best": state["best"],
-                                                                    "options": remembered(args),
+                    save_checkpoint(best_path, model.params, None, {"model": model.config(), "best": progress["best"],
+                                                                    "options": options.remembered(args),
                                                                     "class_names": data.class_names})
             save(f"epoch {epoch + 1}")
             if comm.is_root:
-                write_metrics(out, state["history"], {
+                state.write_metrics(out, progress["history"], {
                     "config": args.config, "model": model.config(), "num_params": model.num_params(),
                     "processes": comm.size, "evaluated_on": split, f"{split}_accuracy": result["accuracy"],
-                    "best": state["best"], "options": remembered(args)})
-                plot_learning_curves(state["history"], out / "learning_curves.png", split=split)
+                    "best": progress["best"], "options": options.remembered(args)})
+                plot_learning_curves(progress["history"], out / "learning_curves.png", split=split)
             if args.stop_after_epoch and epoch + 1 >= args.stop_after_epoch and epoch + 1 < args.epochs:
                 log(f"stopped after epoch {epoch + 1} as asked; continue with --resume --out {out}")
                 return 0
@@ -387,7 +322,7 @@ def train(argv: list[str]) -> int:
     counts = confusion_matrix(data.test_labels, result["predictions"], data.num_classes)
     print(format_confusion_matrix(counts, data.class_names))
     plot_confusion_matrix(counts, data.class_names, out / "confusion_matrix.png", title=f"{split} set")
-    best = state["best"]
+    best = progress["best"]
     best_text = f" (best {100 * best['accuracy']:.2f}% at epoch {best['epoch']}, in best.npz)" if best else ""
     print(f"final {split} accuracy {100 * result['accuracy']:.2f}%{best_text}; checkpoint, metrics and plots in {out}")
     return 0

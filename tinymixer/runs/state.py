@@ -213,3 +213,46 @@ def epochs_in_budget(budget: float, started: float, model: Any, optimizer: Any, 
             f"evaluation: {epochs} epoch(s) in the {max(left, 0):.3g} s left"
             + (" (one epoch takes longer than the budget: --limit-train shortens it)" if epoch > left else ""))
     return epochs, said
+
+
+def continued_state(meta: dict[str, Any], held: dict[str, np.ndarray], model: Any, optimizer: Any, ema: Any,
+                    split: str, epochs: int, now: dict[str, int], lr_at: Callable[[int], float], layout: tuple[int, int],
+                    say: Callable[[str], None] = print) -> dict[str, Any]:
+    """The state of a run resumed from a checkpoint's ``meta`` and ``held`` optimiser state (rank 0's; shared with
+    every rank here): the optimiser and the weights' average restored, the schedule re-fitted when the options
+    changed (``now``: batch_size, steps_per_epoch, total_steps, warmup_steps; ``lr_at``: the new schedule), and
+    the notes said. ``layout``: (processes, shards) now. Raises ValueError when ``epochs`` is fewer than done."""
+    held = share_optimizer_state(held)
+    optimizer.state = {k: model.xp.asarray(v) for k, v in held.items() if not k.startswith("ema/")}
+    if ema is not None:
+        ema.state = {k[4:]: (v if k == "ema/step" else model.xp.asarray(v)) for k, v in held.items()
+                     if k.startswith("ema/")}
+    state = resumed_state(meta["state"], split)
+    if state["epoch"] > epochs:
+        raise ValueError(f"the run being resumed has trained {state['epoch']} epochs already; --epochs {epochs} is "
+                         f"fewer (give at least {state['epoch']})")
+    # The schedule counts steps; if the batch size, the data or the number of epochs changed, the run continues at
+    # the same place in its epoch (the same images seen) on the schedule fitted to the new run.
+    global_step, was = refit_schedule(state, meta.get("schedule", {}), now)
+    if was is not None:
+        say(f"note: the schedule is re-fitted to the options now: {epochs} epochs of {now['steps_per_epoch']} steps "
+            f"({now['total_steps']} steps, {now['warmup_steps']} of warm-up); continuing at step {global_step}, "
+            f"learning rate {lr_at(global_step):.4g}" + (f" (it was {was:.4g})" if was == was else ""))
+    state["global_step"] = global_step
+    before = (meta.get("processes", 1), meta.get("shards", layout[1]))
+    if before != layout:
+        say(f"note: the run being resumed ran as {before[0]} process(es) with the batch in {before[1]} shard(s) "
+            f"each, and now as {layout[0]} with {layout[1]}: the weights will differ from an uninterrupted run in "
+            f"the last bits")
+    return state
+
+
+def epoch_line(record: dict[str, float], split: str, is_best: bool, with_ema: bool) -> str:
+    """The line a finished epoch prints."""
+    return (f"epoch {record['epoch']:3d}  train loss {record['train_loss']:.4f} acc "
+            f"{100 * record['train_accuracy']:5.2f}%  |  {split} loss {record[f'{split}_loss']:.4f} acc "
+            f"{100 * record[f'{split}_accuracy']:5.2f}%"
+            + (f", ema {100 * record[f'ema_{split}_accuracy']:5.2f}%" if with_ema else "")
+            + f"{' (best)' if is_best else ''}  |  lr {record['lr']:.4g}  |  "
+            f"{record['wall_time']:.0f}s, {record['images_per_sec']:.0f} img/s, data "
+            f"{100 * record['data_time_fraction']:.1f}%")
