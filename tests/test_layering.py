@@ -121,6 +121,14 @@ def test_no_modules_import_each_other_in_a_cycle():
     assert cycles(import_graph(PACKAGE)) == []
 
 
+def test_only_the_backend_imports_cupy():
+    importers = sorted({str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py")
+                        for node in ast.walk(ast.parse(path.read_text()))
+                        if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "cupy" for a in node.names)
+                        or isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "cupy"})
+    assert importers == ["backend.py"]
+
+
 def test_the_checker_finds_a_planted_upward_import_and_a_planted_cycle(tmp_path):
     root = tmp_path / "tinymixer"
     for folder in ("nn", "training", "util"):

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from ..nn.layers import patchify, unpatchify
+from ..nn.mixer import permuted_params
 
 
 @dataclass(frozen=True)
@@ -113,39 +114,12 @@ def is_permutation(order: np.ndarray) -> bool:
 
 def permute_mixer_params(params: dict[str, Any], permutation: PixelPermutation) -> dict[str, Any]:
     """A Mixer's parameters in the permuted coordinates of a patch + pixel ``permutation`` (module docstring): the
-    model with these weights gives on permuted images exactly the logits the original gives on the originals.
-
-    * ``stem/kernel`` (P, P, C_in, C): its P*P pixel rows reordered by ``pixel_order``;
-    * ``MixerBlock_i/token_mixing/Dense_0/kernel`` (S, D_S): rows (input tokens) by ``token_order``;
-    * ``MixerBlock_i/token_mixing/Dense_1/kernel`` (D_S, S) columns and ``.../Dense_1/bias`` (S,) (output tokens)
-      by ``token_order``;
-    * everything else as it is. Returns a new dict of new arrays (NumPy or CuPy, as given)."""
+    model with these weights gives on permuted images exactly the logits the original gives on the originals
+    (the weights' side of it: ``nn.mixer.permuted_params``). Returns a new dict of new arrays (NumPy or CuPy)."""
     if permutation.token_order is None or permutation.pixel_order is None:
         raise ValueError("only a patch + pixel permutation can be undone by a Mixer's weights (a global pixel "
                          "permutation breaks the patches)")
-    stem = params["stem/kernel"]
-    p, _, c_in, c = stem.shape
+    p = params["stem/kernel"].shape[0]
     if p != permutation.patch_size:
         raise ValueError(f"the permutation is for patches of {permutation.patch_size}, the model's are {p}")
-    xp_index = _index_like(stem)
-    token_order, pixel_order = xp_index(permutation.token_order), xp_index(permutation.pixel_order)
-    out = {name: value.copy() for name, value in params.items()}
-    out["stem/kernel"] = stem.reshape(p * p, c_in, c)[pixel_order].reshape(stem.shape)  # (P*P, C_in, C) rows
-    for name, value in params.items():
-        if name.endswith("token_mixing/Dense_0/kernel"):
-            out[name] = value[token_order]  # (S, D_S): rows are the input tokens
-        elif name.endswith("token_mixing/Dense_1/kernel"):
-            out[name] = value[:, token_order]  # (D_S, S): columns are the output tokens
-        elif name.endswith("token_mixing/Dense_1/bias"):
-            out[name] = value[token_order]  # (S,)
-    return out
-
-
-def _index_like(array: Any):
-    """Index arrays on the same device as ``array`` (CuPy arrays take CuPy indices)."""
-    module = type(array).__module__.split(".")[0]
-    if module == "cupy":
-        import cupy
-
-        return cupy.asarray
-    return np.asarray
+    return permuted_params(params, permutation.token_order, permutation.pixel_order)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..backend import array_module
 from .blocks import (
     BlockMasks,
     draw_block_masks,
@@ -333,3 +334,30 @@ class MlpMixer(Network):
 
     def _image_size_hint(self) -> str:
         return f" (its token-mixing weights are sized for {self.num_tokens} patches)"
+
+
+def permuted_params(params: dict[str, Array], token_order: Any, pixel_order: Any) -> dict[str, Array]:
+    """A Mixer's parameters in permuted coordinates: with the input's tokens reordered by ``token_order`` and the
+    pixels inside every patch by ``pixel_order`` (``data.permutations``), these weights give exactly the logits
+    the original weights give on the original images. Token mixing is the only layer that sees the token order,
+    the stem the only one that sees the pixel order inside a patch:
+
+    * ``stem/kernel`` (P, P, C_in, C): its P*P pixel rows reordered by ``pixel_order``;
+    * ``MixerBlock_i/token_mixing/Dense_0/kernel`` (S, D_S): rows (input tokens) by ``token_order``;
+    * ``MixerBlock_i/token_mixing/Dense_1/kernel`` (D_S, S) columns and ``.../Dense_1/bias`` (S,) (output tokens)
+      by ``token_order``;
+    * everything else as it is. Returns a new dict of new arrays (NumPy or CuPy, as given)."""
+    stem = params["stem/kernel"]
+    p, _, c_in, c = stem.shape
+    xp = array_module(stem)
+    token_order, pixel_order = xp.asarray(token_order), xp.asarray(pixel_order)  # indices on the weights' device
+    out = {name: value.copy() for name, value in params.items()}
+    out["stem/kernel"] = stem.reshape(p * p, c_in, c)[pixel_order].reshape(stem.shape)  # (P*P, C_in, C) rows
+    for name, value in params.items():
+        if name.endswith("token_mixing/Dense_0/kernel"):
+            out[name] = value[token_order]  # (S, D_S): rows are the input tokens
+        elif name.endswith("token_mixing/Dense_1/kernel"):
+            out[name] = value[:, token_order]  # (D_S, S): columns are the output tokens
+        elif name.endswith("token_mixing/Dense_1/bias"):
+            out[name] = value[token_order]  # (S,)
+    return out

@@ -663,8 +663,9 @@ def _check_args(p: Parser, args: argparse.Namespace) -> None:
 
 def _gpu_name() -> str:
     """The GPU's name and CUDA runtime, for the header line of a run on CuPy."""
-    import cupy
+    from ..backend import get_backend
 
+    cupy = get_backend()  # the module backend.py imported (the only one that imports CuPy)
     props = cupy.cuda.runtime.getDeviceProperties(0)
     name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
     return f"{name} (cuBLAS, CUDA runtime {cupy.cuda.runtime.runtimeGetVersion()})"

@@ -76,12 +76,10 @@ def cupy_info(install: bool, cuda: str) -> dict[str, Any]:
 
 def timings(quick: bool) -> dict[str, Any]:
     """Synchronised timings of training steps and inference batches, and the memory pool's size after them."""
-    import cupy
-
     import tinymixer as tm
     from tinymixer.training.train import train_step
 
-    tm.set_backend("cupy")
+    cupy = tm.set_backend("cupy")  # the module backend.py imported (the only one that imports CuPy)
     cases = [("tiny/4", 32, 128)] + ([] if quick else [("B/16", 224, 64)])
     rows = []
     for name, size, batch in cases:
