@@ -23,7 +23,7 @@ import tinymixer as tm  # before NumPy loads its BLAS: see tinymixer/_blas_threa
 import numpy as np
 
 from tinymixer.data import DataError, Dataset, find_data, load_folder, normalize
-from tinymixer.nn.architectures import make_model
+from tinymixer.nn.architectures import family, make_model
 from tinymixer.training.evaluate import evaluate
 from tinymixer.training.train import fit, train_step
 from tinymixer.util.cli import HelpWithDefaults, Parser, add_backend_option, number, positive_int
@@ -200,11 +200,6 @@ def stratified_subset(labels: np.ndarray, size: int, seed: int = 0) -> np.ndarra
 def subset(data: Dataset, rows: np.ndarray) -> Dataset:
     """The data set with only these training images."""
     return replace(data, train_images=data.train_images[rows], train_labels=data.train_labels[rows])
-
-
-def family(name: str) -> str:
-    """'CNN' for the ResNet baselines (cnn-*), 'Mixer' for every Mixer size."""
-    return "CNN" if name.startswith("cnn") else "Mixer"
 
 
 def build_model(name: str, data: Dataset, seed: int = 0, dtype: str = "float32") -> Any:

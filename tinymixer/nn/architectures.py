@@ -49,6 +49,8 @@ def model_from_config(config: dict[str, Any], **overrides: Any) -> Network:
     raise ValueError(f"unknown architecture {architecture!r} in a model configuration (known: mixer, resnet)")
 
 
-def family(model: Network) -> str:
-    """'Mixer' or 'CNN', for messages and reports."""
+def family(model: Network | str) -> str:
+    """'Mixer' or 'CNN', for messages and reports: of a network, or of a size's name (the CNN's are cnn-*)."""
+    if isinstance(model, str):
+        return "CNN" if model in CNN_SIZES else "Mixer"
     return "CNN" if isinstance(model, ResNet) else "Mixer"

@@ -34,7 +34,7 @@ from .layers import (
     stem_backward,
     stem_forward,
 )
-from .network import Network
+from .network import Network, count_params
 
 
 @dataclass(frozen=True)
@@ -94,10 +94,6 @@ def param_shapes(num_blocks: int, patch_size: int, hidden_dim: int, tokens_mlp_d
     shapes.update({"pre_head_layer_norm/scale": (c,), "pre_head_layer_norm/bias": (c,),
                    "head/kernel": (c, num_classes), "head/bias": (num_classes,)})
     return shapes
-
-
-def count_params(shapes: dict[str, tuple[int, ...]], include_head: bool = True) -> int:
-    return sum(math.prod(v) for k, v in shapes.items() if include_head or not k.startswith("head/"))
 
 
 def forward_flops(num_blocks: int, patch_size: int, hidden_dim: int, tokens_mlp_dim: int, channels_mlp_dim: int,

@@ -22,6 +22,13 @@ from ..flat import FlatArrays
 from .blocks import masks_rows
 from .layers import Array, dense_backward, dense_forward
 
+HEAD = ("head/kernel", "head/bias")  # every network's head: the last parameters, in this order
+
+
+def count_params(shapes: dict[str, tuple[int, ...]], include_head: bool = True) -> int:
+    """The number of parameters of these shapes (without the head's, if asked)."""
+    return sum(math.prod(v) for k, v in shapes.items() if include_head or k not in HEAD)
+
 
 class Network:
     """The shared machinery. A subclass sets ``dtype``, ``image_size``, ``in_channels``, ``num_classes``, calls
@@ -118,7 +125,7 @@ class Network:
         return self.param_shapes()["head/kernel"][0]
 
     def num_params(self, include_head: bool = True) -> int:
-        return sum(math.prod(v) for k, v in self.param_shapes().items() if include_head or not k.startswith("head/"))
+        return count_params(self.param_shapes(), include_head)
 
     # ------------------------------------------------------------------------------------------------------------
     # Forward and backward

@@ -14,10 +14,9 @@ import numpy as np
 from ..data.pipeline import Augmentation, training_batch
 from ..nn.blocks import masks_rows
 from ..nn.layers import dense_backward, dense_forward, softmax_cross_entropy
+from ..nn.network import HEAD
 from .evaluate import evaluate
 from .optim import SGD, clip_by_global_norm, warmup_cosine, warmup_steps
-
-HEAD = ("head/kernel", "head/bias")
 
 
 def train_step(model: Any, optimizer: SGD, images: Any, labels: np.ndarray, lr: float, clip: float = 1.0,

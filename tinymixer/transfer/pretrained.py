@@ -29,8 +29,6 @@ from typing import Any
 
 import numpy as np
 
-HEAD = ("head/kernel", "head/bias")
-
 
 class PretrainedError(ValueError):
     """A checkpoint cannot be adapted as asked; the message says why and what would work."""
