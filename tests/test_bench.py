@@ -11,6 +11,7 @@ from tinymixer import BLAS_THREADS_SLEEP_AT_ONCE
 from tinymixer.tools import bench
 
 
+@pytest.mark.slow
 def test_measure_checks_pytorch_computes_the_same_network():
     pytest.importorskip("torch")
     result = bench.measure("micro/4", batch_size=8, image_size=16, repeats=1, use_torch=True)
@@ -19,6 +20,7 @@ def test_measure_checks_pytorch_computes_the_same_network():
         assert result[key] > 0
 
 
+@pytest.mark.slow
 def test_command_line_end_to_end(tmp_path, capsys):
     out = tmp_path / "bench.json"
     args = ["--configs", "micro/4", "--threads", "1", "--repeats", "1", "--batch-size", "8", "--image-size", "16",
@@ -34,6 +36,7 @@ def test_command_line_end_to_end(tmp_path, capsys):
     assert all(f"{name}={value}" in table for name, value in settings.items())
 
 
+@pytest.mark.slow
 def test_the_cnn_is_timed_against_the_same_resnet_in_pytorch(tmp_path, capsys):
     pytest.importorskip("torch")
     result = bench.measure("cnn-micro", batch_size=8, image_size=16, repeats=1, use_torch=True)

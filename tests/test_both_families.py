@@ -49,6 +49,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 @pytest.mark.parametrize("kind", ["checkpoint.npz", "best.npz"])
+@pytest.mark.slow
 def test_predict_takes_both_families(runs, capsys, family, kind):
     checkpoint = runs[family] / kind
     assert predict.main([str(runs["image"]), "--checkpoint", str(checkpoint)]) == 0
@@ -82,6 +83,7 @@ def test_evaluate_takes_both_families(runs, capsys, family):
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.slow
 def test_init_fine_tunes_within_a_family_with_a_new_zero_head(runs, tmp_path, capsys, family):
     start = runs[family] / "best.npz"
     out = tmp_path / "tuned"
@@ -146,6 +148,7 @@ def test_piped_progress_bars_leave_no_residue(runs, tmp_path):
     assert "%|" not in result.stderr, result.stderr
 
 
+@pytest.mark.slow
 def test_evaluating_a_validation_run_on_the_test_set_says_nothing_misleading(runs, tmp_path, capsys):
     out = tmp_path / "val"
     assert cifar10.main(["--data-dir", str(runs["digits"]), "--validation", "100", "--out", str(out)] + QUICK) == 0

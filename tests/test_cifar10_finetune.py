@@ -35,6 +35,7 @@ def official(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_init_at_twice_the_resolution(tmp_path, digits, official, capsys):
     out = tmp_path / "run"
     assert cifar10.main(["--data-dir", str(digits), "--init", str(official), "--image-size", "16", "--epochs", "1",
@@ -55,6 +56,7 @@ def test_a_resolution_the_method_cannot_reach_is_a_clear_error(tmp_path, digits,
     assert stop.value.code == 2 and "Resolutions that work: 8x8, 16x16" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_accumulation_follows_the_whole_batch(tmp_path, digits):
     base = ["--data-dir", str(digits), "--epochs", "1", "--dtype", "float64", "--clip", "0"] + QUICK
     assert cifar10.main(base + ["--out", str(tmp_path / "whole")]) == 0

@@ -33,6 +33,7 @@ def run_script(*args: str, cwd: Path | None = None, env: dict | None = None) -> 
 # --- 1. own data: --data-dir takes the folder or its parent, says what it found, never downloads into it ---------
 
 
+@pytest.mark.slow
 def test_data_dir_takes_the_folder_itself_or_its_parent(tmp_path, digits, capsys):
     folder = digits / "cifar-10-batches-py"
     for i, where in enumerate([digits, folder]):
@@ -82,6 +83,7 @@ def readme_own_data_commands() -> list[str]:
     return [line for line in lines if line and not line.startswith("#")]
 
 
+@pytest.mark.slow
 def test_readme_own_data_section_runs_as_written(tmp_path):
     """The README's commands, as written, in a fresh folder (the script found at examples/ as in a checkout)."""
     pytest.importorskip("sklearn")
@@ -97,6 +99,7 @@ def test_readme_own_data_section_runs_as_written(tmp_path):
 # --- 2. a finished run is never overwritten; --evaluate writes beside the checkpoint --------------------------------
 
 
+@pytest.mark.slow
 def test_a_new_run_refuses_to_replace_a_finished_one(tmp_path, digits):
     base = ["--data-dir", str(digits), "--epochs", "1", "--out", str(tmp_path)] + QUICK
     assert cifar10.main(base) == 0
@@ -120,6 +123,7 @@ def test_evaluate_writes_beside_the_checkpoint(tmp_path, digits, monkeypatch):
 # --- 3. --resume --out DIR alone continues exactly; changes are noted; the schedule is re-fitted, never 0 ---------
 
 
+@pytest.mark.slow
 def test_resume_with_only_out_continues_exactly(tmp_path, digits):
     base = ["--data-dir", str(digits), "--epochs", "3", "--limit-train", "256", "--seed", "3"] + DIGITS_ARGS
     assert cifar10.main(base + ["--out", str(tmp_path / "straight")]) == 0
@@ -131,6 +135,7 @@ def test_resume_with_only_out_continues_exactly(tmp_path, digits):
     assert all(np.array_equal(straight[k], split[k]) for k in straight)
 
 
+@pytest.mark.slow
 def test_resume_with_another_batch_size_refits_the_schedule(tmp_path, digits, capsys):
     out = tmp_path / "run"
     assert cifar10.main(["--data-dir", str(digits), "--epochs", "4", "--out", str(out), "--stop-after-epoch", "2",
@@ -145,6 +150,7 @@ def test_resume_with_another_batch_size_refits_the_schedule(tmp_path, digits, ca
     assert [h["step"] for h in history] == [16, 32, 12, 16]  # 256 images: 16 steps of 16, then 4 of 64
 
 
+@pytest.mark.slow
 def test_resume_refuses_fewer_epochs_than_trained(tmp_path, digits, capsys):
     out = tmp_path / "run"
     assert cifar10.main(["--data-dir", str(digits), "--epochs", "2", "--out", str(out)] + QUICK) == 0
@@ -182,6 +188,7 @@ def test_resume_of_a_checkpoint_written_before_options_were_remembered(tmp_path,
 # --- 4. defaults that learn on small and short runs, shown by --help ------------------------------------------------
 
 
+@pytest.mark.slow
 def test_defaults_fit_small_images_and_short_runs(tmp_path, digits, capsys):
     assert cifar10.main(["--data-dir", str(digits), "--epochs", "2", "--out", str(tmp_path)] + QUICK) == 0
     printed = capsys.readouterr().out
@@ -254,6 +261,7 @@ def test_bad_options_end_in_one_line_and_exit_code_2(tmp_path, digits, options):
 # --- 9 and 12: files a user can share, metrics.csv, the best checkpoint -------------------------------------------
 
 
+@pytest.mark.slow
 def test_outputs_honour_the_umask_and_the_best_checkpoint_is_kept(tmp_path, digits):
     out = tmp_path / "run"
     old = os.umask(0o022)
@@ -284,6 +292,7 @@ def test_resume_from_the_best_weights_alone_is_a_clear_error(tmp_path, digits, c
     assert stop.value.code == 2 and "holds weights but no training state" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_time_budget_sets_the_epochs_from_a_measured_step(tmp_path, digits, capsys):
     import re
 
@@ -301,6 +310,7 @@ def test_a_time_budget_sets_the_epochs_from_a_measured_step(tmp_path, digits, ca
     assert stop.value.code == 2 and "keeps its schedule" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_weight_average_is_evaluated_beside_and_resumes_exactly(tmp_path, digits):
     base = ["--data-dir", str(digits), "--epochs", "2", "--ema", "0.9", "--validation", "100"] + QUICK
     assert cifar10.main(base + ["--out", str(tmp_path / "straight")]) == 0
@@ -314,6 +324,7 @@ def test_the_weight_average_is_evaluated_beside_and_resumes_exactly(tmp_path, di
     assert "ema_validation_accuracy" in metrics["epochs"][0] and metrics["best"]["weights"] in ("weights", "ema")
 
 
+@pytest.mark.slow
 def test_a_time_budget_scales_a_recipes_warmup_and_a_whole_run_warmup_is_refused(tmp_path, digits, capsys):
     """scratch-cifar's 5-epoch warm-up belongs to its 300 epochs: under a budget of a few epochs it keeps its share
     (1.67%) instead of being the whole run; without a budget, a recipe's warm-up as long as the run is refused with
@@ -335,6 +346,7 @@ def test_a_time_budget_scales_a_recipes_warmup_and_a_whole_run_warmup_is_refused
     assert "give a shorter --warmup" in err
 
 
+@pytest.mark.slow
 def test_checkpoint_paths_work_from_any_folder(tmp_path, digits, capsys, monkeypatch):
     """A run started with a relative --data-dir is evaluated and resumed from another folder: the checkpoint stores
     the path absolute; an older checkpoint's relative path is found from the checkpoint's folder; a folder that is

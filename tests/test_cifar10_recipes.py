@@ -36,6 +36,7 @@ def straight_and_resumed(tmp_path: Path, digits: Path, options: list[str]) -> tu
     ["--optimizer", "adamw", "--lr", "0.003", "--randaugment", "2,15", "--cutmix", "1.0", "--random-erasing", "0.5"],
     ["--recipe", "pretrain", "--dropout", "0.1", "--accumulate", "2"],  # + stochastic depth, RandAugment, mixup
 ])
+@pytest.mark.slow
 def test_resume_is_bit_exact_with_each_optimiser(tmp_path, digits, options):
     params_a, params_b, state_a, state_b = straight_and_resumed(tmp_path, digits, options)
     assert all(np.array_equal(params_a[k], params_b[k]) for k in params_a)
@@ -70,6 +71,7 @@ def test_mixup_and_cutmix_together_are_refused(capsys):
 
 
 @pytest.mark.parametrize("recipe", ["finetune", "paper-finetune", "pretrain", "scratch-cifar"])
+@pytest.mark.slow
 def test_every_recipe_is_in_help_and_the_settings_are_printed_and_saved(recipe, tmp_path, digits, capsys):
     help_text = " ".join(options.build_parser().format_help().split())
     assert recipe in help_text

@@ -62,6 +62,7 @@ def test_help():
     assert result.returncode == 0 and "--resume" in result.stdout and "--limit-train" in result.stdout
 
 
+@pytest.mark.slow
 def test_quick_run_downloads_verifies_and_trains(tmp_path, served):  # noqa: F811
     www, url = served
     archive, md5 = make_cifar_archive(www)
@@ -81,6 +82,7 @@ def test_quick_run_downloads_verifies_and_trains(tmp_path, served):  # noqa: F81
     assert params["stem/kernel"].shape == (4, 4, 3, 64) and "MixerBlock_3/LayerNorm_1/scale" in params
 
 
+@pytest.mark.slow
 def test_digits_reach_95_percent(tmp_path, digits, capsys):
     out = tmp_path / "run"
     assert cifar10.main(["--data-dir", str(digits), "--epochs", "15", "--out", str(out)] + DIGITS_ARGS) == 0
@@ -92,6 +94,7 @@ def test_digits_reach_95_percent(tmp_path, digits, capsys):
     assert (tmp_path / "eval" / "confusion_matrix_test.png").exists()
 
 
+@pytest.mark.slow
 def test_shuffled_labels_do_not_generalise(tmp_path):
     data = digits_folder(tmp_path / "data", shuffle_labels=True)
     out = tmp_path / "run"
@@ -100,6 +103,7 @@ def test_shuffled_labels_do_not_generalise(tmp_path):
     assert metrics["test_accuracy"] < 0.5  # chance is 10%: the 95% above is learned from the images
 
 
+@pytest.mark.slow
 def test_resume_is_bit_identical(tmp_path, digits):
     base = ["--data-dir", str(digits), "--limit-train", "256"] + DIGITS_ARGS
     assert cifar10.main(base + ["--epochs", "3", "--out", str(tmp_path / "straight")]) == 0
@@ -112,6 +116,7 @@ def test_resume_is_bit_identical(tmp_path, digits):
     assert [h["epoch"] for h in history] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_and_resume_is_bit_identical(tmp_path, digits):
     base = [sys.executable, str(SCRIPT), "--data-dir", str(digits)] + DIGITS_ARGS + ["--epochs", "8"]
     out = tmp_path / "interrupted"
@@ -136,6 +141,7 @@ def test_ctrl_c_saves_and_resume_is_bit_identical(tmp_path, digits):
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # overflow on the way to the NaN is the point
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, digits, capsys):
     base = ["--data-dir", str(digits), "--limit-train", "256", "--out", str(tmp_path)] + DIGITS_ARGS
     assert cifar10.main(base + ["--epochs", "1"]) == 0
@@ -146,6 +152,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, digits, cap
     assert (tmp_path / "checkpoint.npz").read_bytes() == good
 
 
+@pytest.mark.slow
 def test_corrupted_checkpoint_is_a_clear_error(tmp_path, digits):
     base = ["--data-dir", str(digits), "--limit-train", "64", "--out", str(tmp_path)] + DIGITS_ARGS
     assert cifar10.main(base + ["--epochs", "1"]) == 0
@@ -168,6 +175,7 @@ def test_resume_with_other_model_options_is_refused(tmp_path, digits, capsys):
 
 
 @pytest.mark.host  # shards are the CPU's threads (on a GPU a batch is one shard)
+@pytest.mark.slow
 def test_resume_on_another_number_of_threads_says_so(tmp_path, digits, capsys, monkeypatch):
     # the batch's shards follow the thread count; resuming with another count changes the last bits, and says so
     base = ["--data-dir", str(digits), "--limit-train", "64", "--out", str(tmp_path)] + DIGITS_ARGS
@@ -179,6 +187,7 @@ def test_resume_on_another_number_of_threads_says_so(tmp_path, digits, capsys, m
     assert "ran as 1 process(es) with the batch in 2 shard(s) each, and now as 1 with 1" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_cnn_trains_resumes_exactly_and_evaluates(tmp_path, digits, capsys):
     """--model cnn goes through the same loop, checkpoints and resume as the Mixer: a run cut after one epoch and
     resumed equals the straight run bit for bit, and --evaluate rebuilds the CNN from its checkpoint."""

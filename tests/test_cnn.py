@@ -183,6 +183,7 @@ def test_identity_block_with_a_zero_branch_is_the_identity(rng):
 # -- The whole network --------------------------------------------------------------------------------------------
 
 @pytest.mark.host  # finite differences / PyTorch on the CPU
+@pytest.mark.slow
 def test_whole_network_gradients_by_finite_differences(monkeypatch):
     """Every parameter and the images, element by element (float64), through softmax cross-entropy."""
     model = small_resnet()
@@ -342,6 +343,7 @@ def test_config_and_checkpoint_round_trip(tmp_path):
                                    "tokens_mlp_dim": 2, "channels_mlp_dim": 4, "image_size": 4})) is tm.MlpMixer
 
 
+@pytest.mark.slow
 def test_trains_through_fit():
     """cnn-micro learns the 8x8 digits through train.fit (the Mixer's loop, optimiser and schedule): 10% -> >80%
     test accuracy in three short epochs (measured 89%)."""

@@ -121,6 +121,7 @@ def test_augmenting_some_rows_equals_those_rows_of_the_whole_batch():
 
 @needs_mpi
 @pytest.mark.parametrize("ranks", [2, 3])
+@pytest.mark.slow
 def test_n_ranks_follow_the_one_process_run_and_stay_identical(ranks):
     """Six float64 steps (no clipping, so a gradient of the wrong size would show): the ranks' weights equal a
     one-process run's to float rounding, and are bit-identical on every rank after every step. (3 ranks split a
@@ -138,6 +139,7 @@ DIGITS = ["--epochs", "2", "--limit-train", "256", "--batch-size", "32", "--lr",
 
 
 @needs_mpi
+@pytest.mark.slow
 def test_the_script_on_two_processes_equals_one_and_only_rank_0_speaks(tmp_path, digits):
     one, two = tmp_path / "one", tmp_path / "two"
     assert cifar10.main(["--data-dir", str(digits), "--out", str(one)] + DIGITS) == 0
@@ -152,6 +154,7 @@ def test_the_script_on_two_processes_equals_one_and_only_rank_0_speaks(tmp_path,
 
 
 @needs_mpi
+@pytest.mark.slow
 def test_resume_across_sizes_both_ways(tmp_path, digits):
     """The training state does not depend on the number of processes: 2 -> 1 and 1 -> 2 end where 1 -> 1 does."""
     base = ["--data-dir", str(digits)] + DIGITS[:1] + ["3"] + DIGITS[2:]
@@ -184,6 +187,7 @@ def test_a_rank_that_fails_ends_the_job_and_the_checkpoint_survives(tmp_path, di
 
 
 @needs_mpi
+@pytest.mark.slow
 def test_ctrl_c_stops_every_rank_at_the_same_step_and_saves(tmp_path, digits):
     out = tmp_path / "run"
     args = ["--data-dir", str(digits), "--out", str(out), "--epochs", "30", "--batch-size", "32", "--no-progress",

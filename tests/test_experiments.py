@@ -260,6 +260,7 @@ def test_compute_script_measures_flops_time_and_throughput(data_dir, tmp_path, c
     assert set(results["pareto"]) == {"train_flops", "train_seconds", "inference_images_per_second"}
 
 
+@pytest.mark.slow
 def test_token_weights_script_draws_the_trained_and_the_initial_units(data_dir, tmp_path, capsys):
     results, _ = run("token_weights", data_dir, tmp_path / "tokens", capsys)
     for name in ("token_weights.png", "token_weights_init.png"):

@@ -41,6 +41,7 @@ def digits(tmp_path_factory) -> Path:
 
 @standin_only
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+@pytest.mark.slow
 def test_a_training_step_stays_within_its_budget(optimizer):
     from tinymixer.training.train import train_step
 
@@ -63,6 +64,7 @@ def test_a_training_step_stays_within_its_budget(optimizer):
     assert isinstance(loss, cupy.ndarray) and isinstance(logits, cupy.ndarray)  # results stay on the device
 
 
+@pytest.mark.slow
 def test_cifar10_on_the_device_trains_resumes_exactly_and_evaluates(tmp_path, digits, capsys):
     base = ["--data-dir", str(digits), "--backend", "cupy", "--limit-train", "256", "--limit-test", "100",
             "--epochs", "2", "--dropout", "0.1", "--optimizer", "adamw", "--lr", "0.003", "--ema", "0.9"]
@@ -80,6 +82,7 @@ def test_cifar10_on_the_device_trains_resumes_exactly_and_evaluates(tmp_path, di
     assert f"test accuracy {100 * accuracy:.2f}%" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_the_device_run_computes_what_the_host_run_computes(tmp_path, digits):
     """The same run on NumPy and on CuPy (float64): the same weights to rounding (a GPU, and the host's two
     shards against the device's one, add in other orders)."""
@@ -109,6 +112,7 @@ def test_predict_and_fewshot_on_the_device(tmp_path, digits, capsys):
 
 
 @pytest.mark.skipif(bool(__import__("os").environ.get("TINYMIXER_IN_GPUCHECK")), reason="run by the GPU check")
+@pytest.mark.slow
 def test_the_prepared_gpu_check_runs_and_reports(tmp_path):
     """python -m tinymixer.tools.gpucheck --quick: every part PASS on this device (on the stand-in: the plumbing,
     not CUDA), and its report written. Of the GPU tests it runs only the layer parity (this suite runs them all)."""
@@ -124,6 +128,7 @@ def test_the_prepared_gpu_check_runs_and_reports(tmp_path):
     assert [p["status"] for p in parts] == ["PASS"] * 6 and "## Timings" in report and "## Benchmark" in report
 
 
+@pytest.mark.slow
 def test_the_benchmark_runs_on_the_device(tmp_path, capsys):
     """tools.bench --backend cupy: timed with synchronisation, device memory reported (and on the stand-in, the
     array calls of a step); PyTorch on CUDA beside it where it has a GPU."""

@@ -57,6 +57,7 @@ def test_there_are_thirteen_lessons():
 
 
 @pytest.mark.parametrize("lesson", LESSONS, ids=[p.stem for p in LESSONS])
+@pytest.mark.slow
 def test_lesson_runs_in_quick_mode(lesson, run_lesson):
     run = run_lesson(lesson.stem)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -165,6 +166,7 @@ def notebook_tools():
 
 
 @pytest.mark.parametrize("lesson", LESSONS, ids=[p.stem for p in LESSONS])
+@pytest.mark.slow
 def test_notebook_executes_in_a_jupyter_kernel_in_quick_mode(lesson, tmp_path, monkeypatch):
     nbclient, nbformat = notebook_tools()
     # The kernel inherits this process's environment: quick mode, and no MPLBACKEND (as CI sets), so that it uses

@@ -95,6 +95,7 @@ def test_initialisation_is_the_official_one_and_deterministic():
     assert not np.array_equal(p["stem/kernel"], host(other.params["stem/kernel"]))
 
 
+@pytest.mark.slow
 def test_flops_per_image_counts_the_matrix_multiplies():
     model = tm.MlpMixer.from_name("B/16", num_classes=1000, image_size=224, dtype="float32")
     # about 12.6 GFLOPs (2 x multiply-adds) for Mixer-B/16 at 224 px
@@ -104,6 +105,7 @@ def test_flops_per_image_counts_the_matrix_multiplies():
 # -- gradients ----------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("gelu,threads", [("tanh", "1"), ("erf", "1"), ("tanh", "2")])
+@pytest.mark.slow
 def test_whole_model_gradient_of_every_parameter_tensor(gelu, threads, monkeypatch):
     # threads "2": the batch is cut into two shards, each run on its own thread, and the gradients summed
     monkeypatch.setattr(chunks, "MIN_SHARD", 1)

@@ -260,6 +260,7 @@ def test_masks_given_by_hand_are_checked():
 
 # -- the model: gradients -----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_whole_model_gradient_of_every_parameter_tensor_with_both_regularizers():
     model = regularized_model()
     r = np.random.default_rng(0)
