@@ -245,32 +245,22 @@ def test_whole_network_matches_pytorch():
     loss, dlogits = tm.softmax_cross_entropy(logits, labels)
     dimages = model.backward(dlogits)
 
-    t = {k: torch.tensor(v, requires_grad=True) for k, v in model.params.items()}
+    from tinymixer.tools.twin import tinymixer_grads, torch_network
+
+    net = torch_network(torch, model, "float64")  # nn.Conv2d, nn.GroupNorm, nn.ReLU, autograd
     t_images = torch.tensor(images, requires_grad=True)
-
-    def conv(x, name, stride, padding):
-        return F.conv2d(x, t[name].permute(3, 2, 0, 1), stride=stride, padding=padding)  # (K,K,I,O) -> OIHW
-
-    def pre(x, name):  # GroupNorm then ReLU, on NCHW
-        return F.relu(F.group_norm(x, model.groups, t[f"{name}/scale"], t[f"{name}/bias"], eps=1e-6))
-
-    x = conv(t_images.permute(0, 3, 1, 2), "stem/kernel", 1, 1)  # (B, w_0, H, W)
-    for name, _, _, stride in model.blocks():
-        a = pre(x, f"{name}/norm1")
-        shortcut = conv(a, f"{name}/shortcut/kernel", stride, 0) if f"{name}/shortcut/kernel" in t else x
-        h = pre(conv(a, f"{name}/conv1/kernel", stride, 1), f"{name}/norm2")
-        x = shortcut + conv(h, f"{name}/conv2/kernel", 1, 1)
-    features = pre(x, "pre_head_norm").mean(dim=(2, 3))  # (B, C)
-    t_logits = features @ t["head/kernel"] + t["head/bias"]
+    t_logits = net(t_images)
     t_loss = F.cross_entropy(t_logits, torch.tensor(labels))
     t_loss.backward()
+    t_grads = tinymixer_grads(net)
+    assert set(t_grads) == set(model.params)  # every parameter compared
 
     def normwise(ours, theirs):
         return float(np.abs(np.asarray(ours) - theirs).max() / np.abs(theirs).max())
 
     errors = {"logits": normwise(logits, t_logits.detach().numpy()), "loss": abs(float(loss) - t_loss.item()),
               "images": normwise(dimages, t_images.grad.numpy())}
-    errors |= {name: normwise(model.grads[name], value.grad.numpy()) for name, value in t.items()}
+    errors |= {name: normwise(model.grads[name], grad) for name, grad in t_grads.items()}
     worst = max(errors, key=errors.get)
     print(f"worst relative difference to PyTorch: {worst} {errors[worst]:.1e}")
     assert errors[worst] < 1e-10, {k: v for k, v in errors.items() if v >= 1e-10}
