@@ -10,6 +10,7 @@ passes to ``forward``.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,6 +95,41 @@ def param_shapes(num_blocks: int, patch_size: int, hidden_dim: int, tokens_mlp_d
     shapes.update({"pre_head_layer_norm/scale": (c,), "pre_head_layer_norm/bias": (c,),
                    "head/kernel": (c, num_classes), "head/bias": (num_classes,)})
     return shapes
+
+
+def sizes_from_params(params: Mapping[str, Any]) -> dict[str, int]:
+    """A Mixer's sizes read off its parameters in the official layout, checked against ``param_shapes``: every
+    official name present with its exact shape, and nothing else. Returns ``num_blocks``, ``patch_size``,
+    ``hidden_dim``, ``tokens_mlp_dim``, ``channels_mlp_dim``, ``num_tokens``, ``in_channels``, ``num_classes``.
+    Raises ValueError saying what is missing, extra or of the wrong shape (callers say what the file is)."""
+    required = ["stem/kernel", "MixerBlock_0/token_mixing/Dense_0/kernel",
+                "MixerBlock_0/channel_mixing/Dense_0/kernel", "head/kernel"]
+    missing = [k for k in required if k not in params]
+    if missing:
+        found = ", ".join(list(params)[:4]) + (", ..." if len(params) > 4 else "")
+        raise ValueError(f"no {missing[0]!r} (found {found or 'nothing'})")
+    for name in required[1:]:
+        if len(np.shape(params[name])) != 2:
+            raise ValueError(f"{name} has shape {np.shape(params[name])}; the official layout's is 2-D")
+    stem = np.shape(params["stem/kernel"])
+    if len(stem) != 4 or stem[0] != stem[1]:
+        raise ValueError(f"stem/kernel has shape {stem}; the official layout is (P, P, C_in, C)")
+    num_tokens, tokens_mlp_dim = np.shape(params["MixerBlock_0/token_mixing/Dense_0/kernel"])
+    config = {"num_blocks": len({k.split("/")[0] for k in params if k.startswith("MixerBlock_")}),
+              "patch_size": stem[0], "hidden_dim": stem[3], "tokens_mlp_dim": tokens_mlp_dim,
+              "channels_mlp_dim": np.shape(params["MixerBlock_0/channel_mixing/Dense_0/kernel"])[1],
+              "num_tokens": num_tokens, "in_channels": stem[2], "num_classes": np.shape(params["head/kernel"])[-1]}
+    config = {k: int(v) for k, v in config.items()}
+    expected = param_shapes(**config)
+    missing = [k for k in expected if k not in params]
+    extra = [k for k in params if k not in expected]
+    wrong = [f"{k} {tuple(np.shape(params[k]))} (expected {v})" for k, v in expected.items()
+             if k in params and tuple(np.shape(params[k])) != v]
+    if missing or extra or wrong:
+        problems = [f"{what} {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}"
+                    for what, names in [("missing", missing), ("unexpected", extra), ("wrong shape:", wrong)] if names]
+        raise ValueError("; ".join(problems))
+    return config
 
 
 def forward_flops(num_blocks: int, patch_size: int, hidden_dim: int, tokens_mlp_dim: int, channels_mlp_dim: int,

@@ -29,7 +29,7 @@ from ..nn.blocks import masks_rows
 from ..util.files import atomic_open
 from ..util.plots import plot_learning_curves
 from ..training import distributed
-from ..training.checkpoint import config_from_params, load_checkpoint, load_params_into, save_checkpoint
+from ..training.checkpoint import load_checkpoint, load_params_into, model_config, save_checkpoint
 from ..training.evaluate import evaluate
 from ..training.optim import schedule
 from ..training.train import train_step
@@ -140,7 +140,7 @@ def load_model_on_root(path: Path) -> tuple[Any, dict, dict]:
     def read() -> tuple[dict, dict]:
         params, held["optimizer"], meta = load_checkpoint(path)
         held["params"] = params
-        return dict(meta.get("model") or config_from_params(params, path)), meta
+        return model_config(params, meta, path), meta
 
     config, meta = on_root(read)
     model = model_from_config(config)

@@ -88,7 +88,7 @@ def load_model(path: Path | str, dtype: str | None = None) -> Any:
     from ..nn.architectures import model_from_config
 
     params, _, meta = load_checkpoint(path)
-    config = dict(meta["model"]) if "model" in meta else config_from_params(params, path)
+    config = model_config(params, meta, path)
     if dtype is not None:
         config["dtype"] = dtype
     model = model_from_config(config)
@@ -97,25 +97,29 @@ def load_model(path: Path | str, dtype: str | None = None) -> Any:
 
 
 def config_from_params(params: dict[str, np.ndarray], path: Path | str = "checkpoint") -> dict[str, Any]:
-    """The MlpMixer keywords implied by parameter shapes in the official layout: the stem kernel (P, P, C_in, C)
-    gives the patch size, input channels and width; the blocks counted give the depth; the first block's MLP
-    kernels give D_S, D_C and the number of tokens S (square images of sqrt(S) * P pixels); the head, the classes.
-    """
+    """The MlpMixer keywords implied by parameter shapes in the official layout (``nn.mixer.sizes_from_params``:
+    the stem kernel (P, P, C_in, C) gives the patch size, input channels and width; the blocks counted give the
+    depth; the first block's MLP kernels give D_S, D_C and the number of tokens S, taken as a square grid of
+    sqrt(S) * P pixels a side; the head, the classes)."""
+    from ..nn.mixer import sizes_from_params
+
     try:
-        p, _, in_channels, hidden = params["stem/kernel"].shape
-        num_tokens, tokens_mlp_dim = params["MixerBlock_0/token_mixing/Dense_0/kernel"].shape
-        channels_mlp_dim = params["MixerBlock_0/channel_mixing/Dense_0/kernel"].shape[1]
-        num_classes = params["head/kernel"].shape[1]
-    except KeyError as exc:
-        raise CheckpointError(f"{path} is not in the Mixer checkpoint layout: no {exc.args[0]!r}") from exc
-    num_blocks = len({k.split("/")[0] for k in params if k.startswith("MixerBlock_")})
+        sizes = sizes_from_params(params)
+    except ValueError as exc:
+        raise CheckpointError(f"{path} is not in the Mixer checkpoint layout: {exc}") from None
+    num_tokens, p = sizes.pop("num_tokens"), sizes["patch_size"]
     side = int(round(num_tokens ** 0.5))
     if side * side != num_tokens:
         raise CheckpointError(f"{path}: {num_tokens} tokens is not a square grid; build the MlpMixer yourself "
                               f"with its image_size=(H, W) and call load_params_into")
-    return {"num_classes": num_classes, "num_blocks": num_blocks, "patch_size": p, "hidden_dim": hidden,
-            "tokens_mlp_dim": tokens_mlp_dim, "channels_mlp_dim": channels_mlp_dim, "image_size": side * p,
-            "in_channels": in_channels, "dtype": "float32"}
+    return sizes | {"image_size": side * p, "dtype": "float32"}
+
+
+def model_config(params: dict[str, np.ndarray], meta: dict[str, Any], path: Path | str = "checkpoint"
+                 ) -> dict[str, Any]:
+    """The configuration of the model a checkpoint holds: the one it carries (``meta["model"]``, written by this
+    project), else the Mixer's read off an official file's parameter shapes."""
+    return dict(meta["model"]) if "model" in meta else config_from_params(params, path)
 
 
 def load_params_into(model: Any, params: dict[str, np.ndarray], path: Path | str = "checkpoint") -> None:

@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import to_host
-from ..nn.mixer import param_shapes
+from ..nn.mixer import param_shapes, sizes_from_params
 from ..training.checkpoint import CheckpointError, load_checkpoint
 from ..util.cli import Parser
 from ..util.files import atomic_open
@@ -84,39 +84,13 @@ def _host_params(model_or_params: Any) -> dict[str, np.ndarray]:
 
 
 def official_config(params: Mapping[str, Any]) -> dict[str, int]:
-    """The sizes implied by parameters in the official layout, checked against ``param_shapes``: every official
-    name present with its exact shape, and nothing else. Returns ``num_blocks``, ``patch_size``, ``hidden_dim``,
-    ``tokens_mlp_dim``, ``channels_mlp_dim``, ``num_tokens``, ``in_channels``, ``num_classes``. Raises
-    ConversionError naming what is missing, extra or of the wrong shape."""
-    required = ["stem/kernel", "MixerBlock_0/token_mixing/Dense_0/kernel",
-                "MixerBlock_0/channel_mixing/Dense_0/kernel", "head/kernel"]
-    missing = [k for k in required if k not in params]
-    if missing:
-        found = ", ".join(list(params)[:4]) + (", ..." if len(params) > 4 else "")
-        raise ConversionError(f"not an MLP-Mixer in the official layout: no {missing[0]!r} "
-                              f"(found {found or 'nothing'})")
-    for name in required[1:]:
-        if len(np.shape(params[name])) != 2:
-            raise ConversionError(f"{name} has shape {np.shape(params[name])}; the official layout's is 2-D")
-    stem = np.shape(params["stem/kernel"])
-    if len(stem) != 4 or stem[0] != stem[1]:
-        raise ConversionError(f"stem/kernel has shape {stem}; the official layout is (P, P, C_in, C)")
-    num_tokens, tokens_mlp_dim = np.shape(params["MixerBlock_0/token_mixing/Dense_0/kernel"])
-    config = {"num_blocks": len({k.split("/")[0] for k in params if k.startswith("MixerBlock_")}),
-              "patch_size": stem[0], "hidden_dim": stem[3], "tokens_mlp_dim": tokens_mlp_dim,
-              "channels_mlp_dim": np.shape(params["MixerBlock_0/channel_mixing/Dense_0/kernel"])[1],
-              "num_tokens": num_tokens, "in_channels": stem[2], "num_classes": np.shape(params["head/kernel"])[-1]}
-    config = {k: int(v) for k, v in config.items()}
-    expected = param_shapes(**config)
-    missing = [k for k in expected if k not in params]
-    extra = [k for k in params if k not in expected]
-    wrong = [f"{k} {tuple(np.shape(params[k]))} (expected {v})" for k, v in expected.items()
-             if k in params and tuple(np.shape(params[k])) != v]
-    if missing or extra or wrong:
-        problems = [f"{what} {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}"
-                    for what, names in [("missing", missing), ("unexpected", extra), ("wrong shape:", wrong)] if names]
-        raise ConversionError(f"not an MLP-Mixer in the official layout: {'; '.join(problems)}")
-    return config
+    """The sizes implied by parameters in the official layout (``nn.mixer.sizes_from_params``: every official name
+    present with its exact shape, and nothing else). Raises ConversionError naming what is missing, extra or of
+    the wrong shape."""
+    try:
+        return sizes_from_params(params)
+    except ValueError as exc:
+        raise ConversionError(f"not an MLP-Mixer in the official layout: {exc}") from None
 
 
 def official_params(model_or_params: Any) -> dict[str, np.ndarray]:

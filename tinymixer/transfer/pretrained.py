@@ -166,10 +166,10 @@ def load_for_finetuning(path: Path | str, num_classes: int, image_size: tuple[in
     is the family the caller trains: a checkpoint of the other family is a PretrainedError. Returns (model,
     notes)."""
     from ..nn.architectures import model_from_config
-    from ..training.checkpoint import config_from_params, load_checkpoint, load_params_into
+    from ..training.checkpoint import load_checkpoint, load_params_into, model_config
 
     params, _, meta = load_checkpoint(path)
-    config = dict(meta["model"]) if "model" in meta else config_from_params(params, path)
+    config = model_config(params, meta, path)
     held = architecture_of(config)
     if architecture is not None and held != architecture:
         raise FamilyError(f"it holds {FAMILY_NAMES.get(held, held)}, and this run trains "
