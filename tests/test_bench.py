@@ -151,9 +151,9 @@ def test_help_shows_the_program_and_every_default(capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--threads", "0"], "argument --threads: must be at least 1, got 0"),
-    (["--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
-    (["--repeats", "x"], "argument --repeats: not an integer: 'x'"),
+    (["--threads", "0"], "argument --threads: must be >= 1, got 0"),
+    (["--batch-size", "0"], "argument --batch-size: must be >= 1, got 0"),
+    (["--repeats", "x"], "argument --repeats: 'x' is not an integer"),
     (["--configs", "tiny/5"], "argument --configs: invalid choice: 'tiny/5'"),
     (["--image-size", "30"], "--image-size 30 is not a multiple of tiny/4's patch size 4"),
     (["--configs", "cnn-tiny", "B/16", "--image-size", "24"], "--image-size 24 is not a multiple of B/16's patch"),

@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..util.cli import Parser, add_backend_option
+from ..util.cli import Parser, add_backend_option, positive_int
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -480,16 +480,6 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
     """--help with every default shown, and the examples' lines kept as written."""
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _parser() -> Parser:
     from ..nn.architectures import MODEL_NAMES
 
@@ -497,12 +487,12 @@ def _parser() -> Parser:
                 epilog="examples:\n" + __doc__.split("\n\n")[1].rstrip(), formatter_class=_HelpFormatter)
     p.add_argument("--configs", nargs="+", default=["tiny/4", "small/4"], choices=MODEL_NAMES, metavar="SIZE",
                    help=f"model sizes to time (Mixers and CNNs), of: {', '.join(MODEL_NAMES)}")
-    p.add_argument("--batch-size", type=_positive_int, default=128, help="images per training step")
-    p.add_argument("--image-size", type=_positive_int, default=32,
+    p.add_argument("--batch-size", type=positive_int, default=128, help="images per training step")
+    p.add_argument("--image-size", type=positive_int, default=32,
                    help="image height and width in pixels (a multiple of every size's patch size)")
-    p.add_argument("--threads", type=_positive_int, nargs="+", default=[1, 2],
+    p.add_argument("--threads", type=positive_int, nargs="+", default=[1, 2],
                    help="thread counts to measure, each in a fresh process")
-    p.add_argument("--repeats", type=_positive_int, default=7,
+    p.add_argument("--repeats", type=positive_int, default=7,
                    help="timed repetitions of each step (the median is reported, their spread judged)")
     add_backend_option(p, fallback="numpy")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
