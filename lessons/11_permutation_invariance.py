@@ -143,8 +143,8 @@ save_figure(fig, "11_permutations")
 # pixels are related, which the shuffles destroy (the paper measures a ResNet dropping sharply). The price of
 # Mixer's indifference to the patch order is that it must learn the relations *between* patches from data.
 #
-# `experiments/permutations.py` runs this against the project's CNN (`tm.ResNet`) on real images; the README's
-# "Reproducing the paper" has what it measured (three seeds, 5,000 MNIST digits): the shuffled CNN learns far more
+# `experiments/permutations.py` runs this against the project's CNN (`tm.ResNet`) on real images; docs/paper.md
+# has what it measured (three seeds, 5,000 MNIST digits): the shuffled CNN learns far more
 # slowly (after 3 of 20 epochs 52% under the patch + pixel shuffle and 39% under the global one, against 88% on the
 # original images), and at the end the global shuffle still costs it 8.4 points, the Mixer 3.2; the patch + pixel
 # shuffle costs the CNN 1.8 points and the Mixer nothing.

@@ -75,17 +75,18 @@ def test_arrays_to_folder_converter(tmp_path):
 def readme_own_data_commands() -> list[str]:
     import re
 
-    readme = (SCRIPT.parents[1] / "README.md").read_text()
-    section = readme.split("## Train on your own data", 1)[1].split("\n## ", 1)[0]
+    page = (SCRIPT.parents[1] / "docs" / "training.md").read_text()
+    section = page.split("## Train on your own data", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
-    assert blocks, "README: no bash block in 'Train on your own data'"
+    assert blocks, "docs/training.md: no bash block in 'Train on your own data'"
     lines = [line.split("  #")[0].strip() for block in blocks for line in block.splitlines()]
     return [line for line in lines if line and not line.startswith("#")]
 
 
 @pytest.mark.slow
 def test_readme_own_data_section_runs_as_written(tmp_path):
-    """The README's commands, as written, in a fresh folder (the script found at examples/ as in a checkout)."""
+    """The commands of docs/training.md's "Train on your own data", as written, in a fresh folder (the script
+    found at examples/ as in a checkout)."""
     pytest.importorskip("sklearn")
     (tmp_path / "examples").symlink_to(SCRIPT.parent)
     for command in readme_own_data_commands():

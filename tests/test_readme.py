@@ -1,4 +1,4 @@
-"""The README's code runs as written."""
+"""The README's and the docs' code runs as written; the README starts with the two commands and stays short."""
 
 from __future__ import annotations
 
@@ -6,13 +6,23 @@ import re
 from pathlib import Path
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+DOCS = sorted((README.parent / "docs").glob("*.md"))
 
 
-def test_readme_python_examples_run():
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+def test_the_python_examples_of_the_readme_and_the_docs_run():
+    pages = [README, *DOCS]
+    blocks = [(page, code) for page in pages for code in re.findall(r"```python\n(.*?)```", page.read_text(), re.S)]
     assert blocks
-    for code in blocks:
-        exec(compile(code, str(README), "exec"), {})
+    for page, code in blocks:
+        exec(compile(code, str(page), "exec"), {})
+
+
+def test_the_readme_is_short_and_every_page_it_names_exists():
+    text = README.read_text()
+    assert len(text.splitlines()) <= 250
+    linked = re.findall(r"\]\((docs/[^)#]+|lessons/[^)#]+)\)", text)
+    assert {str(p.relative_to(README.parent)) for p in DOCS} <= set(linked)  # every page is linked
+    assert all((README.parent / link).exists() for link in linked)
 
 
 def test_readme_starts_with_the_two_commands():
