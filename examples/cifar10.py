@@ -39,8 +39,8 @@ from tinymixer.chunks import batch_shards
 from tinymixer.data import DataError
 from tinymixer.data.pipeline import training_batch
 from tinymixer.nn.blocks import masks_rows
-from tinymixer.runs import options, setup, state
-from tinymixer.runs.options import OptionError
+from tinymixer.trainer import options, setup, state
+from tinymixer.trainer.options import OptionError
 from tinymixer.training import distributed
 from tinymixer.training.averaging import ExponentialMovingAverage
 from tinymixer.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -180,7 +180,7 @@ def train(argv: list[str]) -> int:
     def lr_at(step: int) -> float:
         return tm.schedule(args.schedule, step, args.lr, total_steps, warmup, args.end_lr)
 
-    progress = state.new_state()  # where the run is: epoch, step, history, best (tinymixer/runs/state.py)
+    progress = state.new_state()  # where the run is: epoch, step, history, best (tinymixer/trainer/state.py)
     if resumed:
         try:
             progress = state.continued_state(meta, momentum, model, optimizer, ema, split, args.epochs,

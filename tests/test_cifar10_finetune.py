@@ -12,7 +12,7 @@ from helpers import nudge
 from test_cifar10_script import cifar10, digits_folder, params_of
 
 import tinymixer as tm
-from tinymixer.runs import options
+from tinymixer.trainer import options
 
 QUICK = ["--limit-train", "256", "--limit-test", "100", "--no-progress", "--batch-size", "32", "--no-flip"]
 

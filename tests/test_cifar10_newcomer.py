@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from test_cifar10_script import DIGITS_ARGS, SCRIPT, cifar10, digits_folder, params_of
 
-from tinymixer.runs import options
+from tinymixer.trainer import options
 from tinymixer.training.checkpoint import load_checkpoint, load_model
 
 QUICK = ["--limit-train", "256", "--no-progress"]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from test_cifar10_script import cifar10, digits_folder
 
-from tinymixer.runs import options
+from tinymixer.trainer import options
 from tinymixer.training.checkpoint import load_checkpoint
 
 QUICK = ["--limit-train", "256", "--limit-test", "100", "--no-progress", "--batch-size", "32"]

@@ -53,7 +53,7 @@ def test_every_program_takes_its_backend_default_from_the_environment(monkeypatc
         spec.loader.exec_module(module)
         return module.build_parser()
 
-    from tinymixer.runs import options
+    from tinymixer.trainer import options
 
     builders = {"cifar10": options.build_parser, "predict": lambda: parser_of("predict"),
                 "fewshot": lambda: parser_of("fewshot"), "bench": bench._parser,

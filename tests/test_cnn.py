@@ -11,17 +11,9 @@ from helpers import assert_gradients_ok, host, nudge
 
 import tinymixer as tm
 from tinymixer.nn.architectures import MODEL_NAMES, make_model, model_from_config
-from tinymixer.nn.cnn import (
-    CNN_SIZES,
-    ResNet,
-    group_norm_backward,
-    group_norm_forward,
-    relu_backward,
-    relu_forward,
-    residual_block_backward,
-    residual_block_forward,
-)
+from tinymixer.nn.cnn import CNN_SIZES, ResNet, residual_block_backward, residual_block_forward
 from tinymixer.nn.gradcheck import check_gradients, directional_check, rel_error
+from tinymixer.nn.layers import group_norm_backward, group_norm_forward, relu_backward, relu_forward
 from tinymixer.training.checkpoint import load_model, save_checkpoint
 
 

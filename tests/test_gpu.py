@@ -75,7 +75,7 @@ CASES = {
                                  dict(x=f32(r, 2, 16, 8), params=mlp(r, 8, 12))),
     "conv2d": lambda r: (partial(layers.conv2d_forward, stride=2, padding=1), layers.conv2d_backward,
                          dict(images=f32(r, 2, 7, 6, 3), kernel=f32(r, 3, 3, 3, 8), bias=f32(r, 8))),
-    "group_norm": lambda r: (partial(cnn.group_norm_forward, groups=4), cnn.group_norm_backward,
+    "group_norm": lambda r: (partial(layers.group_norm_forward, groups=4), layers.group_norm_backward,
                              dict(x=f32(r, 2, 5, 4, 8), scale=f32(r, 8), bias=f32(r, 8))),
     "residual_block": lambda r: (partial(cnn.residual_block_forward, stride=2, groups=2), cnn.residual_block_backward,
                                  dict(x=f32(r, 2, 6, 6, 4), p={

@@ -8,7 +8,7 @@ checker is shown to fail on a tree with an upward import planted in it, and on a
     data                           data sets, images, permutations
     training                       optimisers, the step, checkpoints, augmentation, many processes
     transfer                       pretrained models, few-shot, conversion
-    runs                           a training run as a program runs it: options, set-up, state and resume
+    trainer                        a training run as a program runs it: options, set-up, state and resume
     tinymixer                      the facade (`import tinymixer as tm`): the everyday names of the layers below
     tools                          the programs (benchmarks, self-check, GPU check), which may use the facade
     tinymixer.__main__             `python -m tinymixer` (the self-check)
@@ -24,7 +24,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "tinymixer"
 
 LAYERS = [("util", "backend", "_blas_threads"), ("chunks", "flat"), ("nn",), ("data",), ("training",),
-          ("transfer",), ("runs",), ("",), ("tools",), ("__main__",)]
+          ("transfer",), ("trainer",), ("",), ("tools",), ("__main__",)]
 
 
 def module_name(path: Path, root: Path, package: str) -> str:
@@ -163,3 +163,20 @@ def test_moved_modules_still_import_from_their_old_place_with_a_warning(old, new
     new_module = importlib.import_module(new)
     public = [n for n, v in vars(new_module).items() if not n.startswith("_") and getattr(v, "__module__", "") == new]
     assert public and all(getattr(old_module, n) is getattr(new_module, n) for n in public)
+
+
+def test_no_source_file_is_hidden_by_the_gitignore():
+    """A package folder named like an ignored one (``runs/``: the training outputs) would be left out of every
+    commit while working here: the clean checkout of CI would then miss it."""
+    import shutil
+    import subprocess
+
+    root = PACKAGE.parent
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    files = [str(p.relative_to(root)) for folder in ("tinymixer", "tests", "docs", "examples", "experiments",
+                                                      "lessons") for p in (root / folder).rglob("*")
+             if p.suffix in (".py", ".md", ".json") and "__pycache__" not in p.parts]
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", *files], cwd=root, capture_output=True,
+                             text=True).stdout.split()
+    assert ignored == []

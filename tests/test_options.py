@@ -1,4 +1,4 @@
-"""The options of a training run (tinymixer/runs/options.py), called directly: a checkpoint's remembered options
+"""The options of a training run (tinymixer/trainer/options.py), called directly: a checkpoint's remembered options
 come back as they were (new and old formats), applied as defaults under what is given now; recipes sit between the
 defaults and what a run used; a resumed run refuses a new model shape."""
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tinymixer.runs import options
-from tinymixer.runs.options import OptionError, parse_args, remembered, saved_defaults
+from tinymixer.trainer import options
+from tinymixer.trainer.options import OptionError, parse_args, remembered, saved_defaults
 
 
 def test_remembered_options_come_back_as_they_were(tmp_path):

@@ -1,4 +1,4 @@
-"""A training run's state (tinymixer/runs/state.py), called directly: resuming re-fits the schedule only when the
+"""A training run's state (tinymixer/trainer/state.py), called directly: resuming re-fits the schedule only when the
 options changed, the best epoch and its weights are chosen as said, records and metrics files hold what they say."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import csv
 import json
 import math
 
-from tinymixer.runs.state import (
+from tinymixer.trainer.state import (
     epoch_record,
     new_state,
     on_root,

@@ -29,137 +29,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import numpy as np
 
-from .. import backend
-from ..chunks import for_row_blocks, scratch
 from .blocks import prefixed, subtree
-from .layers import Array, constant_vector, conv2d_backward, conv2d_forward, mean_pool_backward, mean_pool_forward
-from .mixer import lecun_normal
-from .network import Network
-
-GROUP_NORM_EPS = 1e-6  # Flax's GroupNorm default, as the Mixer's LayerNorm
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# GroupNorm over (positions, channels of a group); ReLU
-
-
-def group_norm_forward(x: Array, scale: Array, bias: Array, groups: int, eps: float = GROUP_NORM_EPS,
-                       train: bool = True) -> tuple[Array, tuple | None]:
-    """Group Normalization (Wu & He 2018): the C channels split into G groups of C/G; each image's group is
-    normalised over all its positions and channels, then every channel gets its own scale and bias:
-
-        xhat[b, h, w, c] = (x[b, h, w, c] - mean_bg) / sqrt(var_bg + eps),   g = the group of channel c
-        out = xhat * scale + bias
-
-    with mean_bg and var_bg (biased) over the H*W*C/G values of image b's group g. Per image: no batch
-    statistics, so training and evaluation compute the same function at any batch size. G = 1 is a LayerNorm
-    over (H, W, C); G = C is InstanceNorm. The straightforward NumPy, with xg = x viewed as (B, HW, G, C/G):
-
-        mean = xg.mean(axis=(1, 3), keepdims=True);  var = ((xg - mean) ** 2).mean(axis=(1, 3), keepdims=True)
-
-    Computed instead a few images at a time (``chunks.for_row_blocks``: the block's arrays stay in the CPU
-    cache between passes, written in place) and with the sums as BLAS calls: the sum over the H*W positions of
-    each image's channels is one matrix-vector product with a vector of ones, and a group's sum is the sum of
-    its C/G channel sums (NumPy's reduction over axes (1, 3) with short C/G runs was 30% of a cnn-micro step).
-
-    Inputs: x (B, H, W, C), scale (C,), bias (C,), groups G dividing C. Returns out (B, H, W, C) and the cache
-    (xhat, rstd (B, 1, G, 1), scale, G), or None when not ``train`` (xhat then never stored: normalised in
-    out's memory).
-    """
-    b, h, w, c = x.shape
-    if groups < 1 or c % groups:
-        raise ValueError(f"GroupNorm needs a number of groups dividing the {c} channels, got {groups}")
-    xp = backend.array_module(x)
-    out = xp.empty(x.shape, x.dtype)  # (B, H, W, C)
-    xhat = xp.empty(x.shape, x.dtype) if train else out  # (B, H, W, C)
-    rstd = xp.empty((b, 1, groups, 1), x.dtype)  # (B, 1, G, 1)
-    ones = constant_vector(xp, h * w, 1.0, x.dtype)  # (HW,): ones @ (n, HW, C) sums over positions
-    for_row_blocks(partial(_group_norm_forward_block, scale=scale, bias=bias, groups=groups, eps=eps, ones=ones),
-                   x.reshape(b, -1), xhat.reshape(b, -1), rstd.reshape(b, groups), out.reshape(b, -1))
-    return out, ((xhat, rstd, scale, groups) if train else None)
-
-
-def _group_norm_forward_block(x: Array, xhat: Array, rstd: Array, out: Array, scale: Array, bias: Array,
-                              groups: int, eps: float, ones: Array) -> None:
-    """One block of n images: x, xhat, out (n, H*W*C) -- rows of whole images -- and rstd (n, G)."""
-    xp = backend.array_module(x)
-    n, (hw,) = x.shape[0], ones.shape
-    c = x.shape[1] // hw
-    per_group = hw * (c // groups)  # values in one (image, group): H*W*C/G
-    x, xhat, out = (a.reshape(n, hw, c) for a in (x, xhat, out))  # (n, HW, C) views
-    mean = (ones @ x).reshape(n, groups, -1).sum(axis=2) / per_group  # (n, C) channel sums -> (n, G) means
-    xp.subtract(x, xp.repeat(mean, c // groups, axis=1)[:, None, :], out=xhat)  # (n, HW, C): x - mean
-    squares = scratch("group_norm", xhat)  # (n, HW, C)
-    xp.multiply(xhat, xhat, out=squares)
-    var = (ones @ squares).reshape(n, groups, -1).sum(axis=2) / per_group  # (n, G), biased
-    xp.divide(1.0, xp.sqrt(var + eps), out=rstd)  # (n, G): 1 / sqrt(var + eps)
-    xhat *= xp.repeat(rstd, c // groups, axis=1)[:, None, :]  # (n, HW, C): xhat
-    xp.multiply(xhat, scale, out=out)  # in place when xhat is out (not train)
-    out += bias
-
-
-def group_norm_backward(dout: Array, cache: tuple) -> tuple[Array, Array, Array]:
-    """Gradients of GroupNorm: LayerNorm's formula with the means taken over a group. With ``d = dout * scale``,
-
-        dx = rstd * (d - mean_g(d) - xhat * mean_g(d * xhat))
-
-    (means over each image's group: its positions and channels; the two mean terms are the gradient through the
-    mean and the variance), ``dscale = sum(dout * xhat)`` and ``dbias = sum(dout)`` over (B, H, W).
-    Computed as the forward, in blocks of images with BLAS sums, from two per-image channel sums (n, C): over the
-    positions, S1 = sum(dout) and S2 = sum(dout * xhat). Then dbias and dscale are their sums over the images,
-    mean_g(d) = sum over the group's channels of scale * S1 / (H*W*C/G), likewise mean_g(d * xhat) from S2, and
-    dx = dout * (rstd scale) - rstd mean_g(d) - xhat * (rstd mean_g(d * xhat)): per-channel factors, in place.
-    Inputs: dout (B, H, W, C). Returns dx (B, H, W, C), dscale (C,), dbias (C,).
-    """
-    xhat, rstd, scale, groups = cache
-    b, h, w, c = xhat.shape
-    xp = backend.array_module(xhat)
-    dx = xp.empty(xhat.shape, xhat.dtype)  # (B, H, W, C)
-    ones = constant_vector(xp, h * w, 1.0, xhat.dtype)  # (HW,)
-    partial_sums = for_row_blocks(partial(_group_norm_backward_block, scale=scale, groups=groups, ones=ones),
-                                  dout.reshape(b, -1), xhat.reshape(b, -1), rstd.reshape(b, groups), dx.reshape(b, -1))
-    dscale = sum(p[0] for p in partial_sums)  # (C,), block by block in a fixed order: deterministic
-    dbias = sum(p[1] for p in partial_sums)  # (C,)
-    return dx, dscale, dbias
-
-
-def _group_norm_backward_block(dout: Array, xhat: Array, rstd: Array, dx: Array, scale: Array, groups: int,
-                               ones: Array) -> tuple[Array, Array]:
-    """One block of n images: dout, xhat, dx (n, H*W*C), rstd (n, G). Returns its parts of dscale, dbias (C,)."""
-    xp = backend.array_module(dout)
-    n, (hw,) = dout.shape[0], ones.shape
-    c = dout.shape[1] // hw
-    per_group = hw * (c // groups)
-    dout, xhat, dx = (a.reshape(n, hw, c) for a in (dout, xhat, dx))  # (n, HW, C) views
-    dout_xhat = scratch("group_norm", dout)  # (n, HW, C)
-    xp.multiply(dout, xhat, out=dout_xhat)
-    s1, s2 = ones @ dout, ones @ dout_xhat  # (n, C): sums over positions of dout and of dout * xhat
-    mean_d = (s1 * scale).reshape(n, groups, -1).sum(axis=2) / per_group  # (n, G): mean_g(d)
-    mean_d_xhat = (s2 * scale).reshape(n, groups, -1).sum(axis=2) / per_group  # (n, G): mean_g(d * xhat)
-    rstd_c = xp.repeat(rstd, c // groups, axis=1)  # (n, C): each channel its group's rstd
-    xp.multiply(dout, (rstd_c * scale)[:, None, :], out=dx)  # (n, HW, C): rstd * d
-    dx -= (rstd_c * xp.repeat(mean_d, c // groups, axis=1))[:, None, :]  # - rstd * mean_g(d)
-    xp.multiply(xhat, (rstd_c * xp.repeat(mean_d_xhat, c // groups, axis=1))[:, None, :], out=dout_xhat)
-    dx -= dout_xhat  # - rstd * xhat * mean_g(d * xhat)
-    return s2.sum(axis=0), s1.sum(axis=0)  # (C,) parts of dscale, dbias
-
-
-def relu_forward(x: Array) -> tuple[Array, tuple]:
-    """``out = max(x, 0)``. Returns out (x's shape) and the cache: where x > 0 (booleans, a quarter of x's bytes)."""
-    positive = x > 0
-    return x * positive, (positive,)
-
-
-def relu_backward(dout: Array, cache: tuple) -> Array:
-    """dx = dout where x > 0, else 0 (the kink at 0 gets 0, as every library does)."""
-    (positive,) = cache
-    return dout * positive
-
+from .layers import (  # GroupNorm and ReLU live with the other layers; their names are kept here too
+    Array,
+    conv2d_backward,
+    conv2d_forward,
+    group_norm_backward,
+    group_norm_forward,
+    mean_pool_backward,
+    mean_pool_forward,
+    relu_backward,
+    relu_forward,
+)
+from .network import Network, he_normal
 
 # ----------------------------------------------------------------------------------------------------------------
 # The residual block (pre-activation)
@@ -232,11 +118,6 @@ CNN_SIZES: dict[str, CnnSize] = {
     "cnn-tiny": CnnSize((40, 80, 160), (2, 2, 2), 8),
     "cnn-small": CnnSize((80, 160, 320), (2, 2, 2), 16),
 }
-
-
-def he_normal(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int) -> np.ndarray:
-    """A truncated normal with variance 2/fan_in (He et al. 2015: keeps activations' scale through ReLUs)."""
-    return lecun_normal(rng, shape, fan_in) * math.sqrt(2.0)
 
 
 class ResNet(Network):

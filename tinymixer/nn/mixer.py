@@ -35,7 +35,7 @@ from .layers import (
     stem_backward,
     stem_forward,
 )
-from .network import Network, count_params
+from .network import Network, count_params, lecun_normal
 
 
 @dataclass(frozen=True)
@@ -62,19 +62,6 @@ SIZES: dict[str, MixerSize] = {
     "tiny/4": MixerSize(8, 4, 128, 64, 512),  # the layer sizes of the "Mixer-nano" of public CIFAR-10 code
     "small/4": MixerSize(8, 4, 256, 128, 1024),
 }
-
-
-def lecun_normal(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int) -> np.ndarray:
-    """Flax's default kernel initialiser: a normal with variance 1/fan_in, truncated at two standard deviations
-    (the truncation's variance loss is corrected, as in ``jax.nn.initializers.variance_scaling``)."""
-    # std of a standard normal truncated to [-2, 2] is 0.87962566103423978; divide it out so the variance is 1/fan_in
-    std = math.sqrt(1.0 / fan_in) / 0.87962566103423978
-    out = rng.standard_normal(shape)
-    bad = np.abs(out) > 2.0
-    while bad.any():  # redraw the tails: rejection sampling gives the truncated normal exactly
-        out[bad] = rng.standard_normal(int(bad.sum()))
-        bad = np.abs(out) > 2.0
-    return out * std
 
 
 def param_shapes(num_blocks: int, patch_size: int, hidden_dim: int, tokens_mlp_dim: int, channels_mlp_dim: int,

@@ -30,6 +30,27 @@ def count_params(shapes: dict[str, tuple[int, ...]], include_head: bool = True) 
     return sum(math.prod(v) for k, v in shapes.items() if include_head or k not in HEAD)
 
 
+# Initialisers (the networks draw their kernels with these, from NumPy generators: the same on CPU and GPU)
+
+
+def lecun_normal(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int) -> np.ndarray:
+    """Flax's default kernel initialiser: a normal with variance 1/fan_in, truncated at two standard deviations
+    (the truncation's variance loss is corrected, as in ``jax.nn.initializers.variance_scaling``)."""
+    # std of a standard normal truncated to [-2, 2] is 0.87962566103423978; divide it out so the variance is 1/fan_in
+    std = math.sqrt(1.0 / fan_in) / 0.87962566103423978
+    out = rng.standard_normal(shape)
+    bad = np.abs(out) > 2.0
+    while bad.any():  # redraw the tails: rejection sampling gives the truncated normal exactly
+        out[bad] = rng.standard_normal(int(bad.sum()))
+        bad = np.abs(out) > 2.0
+    return out * std
+
+
+def he_normal(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int) -> np.ndarray:
+    """A truncated normal with variance 2/fan_in (He et al. 2015: keeps activations' scale through ReLUs)."""
+    return lecun_normal(rng, shape, fan_in) * math.sqrt(2.0)
+
+
 class Network:
     """The shared machinery. A subclass sets ``dtype``, ``image_size``, ``in_channels``, ``num_classes``, calls
     ``_initialise(seed)`` (which makes ``params`` from its ``init_params``, ending with ``head/kernel`` and

@@ -26,13 +26,13 @@ from ..backend import synchronize
 from ..data import normalize, resize_batch
 from ..nn.architectures import model_from_config
 from ..nn.blocks import masks_rows
-from ..util.files import atomic_open
-from ..util.plots import plot_learning_curves
 from ..training import distributed
 from ..training.checkpoint import load_checkpoint, load_params_into, model_config, save_checkpoint
 from ..training.evaluate import evaluate
 from ..training.optim import schedule
 from ..training.train import train_step
+from ..util.files import atomic_open
+from ..util.plots import plot_learning_curves
 
 
 def running_totals() -> dict[str, float]:
@@ -216,8 +216,8 @@ def epochs_in_budget(budget: float, started: float, model: Any, optimizer: Any, 
 
 
 def continued_state(meta: dict[str, Any], held: dict[str, np.ndarray], model: Any, optimizer: Any, ema: Any,
-                    split: str, epochs: int, now: dict[str, int], lr_at: Callable[[int], float], layout: tuple[int, int],
-                    say: Callable[[str], None] = print) -> dict[str, Any]:
+                    split: str, epochs: int, now: dict[str, int], lr_at: Callable[[int], float],
+                    layout: tuple[int, int], say: Callable[[str], None] = print) -> dict[str, Any]:
     """The state of a run resumed from a checkpoint's ``meta`` and ``held`` optimiser state (rank 0's; shared with
     every rank here): the optimiser and the weights' average restored, the schedule re-fitted when the options
     changed (``now``: batch_size, steps_per_epoch, total_steps, warmup_steps; ``lr_at``: the new schedule), and

@@ -15,8 +15,8 @@ from ..data import CIFAR10_MD5, CIFAR10_URL, DATA_DIR_ENV, DataError, find_data
 from ..nn.architectures import MIN_TOKENS, MODEL_NAMES
 from ..nn.cnn import CNN_SIZES
 from ..nn.mixer import SIZES
-from ..util.cli import Parser, add_backend_option, duration, number
 from ..training.optim import SCHEDULES, warmup_steps
+from ..util.cli import Parser, add_backend_option, duration, number
 
 
 class OptionError(ValueError):
