@@ -86,7 +86,7 @@ def _missing_data_message(data_dir: Path, why: str, download_failed: bool = Fals
         f"and put the file {ARCHIVE_NAME} (or its extracted folder {FOLDER_NAME}/) into {data_dir}\n"
         f"(choose another folder with --data-dir or ${DATA_DIR_ENV}).\n"
         f"Without CIFAR-10: train on your own images or arrays (--data-dir; `python -m tinymixer.data` makes a folder "
-        f"from NumPy arrays), e.g. the 8x8 digits scikit-learn bundles: README, \"Train on your own data\"."
+        f"from NumPy arrays), e.g. the 8x8 digits scikit-learn bundles: docs/training.md, \"Train on your own data\"."
     )
 
 

@@ -298,7 +298,7 @@ def _different_blas_note(machine: dict[str, Any]) -> str | None:
     if machine.get("backend") != "numpy" or not torch_blas or not ours or torch_blas in ours:
         return None
     return (f"note: NumPy calls {'/'.join(ours)} and PyTorch calls {torch_blas}: different BLAS libraries, so the "
-            "ratios include the difference between their matrix multiplies (README, Performance)")
+            "ratios include the difference between their matrix multiplies (docs/performance.md)")
 
 
 def blas_description() -> str:
@@ -315,8 +315,8 @@ def blas_description() -> str:
 # Can the timings be trusted? Pure functions of the recorded samples (the tests give them made-up ones).
 
 # A timed quantity is unstable when its repeats spread over more than this fraction of their median:
-# (max - min) / median. The table is read for differences of 1-10% between tinymixer and PyTorch (README,
-# Performance). Noise spread evenly over 20% of the median gives a median of 7 a standard deviation of 3%, and
+# (max - min) / median. The table is read for differences of 1-10% between tinymixer and PyTorch (docs/performance.md).
+# Noise spread evenly over 20% of the median gives a median of 7 a standard deviation of 3%, and
 # the ratio of two such medians about 5%: as large as what is measured. A 2-core machine shared with other work
 # measured spreads of 31-139% for steps of 150-5000 ms.
 SPREAD_LIMIT = 0.20
