@@ -1,19 +1,10 @@
-"""Data: CIFAR-10 and any data set in its layout (download, verify, cache, load), images, augmentation, batches.
+"""Data: CIFAR-10 and any data set in its layout, images, augmentation, training batches.
 
-The CIFAR "python version" layout is a folder ``cifar-10-batches-py/`` holding pickled dicts: ``data_batch_1`` ...
-``data_batch_5`` (training), ``test_batch``, and ``batches.meta`` (``label_names``, ``num_vis``). Each batch has
-``data``, an (N, C*H*W) uint8 array with the channels as planes (all red, then all green, then all blue, each
-row-major), and ``labels``, N class indices. Any folder in that layout loads: the number of training batches, the
-image size (``num_vis`` = C*H*W, square images of C=3 channels unless ``batches.meta`` also gives ``num_channels``,
-``image_height``, ``image_width``) and the number of classes (``label_names``) are read from the files.
-
-Images stay uint8 (B, H, W, C) until a batch is taken; ``normalize`` maps them to [-1, 1] as the official input
-pipeline does: ``(x - 127.5) / 127.5``.
-
-The package by concern: ``cifar`` (finding, downloading, verifying and reading CIFAR-layout folders), ``dataset``
-(a data set in memory, subsets and splits), ``pixels`` (scaling and resizing), ``synthetic`` (drawn shapes),
-``augment`` and ``pipeline`` (a training batch), ``images`` (image files), ``permutations``; the everyday names
-are here. ``python -m tinymixer.data``: NumPy arrays to a CIFAR-layout folder (``__main__``).
+The package by concern: ``cifar`` (finding, downloading, verifying, reading and writing CIFAR-layout folders: the
+layout is described there), ``dataset`` (a data set in memory, subsets and splits), ``pixels`` (scaling to [-1, 1]
+and resizing), ``synthetic`` (drawn shapes), ``augment`` and ``pipeline`` (a training batch), ``images`` (image
+files), ``permutations``; the everyday names are here. ``python -m tinymixer.data``: NumPy arrays to a
+CIFAR-layout folder (``__main__``).
 """
 
 from .cifar import (

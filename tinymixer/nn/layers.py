@@ -261,8 +261,8 @@ def dropout_forward(x: Array, rate: float, mask: Array, out: Array | None = None
     Inputs: x (any shape), ``rate`` in [0, 1), ``mask`` of x's shape, True (or 1) where an element is kept, drawn
     with probability 1 - rate (an array, or a ``masks.KeepMask`` computed here). Scaling the kept elements by
     1 / (1 - rate) keeps the expectation, ``E[out] = x``, so that an evaluation pass (no dropout) needs no
-    rescaling. ``out``: where to write the result
-    (``out=x`` reuses x's memory). Returns out (x's shape) and the cache (mask, 1 / (1 - rate)).
+    rescaling. ``out``: where to write the result (``out=x`` reuses x's memory). Returns out (x's shape) and the
+    cache (mask, 1 / (1 - rate)).
     """
     xp = array_module(x)
     mask = as_array(mask, xp)  # a KeepMask computed here, on x's device

@@ -47,9 +47,11 @@ def train_step(model: Any, optimizer: SGD, images: Any, labels: np.ndarray, lr: 
     names = list(HEAD) if head_only else list(model.params)
     buffer = _gradients_of(model, names)  # the part of model.grad_buffer that this step fills and all-reduces
     total, loss_sum, logits_parts = None, 0.0, []
-    sizes = [len(part) for part in np.array_split(np.arange(len(labels)), accumulate)]
-    for end, size in zip(np.cumsum(sizes).tolist(), sizes, strict=True):
-        rows = slice(end - size, end)  # consecutive images: a view of a device array, no index sent to it
+    part, extra = divmod(len(labels), accumulate)  # K parts as equal as can be, the first ones one image longer
+    end = 0
+    for k in range(accumulate):
+        size = part + (k < extra)
+        rows, end = slice(end, end + size), end + size  # consecutive images: a view of a device array
         part_mix = None if mix is None else (mix[0][rows], mix[1])
         part_masks = masks_rows(masks, rows) if masks is not None and accumulate > 1 else masks
         loss, logits = _forward_backward(model, images[rows], labels[rows], label_smoothing, part_mix,
