@@ -152,10 +152,10 @@ def test_the_fused_gelu_is_the_row_block_gelu(dtype, bias_shape):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((3, 5, 6)).astype(dtype)
     bias = None if bias_shape is None else rng.standard_normal(bias_shape).astype(dtype)
-    y_host, (slope_host,) = layers.gelu_forward(x.copy(), "tanh", bias=bias)
+    y_host, (slope_host,) = layers._gelu_bias_forward(x.copy(), bias, "tanh")
     x_dev = cupy.asarray(x)
-    y_dev, (slope_dev,) = layers.gelu_forward(x_dev, "tanh", bias=None if bias is None else cupy.asarray(bias),
-                                              out=x_dev)
+    y_dev, (slope_dev,) = layers._gelu_bias_forward(x_dev, None if bias is None else cupy.asarray(bias), "tanh",
+                                                    out=x_dev)
     assert y_dev.dtype == slope_dev.dtype == np.dtype(dtype)
     tol = 1e-13 if dtype == "float64" else 1e-6
     np.testing.assert_allclose(tm.to_host(y_dev), y_host, rtol=tol, atol=tol)

@@ -11,6 +11,7 @@ from helpers import assert_gradients_ok
 
 from tinymixer.nn.gradcheck import check_gradients
 from tinymixer.nn.layers import (
+    _gelu_bias_forward,
     dense_backward,
     dense_forward,
     gelu_backward,
@@ -93,7 +94,7 @@ def test_gelu_gradients(rng, form):
 def test_gelu_bias_per_row_of_each_slab(rng, form):
     # a (D, 1) bias on x (B, D, C): one value per row D, the token-mixing layout; the result must be GELU(x + bias)
     x, bias = rng.standard_normal((3, 4, 5)), rng.standard_normal((4, 1))
-    out, cache = gelu_forward(x.copy(), form, bias=bias)
+    out, cache = _gelu_bias_forward(x.copy(), bias, form)
     expected, expected_cache = gelu_forward(x + bias, form)
     np.testing.assert_allclose(out, expected, rtol=1e-14, atol=1e-15)
     np.testing.assert_allclose(cache[0], expected_cache[0], rtol=1e-14, atol=1e-15)

@@ -20,12 +20,12 @@ import numpy as np
 
 from .layers import (
     Array,
+    _gelu_bias_forward,
     dense_backward,
     dense_forward,
     dropout_backward,
     dropout_forward,
     gelu_backward,
-    gelu_forward,
     layer_norm_backward,
     layer_norm_forward,
     stochastic_depth_backward,
@@ -117,7 +117,7 @@ def mlp_block_forward(x: Array, params: dict[str, Array], gelu: str = "tanh", tr
     """
     b1 = params["Dense_0/bias"] if axis == -1 else params["Dense_0/bias"][:, None]  # along the hidden axis
     pre, dense0_cache = dense_forward(x, params["Dense_0/kernel"], None, axis)  # 1. bias added in 2.
-    hidden, gelu_cache = gelu_forward(pre, gelu, bias=b1, train=train, out=pre)  # 2. in pre's memory
+    hidden, gelu_cache = _gelu_bias_forward(pre, b1, gelu, train=train, out=pre)  # 2. in pre's memory
     dropout_cache = None
     if dropout is not None:  # 2b. in hidden's memory: the undropped GELU output has no other reader
         hidden, dropout_cache = dropout_forward(hidden, *dropout, out=hidden)

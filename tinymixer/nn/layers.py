@@ -1,4 +1,17 @@
-"""The primitives of the networks (the Mixer's, and the CNN's GroupNorm and ReLU), each a forward/backward pair.
+"""The primitives of the networks (the Mixer's, and the CNN's GroupNorm and ReLU), each a forward/backward pair:
+the same functions as ``reference.py``, faster (``tests/test_reference.py`` holds them equal in float64 to 1e-12).
+Read ``reference.py`` for the math; here each speed trick is named where it is used:
+
+- cache-sized row blocks on the cores (``chunks.for_row_blocks``): GELU, LayerNorm, GroupNorm, the optimisers;
+- sums and means as BLAS matrix-vector products with a constant vector (``constant_vector``);
+- the Dense_0 bias fused into the GELU pass (``_gelu_bias_forward``, private: it writes into its input);
+- GELU's derivative computed in the forward, while x is in the cache; ``out=`` to reuse memory just read;
+- token mixing as a stacked matrix multiply on axis -2, without transposed copies (``dense_forward``);
+- im2col as one copy of a strided view, col2im as runs of disjoint windows;
+- on a GPU, fused kernels (``backend.fused``) instead of one launch per operation.
+
+Public functions never modify their inputs; an explicit ``out=`` is the only array they write that they did not
+make.
 
 Convention (as in CS231n's ``layers.py``): ``forward(inputs...) -> (out, cache)`` and
 ``backward(dout, cache) -> gradients``, where ``cache`` holds exactly what the backward needs and ``dout`` is
@@ -109,9 +122,10 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 GELU_FORMS = ("tanh", "erf")
 
 
-def gelu_forward(x: Array, approximate: str = "tanh", bias: Array | None = None, train: bool = True,
-                 out: Array | None = None) -> tuple[Array, tuple]:
-    """Gaussian Error Linear Unit, ``gelu(x) = x * g(x)``, elementwise.
+def gelu_forward(x: Array, approximate: str = "tanh", train: bool = True, out: Array | None = None
+                 ) -> tuple[Array, tuple]:
+    """Gaussian Error Linear Unit, ``gelu(x) = x * g(x)``, elementwise (``reference.gelu_tanh_forward`` and
+    ``reference.gelu_erf_forward``, faster).
 
     - ``approximate="tanh"`` (what the official Mixer uses, Flax's default):
       ``g(x) = (1 + t) / 2`` with ``t = tanh(u)``, ``u = sqrt(2/pi) (x + 0.044715 x^3)``, so that
@@ -120,14 +134,21 @@ def gelu_forward(x: Array, approximate: str = "tanh", bias: Array | None = None,
     - ``approximate="erf"`` (exact): ``g(x) = Phi(x) = (1 + erf(x / sqrt(2))) / 2``, the standard normal CDF, so
       that ``gelu'(x) = Phi(x) + x phi(x)`` with ``phi(x) = exp(-x^2 / 2) / sqrt(2 pi)``.
 
-    With ``train`` the cache holds the local derivative ``gelu'(x)``, computed here while each block of x is in
-    the CPU cache (the backward is then one multiply); without, the cache is empty. ``bias`` (optional, (D,) for
-    x (..., D)) is first added to x *in place*: the preceding dense layer's bias, added here so that x goes
-    through memory once instead of twice; a bias of shape (D, 1) for x (..., D, C) adds one value per row D (the
-    token-mixing layout). ``out``: where to write the result, C-contiguous like x; ``out=x`` reuses x's memory
-    (x is lost), which saves a pass of fresh memory when the caller has no further use for x.
-    Returns out (same shape) and the cache (dgelu or None,).
+    Tricks: cache-sized row blocks on the cores (``chunks.for_row_blocks``); with ``train`` the cache holds the
+    local derivative ``gelu'(x)``, computed while each block of x is in the CPU cache (the backward is then one
+    multiply; without ``train`` the cache is empty); on a GPU, fused kernels. x is never modified, unless
+    ``out=x`` says it may be overwritten by the result (which saves a pass of fresh memory when the caller has no
+    further use for x); ``out`` must be C-contiguous like x. Returns out (same shape) and the cache (dgelu or None,).
     """
+    return _gelu_bias_forward(x, None, approximate, train, out)
+
+
+def _gelu_bias_forward(x: Array, bias: Array | None, approximate: str = "tanh", train: bool = True,
+                       out: Array | None = None) -> tuple[Array, tuple]:
+    """``gelu(x + bias)`` with the preceding dense layer's bias fused in (``blocks.mlp_block_forward``): the bias
+    is added to x IN PLACE inside each row block, so that the pre-activation goes through memory once instead of
+    twice. x is lost (pass x only when it has no other reader). ``bias`` (D,) for x (..., D), or (D, 1) for x
+    (..., D, C) (one value per row D: the token-mixing layout), or None (``gelu_forward``)."""
     if approximate not in GELU_FORMS:
         raise ValueError(f"unknown GELU form {approximate!r}: choose 'tanh' (the official model's) or 'erf'")
     xp = array_module(x)
