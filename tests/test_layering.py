@@ -7,7 +7,7 @@ checker is shown to fail on a tree with an upward import planted in it, and on a
     nn                             the networks
     data                           data sets, images, permutations
     training                       optimisers, the step, checkpoints, augmentation, many processes
-    transfer                       pretrained models, few-shot, conversion
+    transfer, exercises            pretrained models, few-shot, conversion; the learner's checked exercises
     trainer                        a training run as a program runs it: options, set-up, state and resume
     tinymixer                      the facade (`import tinymixer as tm`): the everyday names of the layers below
     tools                          the programs (benchmarks, self-check, GPU check), which may use the facade
@@ -24,7 +24,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "tinymixer"
 
 LAYERS = [("util", "backend", "_blas_threads"), ("chunks", "flat"), ("nn",), ("data",), ("training",),
-          ("transfer",), ("trainer",), ("",), ("tools",), ("__main__",)]
+          ("transfer", "exercises"), ("trainer",), ("",), ("tools",), ("__main__",)]
 
 
 def module_name(path: Path, root: Path, package: str) -> str:
