@@ -14,15 +14,17 @@
 # (Check the shapes: each gradient has the shape of what it is the gradient of. That alone finds most bugs.)
 
 # %%
-import inspect
-
 import numpy as np
-from lesson_utils import plt, save_figure
+from lesson_utils import plt, print_reference, save_figure
 
+from tinymixer import exercises
+from tinymixer.nn import reference
 from tinymixer.nn.gradcheck import check_gradients, numerical_gradient, rel_error
 from tinymixer.nn.layers import dense_backward, dense_forward
 
-print(inspect.getsource(dense_backward))  # the library's code: nothing more than the three equations
+# The plain reference: nothing more than the three equations. The library's dense layer (nn/layers.py) computes
+# the same numbers faster (one GEMM over all leading axes, the bias sum as a matrix-vector product).
+print_reference(reference.dense_forward, reference.dense_backward)
 
 # %%
 rng = np.random.default_rng(0)
@@ -87,6 +89,23 @@ ax.grid(alpha=0.3)
 save_figure(fig, "02_gradient_check_step_size")
 print(f"best two-point error {min(two):.1e} at h = {steps[np.argmin(two)]:.0e}; "
       f"best four-point {min(four):.1e} at h = {steps[np.argmin(four)]:.0e}")
+
+# %% [markdown]
+# ## Your turn: the dense layer's backward
+# Write it yourself below, from the three equations at the top (no peeking at the reference), and run the cell.
+# `exercises.check` runs your function and the reference on random inputs of three shapes, compares with finite
+# differences too, and tells you which output is wrong, by how much, and which classic mistake it looks like.
+
+# %%
+print(exercises.task("dense_backward"))
+
+
+def my_dense_backward(dout, cache):
+    x, w = cache
+    raise NotImplementedError("your turn: return dx, dw, db")
+
+
+print(exercises.check("dense_backward", my_dense_backward))
 
 # %% [markdown]
 # ## Exercises

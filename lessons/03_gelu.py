@@ -20,10 +20,16 @@
 import math
 
 import numpy as np
-from lesson_utils import plt, save_figure
+from lesson_utils import plt, print_reference, save_figure
 
+from tinymixer import exercises
+from tinymixer.nn import reference
 from tinymixer.nn.gradcheck import check_gradients
 from tinymixer.nn.layers import gelu_backward, gelu_forward
+
+# Both forms in the plain reference; the forward numbers its steps, the backward undoes them in reverse.
+print_reference(reference.gelu_tanh_forward, reference.gelu_tanh_backward,
+                reference.gelu_erf_forward, reference.gelu_erf_backward)
 
 x = np.linspace(-4, 4, 801)
 ones = np.ones_like(x)
@@ -68,6 +74,21 @@ for ax in (ax1, ax2, ax3):
     ax.legend()
     ax.grid(alpha=0.3)
 save_figure(fig, "03_gelu")
+
+# %% [markdown]
+# ## Your turn: the tanh GELU's backward
+# The forward keeps x and t = tanh(u); write dx from them (the product rule, then the chain rule through u).
+
+# %%
+print(exercises.task("gelu_tanh_backward"))
+
+
+def my_gelu_tanh_backward(dout, cache):
+    x, t = cache
+    raise NotImplementedError("your turn: return dx")
+
+
+print(exercises.check("gelu_tanh_backward", my_gelu_tanh_backward))
 
 # %% [markdown]
 # ## Exercises

@@ -15,13 +15,21 @@
 #
 # where the bars are means over the C channels. The first term is the direct path, the second the path through
 # the mean, the third the path through the variance.
+#
+# The plain reference below derives it the long way, one step at a time: the forward numbers its six steps
+# (x → μ → x − μ → σ² → r → x̂ → y), and the backward undoes them in reverse, one line each. Step 3 (σ²) and step 1
+# (μ) are where x's other two paths join; summed, the lines give the formula above.
 
 # %%
 import numpy as np
-from lesson_utils import plt, save_figure
+from lesson_utils import plt, print_reference, save_figure
 
+from tinymixer import exercises
+from tinymixer.nn import reference
 from tinymixer.nn.gradcheck import check_gradients
 from tinymixer.nn.layers import layer_norm_backward, layer_norm_forward
+
+print_reference(reference.layer_norm_forward, reference.layer_norm_backward)
 
 rng = np.random.default_rng(0)
 C = 32
@@ -69,6 +77,32 @@ axes[0].set(ylabel=f"channels (of {C})")
 axes[0].legend()
 fig.suptitle("the C channels of 4 tokens, before and after LayerNorm: every token gets mean 0, variance 1")
 save_figure(fig, "04_layernorm")
+
+# %% [markdown]
+# ## Your turn: LayerNorm, forward and backward
+# First the forward (mind where eps goes, and which axis the statistics run over), then the backward from the
+# reference's cache (xc, r, xhat, scale): the three paths, or the steps undone one by one.
+
+# %%
+print(exercises.task("layer_norm_forward"))
+
+
+def my_layer_norm_forward(x, scale, bias):
+    raise NotImplementedError("your turn: return out (and a cache of your choice)")
+
+
+print(exercises.check("layer_norm_forward", my_layer_norm_forward))
+
+# %%
+print(exercises.task("layer_norm_backward"))
+
+
+def my_layer_norm_backward(dout, cache):
+    xc, r, xhat, scale = cache
+    raise NotImplementedError("your turn: return dx, dscale, dbias")
+
+
+print(exercises.check("layer_norm_backward", my_layer_norm_backward))
 
 # %% [markdown]
 # ## Exercises

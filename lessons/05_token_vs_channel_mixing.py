@@ -16,10 +16,11 @@
 
 # %%
 import numpy as np
-from lesson_utils import code_after_docstring, plt, save_figure
+from lesson_utils import code_after_docstring, plt, print_reference, save_figure
 from matplotlib.ticker import MaxNLocator
 
-from tinymixer.nn import blocks
+from tinymixer import exercises
+from tinymixer.nn import blocks, reference
 from tinymixer.nn.blocks import (
     channel_mixing_backward,
     channel_mixing_forward,
@@ -48,6 +49,10 @@ y, channel_cache = channel_mixing_forward(x, channel_params)
 print("table", x.shape, "-> token mixing", u.shape, "| channel mixing", y.shape)
 via_swap = blocks.mlp_block_forward(x.swapaxes(1, 2), token_params)[0].swapaxes(1, 2)  # the official code's way
 print(f"token mixing on axis -2 vs swap-MLP-swap: largest difference {np.abs(u - via_swap).max():.1e}")
+print()
+# The plain reference does it the official way: transpose, the MLP on the last axis, transpose back.
+print_reference(reference.mlp_forward, reference.token_mixing_forward, reference.token_mixing_backward)
+assert np.abs(u - reference.token_mixing_forward(x, token_params)[0]).max() < 1e-12
 
 # %% [markdown]
 # ## Weight sharing, checked
@@ -100,6 +105,32 @@ for ax, (picture, title, xlabel, ylabel, (col, row)) in zip(axes, panels, strict
     fig.colorbar(shown, ax=ax, label="|d out / d in|")
 axes[0].legend(loc="upper right", fontsize=8)
 save_figure(fig, "05_receptive_fields")
+
+# %% [markdown]
+# ## Your turn: token mixing, forward and backward
+# Write token mixing with the tanh GELU from the equation at the top (the first check uses S = C, so mixing the
+# wrong axis runs without an error: the check notices). Then its backward, with `reference.mlp_backward` for
+# the MLP itself: the exercise is getting the axes right on the way back.
+
+# %%
+print(exercises.task("token_mixing_forward"))
+
+
+def my_token_mixing_forward(x, params):
+    raise NotImplementedError("your turn: return out (B, S, C)")
+
+
+print(exercises.check("token_mixing_forward", my_token_mixing_forward))
+
+# %%
+print(exercises.task("token_mixing_backward"))
+
+
+def my_token_mixing_backward(dout, cache):
+    raise NotImplementedError("your turn: return dx, grads (use reference.mlp_backward)")
+
+
+print(exercises.check("token_mixing_backward", my_token_mixing_backward))
 
 # %% [markdown]
 # ## Exercises

@@ -9,15 +9,17 @@
 
 # %%
 import numpy as np
-from lesson_utils import pick, plt, print_code, save_figure
+from lesson_utils import pick, plt, print_reference, save_figure
 
 import tinymixer as tm
+from tinymixer import exercises
+from tinymixer.nn import reference
 from tinymixer.nn.blocks import mixer_block_backward, mixer_block_forward, prefixed
 from tinymixer.nn.gradcheck import check_gradients
 
-# The forward numbers its steps; the backward says which step each line undoes.
-print_code(mixer_block_forward)
-print_code(mixer_block_backward)
+# The plain reference: the forward numbers its steps; the backward says which step each line undoes. (The
+# library's block, nn/blocks.py, is the same function with dropout, stochastic depth and memory reuse added.)
+print_reference(reference.mixer_block_forward, reference.mixer_block_backward)
 
 # %% [markdown]
 # ## The block's gradient check
@@ -67,8 +69,24 @@ ax.set(xlabel="block", ylabel="gradient norm", title="gradient reaching each blo
 save_figure(fig, "06_gradient_per_block")
 
 # %% [markdown]
+# ## Your turn: the block's backward
+# Compose it from the reference's layer backwards (`reference.channel_mixing_backward`,
+# `reference.layer_norm_backward`, `reference.token_mixing_backward`): the exercise is the two residual paths.
+
+# %%
+print(exercises.task("mixer_block_backward"))
+
+
+def my_mixer_block_backward(dout, cache):
+    ln0, token, ln1, channel = cache
+    raise NotImplementedError("your turn: return dx, grads")
+
+
+print(exercises.check("mixer_block_backward", my_mixer_block_backward))
+
+# %% [markdown]
 # ## Exercises
-# 1. In the backward, why is `du += dout` needed after `layer_norm_backward`? What would be lost without it?
+# 1. In the backward, why is `du = dout + dz` needed after `layer_norm_backward`? What would be lost without it?
 # 2. The token-mixing output bias adds one constant per token across all channels. In a whole model its gradient
 #    is zero up to round-off (about 1e-16): show why with lesson 4's first exercise (a LayerNorm's output does not
 #    change when a constant is added across its channels, and every path from this bias to the loss passes through

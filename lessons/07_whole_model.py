@@ -8,10 +8,16 @@
 
 # %%
 import numpy as np
-from lesson_utils import pick, plt, save_figure
+from lesson_utils import pick, plt, print_reference, save_figure
 
 import tinymixer as tm
+from tinymixer import exercises
+from tinymixer.nn import reference
 from tinymixer.nn.gradcheck import directional_check
+
+# The whole model in the plain reference: five steps forward, the same five undone backward; then the loss.
+print_reference(reference.mixer_forward, reference.mixer_backward,
+                reference.softmax_cross_entropy_forward, reference.softmax_cross_entropy_backward)
 
 model = tm.MlpMixer.from_name("micro/4", num_classes=10, image_size=32, seed=0)
 print(f"micro/4: {model.num_params():,} parameters, S = {model.num_tokens} tokens, "
@@ -65,6 +71,27 @@ numerical, analytic, error = directional_check(lambda: tm.softmax_cross_entropy(
 print(f"{size} ({check.num_params():,} parameters): numerical {numerical:.12f}, analytic {analytic:.12f}, "
       f"relative error {error:.1e}")
 assert error < 1e-9
+
+# The library's network (sharded over the cores, fast layers) and the plain reference: the same logits and grads
+ref_logits, ref_cache = reference.mixer_forward(x, dict(check.params))
+_, ref_grads = reference.mixer_backward(dlogits, ref_cache)
+print(f"library vs reference: logits {np.abs(check.forward(x) - ref_logits).max():.1e}, gradients "
+      f"{max(np.abs(check.grads[k] - ref_grads[k]).max() for k in ref_grads):.1e} (largest differences)")
+
+# %% [markdown]
+# ## Your turn: softmax cross-entropy
+# The loss and its gradient in one function. The third check uses logits of size ~1000: exp overflows unless you
+# subtract each row's maximum first.
+
+# %%
+print(exercises.task("softmax_cross_entropy"))
+
+
+def my_softmax_cross_entropy(logits, labels):
+    raise NotImplementedError("your turn: return loss, dlogits")
+
+
+print(exercises.check("softmax_cross_entropy", my_softmax_cross_entropy))
 
 # %% [markdown]
 # ## Exercises

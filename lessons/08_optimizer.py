@@ -12,6 +12,7 @@ import numpy as np
 from lesson_utils import plt, print_code, save_figure
 
 import tinymixer as tm
+from tinymixer import exercises
 
 print_code(tm.warmup_cosine)
 total, warmup = 1000, 100
@@ -69,6 +70,31 @@ ax3.set(title="clip at global norm 1", xlabel="gradient norm", ylabel="norm of t
 for ax in (ax1, ax3):
     ax.grid(alpha=0.3)
 save_figure(fig, "08_optimizer")
+
+# %% [markdown]
+# ## Your turn: SGD with momentum, and warm-up + cosine
+# One step of the rule at the top (on plain arrays: return the new parameters and velocity), then the schedule as
+# a function of the step (the check calls it for every step of three schedules, one without warm-up).
+
+# %%
+print(exercises.task("sgd_momentum"))
+
+
+def my_sgd_momentum(p, g, v, lr, momentum):
+    raise NotImplementedError("your turn: return p_new, v_new")
+
+
+print(exercises.check("sgd_momentum", my_sgd_momentum))
+
+# %%
+print(exercises.task("warmup_cosine"))
+
+
+def my_warmup_cosine(step, base_lr, total_steps, warmup_steps):
+    raise NotImplementedError("your turn: return the learning rate at this step")
+
+
+print(exercises.check("warmup_cosine", my_warmup_cosine))
 
 # %% [markdown]
 # ## Exercises

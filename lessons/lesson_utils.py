@@ -44,6 +44,15 @@ def print_code(function) -> None:
     print()
 
 
+def print_reference(*functions) -> None:
+    """Print functions of ``tinymixer/nn/reference.py`` whole: the docstring with the equation, the numbered
+    steps of the forward, the backward undoing them. (The library runs the fast versions in ``nn/layers.py`` and
+    ``nn/blocks.py``: the same functions, held equal to these by ``tests/test_reference.py``.)"""
+    for function in functions:
+        print(f"# {function.__module__}.{function.__qualname__}")
+        print(inspect.getsource(function))
+
+
 def training_model(num_classes: int, image_size: int, seed: int = 0) -> tm.MlpMixer:
     """The Mixer the lessons train: micro/4 normally; in quick mode 2 blocks of width 32 (patches of 4 pixels):
     a thirteenth of micro/4's arithmetic per image, a quarter of its time on a CPU, so that a few seconds of

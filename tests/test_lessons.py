@@ -125,6 +125,37 @@ def test_lesson_13_quick_mode_ranks_add_up_to_one_process_and_the_mean_of_means_
     assert printed_line(out, "tiny/4 ").split()[1:3] == ["1,132,170", "4.5"], out  # 4 bytes per parameter
 
 
+
+# ----------------------------------------------------------------------------------------------------------------
+# "Your turn": every one of lessons 2-8 has a stub a learner fills in, and a check of it
+
+
+YOUR_TURN = re.compile(r'exercises\.check\("(\w+)", (my_\w+)\)')
+
+
+@pytest.mark.parametrize("lesson", LESSONS[1:8], ids=[p.stem for p in LESSONS[1:8]])
+@pytest.mark.slow
+def test_lessons_2_to_8_each_have_a_checkable_exercise(lesson, run_lesson):
+    from tinymixer import exercises
+
+    source = lesson.read_text()
+    found = YOUR_TURN.findall(source)
+    assert found, f"{lesson.name} has no 'your turn' cell calling exercises.check"
+    run = run_lesson(lesson.stem)
+    for name, stub in found:
+        assert name in exercises.names()
+        assert re.search(rf"def {stub}\(.*\):\n(    .*\n)*    raise NotImplementedError", source), stub
+        assert f"{name}: not implemented yet" in run.stdout  # the stub, checked: what a learner sees first
+        assert exercises._exercise(name).lesson == int(lesson.name[:2])
+
+
+def test_every_exercise_is_in_a_lesson():
+    from tinymixer import exercises
+
+    in_lessons = {name for lesson in LESSONS for name, _ in YOUR_TURN.findall(lesson.read_text())}
+    assert in_lessons == set(exercises.names())
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The notebooks
 

@@ -19,6 +19,7 @@ implemented yet".
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -250,7 +251,7 @@ def reference(name: str) -> Callable[..., Any]:
 def task(name: str) -> str:
     """What your function for exercise ``name`` receives and must return."""
     e = _exercise(name)
-    return f"{e.name} (lesson {e.lesson}): {e.task}"
+    return textwrap.fill(f"{e.name} (lesson {e.lesson}): {e.task}", width=110, subsequent_indent="  ")
 
 
 def _numerical(forward: Callable[..., Any], inputs: dict[str, np.ndarray], dout: Any, **names: str
