@@ -57,7 +57,7 @@ TANH_CUBIC = 0.044715
 
 def gelu_tanh_forward(x: Array) -> tuple[Array, tuple]:
     """gelu(x) = x (1 + tanh(u)) / 2,  u = sqrt(2/pi) (x + 0.044715 x^3).  x (...) -> out (...)."""
-    u = SQRT_2_OVER_PI * (x + TANH_CUBIC * x**3)  # 1.
+    u = SQRT_2_OVER_PI * (x + TANH_CUBIC * x * x * x)  # 1. (NumPy's x**3 is a general power: ~30x slower)
     t = np.tanh(u)  # 2.
     out = 0.5 * x * (1.0 + t)  # 3.
     return out, (x, t)
