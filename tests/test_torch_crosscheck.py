@@ -61,3 +61,39 @@ def test_logits_loss_and_every_gradient_match_pytorch(gelu, smoothing):
     worst = max(errors, key=errors.get)
     print(f"worst relative difference to PyTorch: {worst} {errors[worst]:.1e}")
     assert errors[worst] < 1e-10, {k: v for k, v in errors.items() if v >= 1e-10}
+
+
+@pytest.mark.parametrize("family", ["mixer", "cnn"])
+def test_the_plain_reference_matches_pytorch_too(family):
+    """nn/reference.py (the textbook code, no shared fast kernels) against PyTorch's autograd, both networks."""
+    from tinymixer.nn import reference
+
+    if family == "mixer":
+        model = tm.MlpMixer(num_classes=5, num_blocks=2, patch_size=4, hidden_dim=8, tokens_mlp_dim=6,
+                            channels_mlp_dim=12, image_size=(8, 12), dtype="float64", seed=0)
+        forward, backward = reference.mixer_forward, reference.mixer_backward
+    else:
+        model = tm.ResNet(num_classes=5, widths=(8, 16), depths=(1, 1), groups=4, image_size=(8, 12),
+                          dtype="float64", seed=0)
+        forward, backward = (lambda x, p: reference.resnet_forward(x, p, model.groups)), reference.resnet_backward
+    r = np.random.default_rng(1)
+    for value in model.params.values():
+        value[...] += 0.2 * r.standard_normal(value.shape)
+    images, labels = r.uniform(-1, 1, (3, 8, 12, 3)), np.array([0, 4, 2])
+    logits, cache = forward(images, dict(model.params))
+    loss, ce_cache = reference.softmax_cross_entropy_forward(logits, labels)
+    dimages, grads = backward(reference.softmax_cross_entropy_backward(1.0, ce_cache), cache)
+
+    net = torch_network(torch, model, "float64")
+    t_images = torch.tensor(images, requires_grad=True)
+    t_logits = net(t_images)
+    t_loss = F.cross_entropy(t_logits, torch.tensor(labels))
+    t_loss.backward()
+    t_grads = tinymixer_grads(net)
+    errors = {"logits": normwise_error(logits, t_logits.detach().numpy()),
+              "loss": abs(loss - t_loss.item()) / abs(t_loss.item()),
+              "images": normwise_error(dimages, t_images.grad.numpy())}
+    assert set(t_grads) == set(grads)
+    scale = max(np.abs(g).max() for g in t_grads.values())
+    errors.update({name: float(np.abs(grads[name] - g).max() / scale) for name, g in t_grads.items()})
+    assert max(errors.values()) < 1e-12, {k: v for k, v in errors.items() if v >= 1e-12}
