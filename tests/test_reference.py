@@ -54,90 +54,67 @@ def block_params(r: np.random.Generator, s: int, c: int, ds: int, dc: int) -> di
 # Layer by layer: fast == reference
 
 
+def equal_pairs(fast: tuple, reference: tuple, *args, seed: int = 0) -> None:
+    """Both forwards on ``args``, then the same random upstream gradient through both backwards: every output
+    (arrays, or dicts of them) equal. ``fast`` and ``reference`` are (forward, backward) pairs."""
+    out, cache = fast[0](*args)
+    expected, ref_cache = reference[0](*args)
+    same(out, expected)
+    dout = rng(seed).standard_normal(np.shape(expected))
+    got, want = fast[1](dout, cache), reference[1](dout, ref_cache)
+    got, want = (got if isinstance(got, tuple) else (got,)), (want if isinstance(want, tuple) else (want,))
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        same(g, w)
+
+
 def test_dense_equals_the_reference():
     r = rng(1)
-    x, w, b = r.standard_normal((2, 3, 5)), r.standard_normal((5, 4)), r.standard_normal(4)
-    out, cache = layers.dense_forward(x, w, b)
-    expected, ref_cache = ref.dense_forward(x, w, b)
-    same(out, expected)
-    dout = r.standard_normal(out.shape)
-    for got, want in zip(layers.dense_backward(dout, cache), ref.dense_backward(dout, ref_cache), strict=True):
-        same(got, want)
+    equal_pairs((layers.dense_forward, layers.dense_backward), (ref.dense_forward, ref.dense_backward),
+                r.standard_normal((2, 3, 5)), r.standard_normal((5, 4)), r.standard_normal(4))
 
 
 @pytest.mark.parametrize("form", ["tanh", "erf"])
 def test_gelu_equals_the_reference(form):
-    r = rng(2)
-    x = 3 * r.standard_normal((4, 33))
-    out, cache = layers.gelu_forward(x, form)
-    expected, ref_cache = ref.GELU[form][0](x)
-    same(out, expected)
-    dout = r.standard_normal(x.shape)
-    same(layers.gelu_backward(dout, cache), ref.GELU[form][1](dout, ref_cache))
+    equal_pairs((lambda x: layers.gelu_forward(x, form), layers.gelu_backward), ref.GELU[form],
+                3 * rng(2).standard_normal((4, 33)))
 
 
 def test_layer_norm_equals_the_reference():
     r = rng(3)
-    x, scale, bias = 2 + 3 * r.standard_normal((2, 5, 7)), r.standard_normal(7), r.standard_normal(7)
-    out, cache = layers.layer_norm_forward(x, scale, bias)
-    expected, ref_cache = ref.layer_norm_forward(x, scale, bias)
-    same(out, expected)
-    dout = r.standard_normal(x.shape)
-    for got, want in zip(layers.layer_norm_backward(dout, cache), ref.layer_norm_backward(dout, ref_cache),
-                         strict=True):
-        same(got, want)
+    equal_pairs((layers.layer_norm_forward, layers.layer_norm_backward),
+                (ref.layer_norm_forward, ref.layer_norm_backward),
+                2 + 3 * r.standard_normal((2, 5, 7)), r.standard_normal(7), r.standard_normal(7))
 
 
 @pytest.mark.parametrize("which", ["token", "channel"])
 def test_mixing_mlps_equal_the_reference(which):
     r = rng(4)
     b, s, c = 2, 6, 5
-    x = r.standard_normal((b, s, c))
-    params = mlp_params(r, s if which == "token" else c, 7)
-    fast_f, fast_b = {"token": (blocks.token_mixing_forward, blocks.token_mixing_backward),
-                      "channel": (blocks.channel_mixing_forward, blocks.channel_mixing_backward)}[which]
-    ref_f, ref_b = {"token": (ref.token_mixing_forward, ref.token_mixing_backward),
-                    "channel": (ref.channel_mixing_forward, ref.channel_mixing_backward)}[which]
-    out, cache = fast_f(x, params)
-    expected, ref_cache = ref_f(x, params)
-    same(out, expected)
-    dout = r.standard_normal(out.shape)
-    dx, grads = fast_b(dout, cache)
-    dx_ref, grads_ref = ref_b(dout, ref_cache)
-    same(dx, dx_ref)
-    same(grads, grads_ref)
+    fast = {"token": (blocks.token_mixing_forward, blocks.token_mixing_backward),
+            "channel": (blocks.channel_mixing_forward, blocks.channel_mixing_backward)}[which]
+    plain = {"token": (ref.token_mixing_forward, ref.token_mixing_backward),
+             "channel": (ref.channel_mixing_forward, ref.channel_mixing_backward)}[which]
+    equal_pairs(fast, plain, r.standard_normal((b, s, c)), mlp_params(r, s if which == "token" else c, 7))
 
 
 @pytest.mark.parametrize("gelu", ["tanh", "erf"])
 def test_mixer_block_equals_the_reference(gelu):
     r = rng(5)
-    x = r.standard_normal((3, 4, 6))
-    params = block_params(r, 4, 6, 5, 8)
-    out, cache = blocks.mixer_block_forward(x, params, gelu)
-    expected, ref_cache = ref.mixer_block_forward(x, params, gelu)
-    same(out, expected)
-    dout = r.standard_normal(out.shape)
-    dx, grads = blocks.mixer_block_backward(dout, cache)
-    dx_ref, grads_ref = ref.mixer_block_backward(dout, ref_cache)
-    same(dx, dx_ref)
-    same(grads, grads_ref)
+    equal_pairs((blocks.mixer_block_forward, blocks.mixer_block_backward),
+                (ref.mixer_block_forward, ref.mixer_block_backward),
+                r.standard_normal((3, 4, 6)), block_params(r, 4, 6, 5, 8), gelu)
 
 
 def test_stem_and_pool_equal_the_reference():
     r = rng(6)
-    images, kernel, bias = r.standard_normal((2, 8, 12, 3)), r.standard_normal((4, 4, 3, 5)), r.standard_normal(5)
+    images = r.standard_normal((2, 8, 12, 3))
     np.testing.assert_array_equal(layers.patchify(images, 4), ref.patchify(images, 4))
     np.testing.assert_array_equal(ref.unpatchify(ref.patchify(images, 4), 4, (8, 12)), images)
-    out, cache = layers.stem_forward(images, kernel, bias)
-    expected, ref_cache = ref.stem_forward(images, kernel, bias)
-    same(out, expected)
-    dout = r.standard_normal(out.shape)
-    for got, want in zip(layers.stem_backward(dout, cache), ref.stem_backward(dout, ref_cache), strict=True):
-        same(got, want)
-    pooled, pool_cache = layers.mean_pool_forward(out)
-    same(pooled, ref.mean_pool_forward(out)[0])
-    dpool = r.standard_normal(pooled.shape)
-    same(layers.mean_pool_backward(dpool, pool_cache), ref.mean_pool_backward(dpool, ref.mean_pool_forward(out)[1]))
+    equal_pairs((layers.stem_forward, layers.stem_backward), (ref.stem_forward, ref.stem_backward),
+                images, r.standard_normal((4, 4, 3, 5)), r.standard_normal(5))
+    equal_pairs((layers.mean_pool_forward, layers.mean_pool_backward),
+                (ref.mean_pool_forward, ref.mean_pool_backward), r.standard_normal((2, 6, 5)))
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
@@ -153,51 +130,34 @@ def test_softmax_cross_entropy_equals_the_reference(smoothing):
 @pytest.mark.parametrize(("k", "stride", "padding"), [(3, 1, 1), (3, 2, 1), (1, 2, 0), (2, 2, 0), (3, 1, 0)])
 def test_convolution_equals_the_reference(k, stride, padding):
     r = rng(8)
-    images, kernel = r.standard_normal((2, 7, 6, 3)), r.standard_normal((k, k, 3, 4))
+    images = r.standard_normal((2, 7, 6, 3))
     np.testing.assert_array_equal(layers.im2col(images, k, stride, padding), ref.im2col(images, k, stride, padding))
-    out, cache = layers.conv2d_forward(images, kernel, None, stride, padding)
-    expected, ref_cache = ref.conv_forward(images, kernel, stride, padding)
-    same(out, expected)
-    dout = r.standard_normal(out.shape)
-    dimages, dkernel, _ = layers.conv2d_backward(dout, cache)
-    dimages_ref, dkernel_ref = ref.conv_backward(dout, ref_cache)
-    same(dimages, dimages_ref)
-    same(dkernel, dkernel_ref)
+    fast = (lambda x, w: layers.conv2d_forward(x, w, None, stride, padding),
+            lambda dout, cache: layers.conv2d_backward(dout, cache)[:2])  # no bias: its gradient is not used
+    equal_pairs(fast, (lambda x, w: ref.conv_forward(x, w, stride, padding), ref.conv_backward),
+                images, r.standard_normal((k, k, 3, 4)))
 
 
 def test_group_norm_and_relu_equal_the_reference():
     r = rng(9)
-    x, scale, bias = 1 + 2 * r.standard_normal((2, 3, 4, 8)), r.standard_normal(8), r.standard_normal(8)
-    out, cache = layers.group_norm_forward(x, scale, bias, 4)
-    expected, ref_cache = ref.group_norm_forward(x, scale, bias, 4)
-    same(out, expected)
-    dout = r.standard_normal(x.shape)
-    for got, want in zip(layers.group_norm_backward(dout, cache), ref.group_norm_backward(dout, ref_cache),
-                         strict=True):
-        same(got, want)
-    y, relu_cache = layers.relu_forward(x - 1)
-    y_ref, ref_relu_cache = ref.relu_forward(x - 1)
-    np.testing.assert_array_equal(y, y_ref)
-    np.testing.assert_array_equal(layers.relu_backward(dout, relu_cache), ref.relu_backward(dout, ref_relu_cache))
+    x = 1 + 2 * r.standard_normal((2, 3, 4, 8))
+    equal_pairs((lambda x, s, b: layers.group_norm_forward(x, s, b, 4), layers.group_norm_backward),
+                (lambda x, s, b: ref.group_norm_forward(x, s, b, 4), ref.group_norm_backward),
+                x, r.standard_normal(8), r.standard_normal(8))
+    equal_pairs((layers.relu_forward, layers.relu_backward), (ref.relu_forward, ref.relu_backward), x - 1)
 
 
 @pytest.mark.parametrize(("c_in", "c", "stride"), [(8, 8, 1), (4, 8, 2)])
 def test_residual_block_equals_the_reference(c_in, c, stride):
     r = rng(10)
-    x = r.standard_normal((2, 6, 6, c_in))
     p = {"norm1/scale": 1 + 0.2 * r.standard_normal(c_in), "norm1/bias": r.standard_normal(c_in),
          "conv1/kernel": 0.3 * r.standard_normal((3, 3, c_in, c)), "norm2/scale": 1 + 0.2 * r.standard_normal(c),
          "norm2/bias": r.standard_normal(c), "conv2/kernel": 0.3 * r.standard_normal((3, 3, c, c))}
     if (c_in, stride) != (c, 1):
         p["shortcut/kernel"] = 0.3 * r.standard_normal((1, 1, c_in, c))
-    out, cache = cnn.residual_block_forward(x, p, stride, 4)
-    expected, ref_cache = ref.residual_block_forward(x, p, stride, 4)
-    same(out, expected)
-    dout = r.standard_normal(out.shape)
-    dx, grads = cnn.residual_block_backward(dout, cache)
-    dx_ref, grads_ref = ref.residual_block_backward(dout, ref_cache)
-    same(dx, dx_ref)
-    same(grads, grads_ref)
+    equal_pairs((lambda x, p: cnn.residual_block_forward(x, p, stride, 4), cnn.residual_block_backward),
+                (lambda x, p: ref.residual_block_forward(x, p, stride, 4), ref.residual_block_backward),
+                r.standard_normal((2, 6, 6, c_in)), p)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -209,36 +169,30 @@ def random_params(model, r: np.random.Generator, spread: float) -> None:
         v[...] = spread * r.standard_normal(v.shape)  # not the initial values: a zero head hides everything
 
 
+def network_equals(model, forward, backward, images: np.ndarray) -> None:
+    """The library's network (its forward and backward, sharded over the cores as it runs) and the reference's
+    whole-model pair: the same logits, input gradient and parameter gradients."""
+    fast = (lambda x: (model.forward(x, train=True), None),
+            lambda dlogits, _: (model.backward(dlogits), dict(model.grads)))
+    equal_pairs(fast, (lambda x: forward(x, dict(model.params)), backward), images)
+
+
 @pytest.mark.parametrize("gelu", ["tanh", "erf"])
 def test_whole_mixer_equals_the_reference(gelu):
     r = rng(11)
     model = tm.MlpMixer(num_classes=5, num_blocks=2, patch_size=4, hidden_dim=6, tokens_mlp_dim=7,
                         channels_mlp_dim=9, image_size=(8, 12), dtype="float64", gelu=gelu)
     random_params(model, r, 0.5)
-    images = r.standard_normal((4, 8, 12, 3))
-    logits = model.forward(images, train=True)
-    expected, cache = ref.mixer_forward(images, dict(model.params), gelu)
-    same(logits, expected)
-    dlogits = r.standard_normal(logits.shape)
-    dimages = model.backward(dlogits)
-    dimages_ref, grads_ref = ref.mixer_backward(dlogits, cache)
-    same(dimages, dimages_ref)
-    same(dict(model.grads), grads_ref)
+    network_equals(model, lambda x, p: ref.mixer_forward(x, p, gelu), ref.mixer_backward,
+                   r.standard_normal((4, 8, 12, 3)))
 
 
 def test_whole_cnn_equals_the_reference():
     r = rng(12)
     model = tm.ResNet(num_classes=4, widths=(8, 16), depths=(1, 2), groups=4, image_size=8, dtype="float64")
     random_params(model, r, 0.3)
-    images = r.standard_normal((3, 8, 8, 3))
-    logits = model.forward(images, train=True)
-    expected, cache = ref.resnet_forward(images, dict(model.params), model.groups)
-    same(logits, expected)
-    dlogits = r.standard_normal(logits.shape)
-    dimages = model.backward(dlogits)
-    dimages_ref, grads_ref = ref.resnet_backward(dlogits, cache)
-    same(dimages, dimages_ref)
-    same(dict(model.grads), grads_ref)
+    network_equals(model, lambda x, p: ref.resnet_forward(x, p, model.groups), ref.resnet_backward,
+                   r.standard_normal((3, 8, 8, 3)))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -506,16 +506,19 @@ _register(Exercise(
 ))
 
 
+def _params_backward_case(r: np.random.Generator, forward: Callable, x: np.ndarray, params: dict, label: str
+                          ) -> Case:
+    """A case for the backward of ``forward(x, params)``: (dout, cache), with finite differences for dx and
+    every parameter (the outputs "dx" and "grads['name']")."""
+    out, cache = forward(x, params)
+    dout = r.standard_normal(out.shape)
+    grads = {f"grads[{k!r}]": f"params/{k}" for k in params}
+    return Case((dout, cache), label, _numerical(forward, {"x": x, "params": params}, dout, dx="x", **grads))
+
+
 def _token_backward_cases(r: np.random.Generator) -> list[Case]:
-    cases = []
-    for b, s, c, ds in _TOKEN_SHAPES:
-        x, params = r.standard_normal((b, s, c)), _mlp_params(r, s, ds)
-        out, cache = ref.token_mixing_forward(x, params)
-        dout = r.standard_normal(out.shape)
-        grads = {f"grads[{k!r}]": f"params/{k}" for k in params}
-        cases.append(Case((dout, cache), f"x (B, S, C) = {(b, s, c)}, D_S = {ds}", _numerical(
-            ref.token_mixing_forward, {"x": x, "params": params}, dout, dx="x", **grads)))
-    return cases
+    return [_params_backward_case(r, ref.token_mixing_forward, r.standard_normal((b, s, c)), _mlp_params(r, s, ds),
+                                  f"x (B, S, C) = {(b, s, c)}, D_S = {ds}") for b, s, c, ds in _TOKEN_SHAPES]
 
 
 def _token_backward_with(transpose_in: bool = True, transpose_out: bool = True) -> Callable:
@@ -553,15 +556,9 @@ def _block_params(r: np.random.Generator, s: int, c: int, ds: int, dc: int) -> d
 
 
 def _block_cases(r: np.random.Generator) -> list[Case]:
-    cases = []
-    for b, s, c, ds, dc in ((2, 3, 4, 5, 6), (1, 4, 2, 3, 5)):
-        x, params = r.standard_normal((b, s, c)), _block_params(r, s, c, ds, dc)
-        out, cache = ref.mixer_block_forward(x, params)
-        dout = r.standard_normal(out.shape)
-        grads = {f"grads[{k!r}]": f"params/{k}" for k in params}
-        cases.append(Case((dout, cache), f"x (B, S, C) = {(b, s, c)}", _numerical(
-            ref.mixer_block_forward, {"x": x, "params": params}, dout, dx="x", **grads)))
-    return cases
+    return [_params_backward_case(r, ref.mixer_block_forward, r.standard_normal((b, s, c)),
+                                  _block_params(r, s, c, ds, dc), f"x (B, S, C) = {(b, s, c)}")
+            for b, s, c, ds, dc in ((2, 3, 4, 5, 6), (1, 4, 2, 3, 5))]
 
 
 def _block_backward_with(first_residual: bool = True, second_residual: bool = True, token_from_dout: bool = False
