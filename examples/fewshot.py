@@ -46,6 +46,7 @@ from tinymixer.data.images import resize_image
 from tinymixer.nn.network import Network
 from tinymixer.training.checkpoint import CheckpointError, load_model
 from tinymixer.transfer.fewshot import L2, NUM_SEEDS, SHOTS, few_shot_evaluation, few_shot_rows, mean_and_std
+from tinymixer.transfer.weights import WeightsError, resolve
 from tinymixer.util.cli import Parser, add_backend_option, number
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -61,8 +62,10 @@ def fail(message: str) -> None:
 def build_parser() -> Parser:
     p = Parser(prog="fewshot.py", description=__doc__.split("\n\n")[0])
     pos = number(int, 1)
-    p.add_argument("--checkpoint", type=Path, required=True, metavar="NPZ",
-                   help="an official Mixer .npz (e.g. Mixer-B_16.npz) or a checkpoint of examples/cifar10.py")
+    p.add_argument("--checkpoint", required=True, metavar="NAME|NPZ",
+                   help="the name of pretrained weights, fetched once (e.g. Mixer-B_16; python -m "
+                        "tinymixer.transfer.weights list), an official Mixer .npz or a checkpoint of "
+                        "examples/cifar10.py")
     p.add_argument("--data-dir", type=Path, metavar="DIR",
                    help=f"a CIFAR-layout folder or its parent (default: CIFAR-10 in ${DATA_DIR_ENV} or "
                         f"~/.cache/tinymixer; never downloaded unless --download)")
@@ -127,8 +130,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # --- the frozen model and the data --------------------------------------------------------------------------
     try:
+        args.checkpoint = resolve(args.checkpoint)  # a file, or named weights fetched once into the cache
         model = load_model(args.checkpoint)
-    except CheckpointError as exc:
+    except (WeightsError, CheckpointError) as exc:
         fail(str(exc))
     h, w = model.image_size
     print(f"model: {args.checkpoint} ({model.describe()}, {h}x{w} images; features of {model.feature_dim} "

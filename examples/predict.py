@@ -42,6 +42,7 @@ from tinymixer.data.images import (
 from tinymixer.nn.network import Network
 from tinymixer.training.checkpoint import META_KEY, CheckpointError, load_model
 from tinymixer.training.evaluate import predict_logits
+from tinymixer.transfer.weights import DEFAULT, WeightsError, resolve
 from tinymixer.util.cli import Parser, add_backend_option, positive_int
 
 PROG = "predict.py"
@@ -58,8 +59,10 @@ def build_parser() -> Parser:
                            "of cifar10.py (Mixer or CNN).")
     p.add_argument("images", nargs="*", type=Path, metavar="IMAGE",
                    help="image files, or folders (their image files are taken, sorted)")
-    p.add_argument("--checkpoint", type=Path, required=True, metavar="NPZ",
-                   help="an official Mixer .npz (e.g. Mixer-B_16.npz) or a checkpoint written by cifar10.py")
+    p.add_argument("--checkpoint", default=DEFAULT, metavar="NAME|NPZ",
+                   help="the name of pretrained weights, fetched once (python -m tinymixer.transfer.weights list), "
+                        "an official Mixer .npz or a checkpoint written by cifar10.py (default: %(default)s, the "
+                        "official ImageNet-1k Mixer-B/16)")
     p.add_argument("--labels", type=Path, metavar="FILE", help="class names, one per line in class-index order")
     p.add_argument("--top", type=positive_int, metavar="K", default=5, help="how many classes to print per image")
     p.add_argument("--crop", action="store_true",
@@ -214,9 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as error:
         fail(str(error))
     try:
+        args.checkpoint = resolve(args.checkpoint)  # a file, or named weights fetched once into the cache
         model = load_model(args.checkpoint)
         names, source = class_names_for(model, args.checkpoint, args.labels)
-    except (CheckpointError, DataError) as error:
+    except (WeightsError, CheckpointError, DataError) as error:
         fail(str(error))
     h, w = model.image_size
     print(f"{args.checkpoint}: {model.describe()}, {h}x{w} images, {model.num_classes} classes ({source})")

@@ -34,6 +34,7 @@ from .training.optim import (
     warmup_linear_decay,
     warmup_steps,
 )
+from .transfer.weights import pretrained
 
 # Keep freed host memory for the next step instead of page-faulting it in again (8-10% of a step; see the
 # function). TINYMIXER_KEEP_FREED_MEMORY=0 leaves the allocator as it is (and the process's memory can shrink).
@@ -53,6 +54,7 @@ __all__ = [
     "ResNet", "CNN_SIZES", "make_model", "model_from_config", "MODEL_NAMES", "auto_patch_size",
     "SGD", "Adam", "AdamW", "decay_mask", "clip_by_global_norm", "global_norm",
     "warmup_cosine", "warmup_linear_decay", "schedule", "SCHEDULES", "warmup_steps",
+    "pretrained",
     "check_gradients", "directional_check", "numerical_gradient", "rel_error",
     "array_module", "backend_name", "get_backend", "set_backend", "synchronize", "to_device", "to_host",
     "keep_freed_host_memory", "KEEPS_FREED_MEMORY", "BLAS_THREADS_SLEEP_AT_ONCE",

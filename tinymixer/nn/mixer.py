@@ -58,6 +58,7 @@ SIZES: dict[str, MixerSize] = {
     "L/32": MixerSize(24, 32, 1024, 512, 4096),
     "L/16": MixerSize(24, 16, 1024, 512, 4096),
     "H/14": MixerSize(32, 14, 1280, 640, 5120),
+    "S/8": MixerSize(8, 8, 512, 256, 2048),  # not in Table 1: the official GSAM checkpoints include it
     "micro/4": MixerSize(4, 4, 64, 32, 256),
     "tiny/4": MixerSize(8, 4, 128, 64, 512),  # the layer sizes of the "Mixer-nano" of public CIFAR-10 code
     "small/4": MixerSize(8, 4, 256, 128, 1024),

@@ -102,10 +102,11 @@ def build_parser(prog: str = "cifar10.py", description: str = DESCRIPTION) -> Pa
     model.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="floating-point type")
 
     tune = p.add_argument_group("fine-tuning from a checkpoint")
-    tune.add_argument("--init", type=Path, metavar="CHECKPOINT",
-                      help="start from these weights (an official Mixer .npz, or a checkpoint of this script, of "
-                           "the --model family): all but the head, a new zero head for the data's classes; the "
-                           "size comes from the checkpoint")
+    tune.add_argument("--init", metavar="NAME|CHECKPOINT",
+                      help="start from these weights: the name of pretrained weights (e.g. Mixer-B_16, fetched "
+                           "once: python -m tinymixer.transfer.weights list), an official Mixer .npz, or a "
+                           "checkpoint of this script, of the --model family: all but the head, a new zero head for "
+                           "the data's classes; the size comes from the checkpoint")
     tune.add_argument("--keep-head", action="store_true",
                       help="with --init: keep the checkpoint's head instead (its classes must be the data's)")
     tune.add_argument("--image-size", type=pos, metavar="N",

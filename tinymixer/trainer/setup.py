@@ -16,7 +16,9 @@ from ..nn.mixer import SIZES, MlpMixer
 from ..training import distributed
 from ..training.optim import SGD, Adam, AdamW, decay_mask, warmup_steps
 from ..transfer.pretrained import FamilyError, PretrainedError, load_for_finetuning
+from ..transfer.weights import WeightsError, resolve
 from .options import ARCHITECTURES, RECIPES, OptionError, remembered
+from .state import on_root as _on_root
 
 
 def load_data(args: argparse.Namespace, say: Callable[[str], None] = print) -> Dataset:
@@ -55,8 +57,12 @@ def build_model(args: argparse.Namespace, data: Dataset, say: Callable[[str], No
     if args.image_size:
         h = w = args.image_size
     if args.init:
+        try:  # a file, or the name of pretrained weights: fetched once, by rank 0 alone
+            path = _on_root(lambda: resolve(args.init, say=say))
+        except WeightsError as exc:
+            raise OptionError(f"--init {args.init}: {exc}") from None
         try:
-            model, notes = load_for_finetuning(args.init, data.num_classes, (h, w), args.dtype, args.seed,
+            model, notes = load_for_finetuning(path, data.num_classes, (h, w), args.dtype, args.seed,
                                                keep_head=args.keep_head, architecture=ARCHITECTURES[args.model])
         except FamilyError as exc:
             other = next(name for name, arch in ARCHITECTURES.items() if arch == exc.held)
