@@ -1,6 +1,7 @@
 """Classify your own images with a trained network: an official pretrained Mixer, or any checkpoint of cifar10.py.
 
-    python examples/predict.py photo.jpg dir/ --checkpoint Mixer-B_16.npz       # top-5 classes of every image
+    python examples/predict.py photo.jpg                                         # Mixer-B/16, fetched once
+    python examples/predict.py photo.jpg dir/ --checkpoint Mixer-L_16             # named weights (weights list)
     python examples/predict.py cat.png --checkpoint runs/cifar10/best.npz --top 3
     python examples/predict.py --image-folder photos/ --checkpoint Mixer-B_16.npz  # accuracy on labelled folders
     python examples/predict.py --help                                              # every option, with its default

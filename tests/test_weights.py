@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.server
 import io
+import os
 import re
 import threading
 
@@ -261,6 +262,8 @@ def test_safetensors_round_trip_and_damage(tmp_path):
 
 
 def test_safetensors_agrees_with_the_reference_implementation(tmp_path):
+    if os.environ.get("CI"):
+        import safetensors.numpy  # noqa: F401 -- under CI a missing package fails, not skips
     st = pytest.importorskip("safetensors.numpy")
     arrays = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "v": np.ones(3, dtype=np.float16)}
     st.save_file(arrays, str(tmp_path / "theirs.safetensors"))
