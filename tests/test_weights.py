@@ -133,7 +133,7 @@ def test_a_name_is_fetched_once_verified_cached_and_used_without_the_server(serv
 def test_a_cut_transfer_is_resumed_where_it_stopped(server, micro):
     model, data = micro
     server.cut_after = len(data) // 3
-    with pytest.raises(WeightsError, match=r"stopped at .* run the same command again to resume"):
+    with pytest.raises(WeightsError, match=r"stopped after .* run the same command again to resume"):
         weights.fetch_weights(MICRO.name, say=lambda _: None)
     part = MICRO.cache_path.with_name(MICRO.cache_path.name + ".part")
     assert part.stat().st_size == len(data) // 3 and not MICRO.cache_path.exists()

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..util.files import atomic_open
+from ..util.download import fetch
 from .dataset import DataError, Dataset
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -55,25 +55,19 @@ def md5sum(path: Path) -> str:
 
 
 def download(url: str, dest: Path, md5: str | None = None, progress: bool = True, timeout: float = 60.0) -> Path:
-    """Fetch ``url`` to ``dest`` with a progress bar. The bytes go to a temporary file beside ``dest``, which is
-    renamed only after the download is complete (and its MD5 matches): an interrupted download never leaves a
-    file that looks complete."""
-    from tqdm import tqdm
-
-    with atomic_open(dest, suffix=".part") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-        total = int(response.headers.get("Content-Length") or 0) or None
-        size, digest = 0, hashlib.md5()
-        with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {dest.name}",
-                  disable=None if progress else True) as bar:  # None: off when piped
-            for chunk in iter(lambda: response.read(1 << 20), b""):
-                out.write(chunk)
-                size += len(chunk)
-                digest.update(chunk)
-                bar.update(len(chunk))
-        if total is not None and size != total:
-            raise DataError(f"download of {url} stopped after {size} of {total} bytes; try again")
-        if md5 is not None and (got := digest.hexdigest()) != md5:
+    """Fetch ``url`` to ``dest`` with a progress bar (``util.download.fetch``). The bytes go to a ``.part`` file
+    beside ``dest``, renamed only after the download is complete and its MD5 matches; a failed or cut download
+    leaves nothing (a data set is fetched whole)."""
+    part = dest.with_name(dest.name + ".part")
+    part.unlink(missing_ok=True)
+    try:
+        fetch(url, part, f"downloading {dest.name}", progress, timeout)
+        if md5 is not None and (got := md5sum(part)) != md5:
             raise DataError(f"downloaded {url} but its MD5 is {got}, expected {md5}: the file is corrupt; try again")
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    os.replace(part, dest)
     return dest
 
 

@@ -259,7 +259,7 @@ def fetch_weights(name: str, progress: bool = True, say: Any = print) -> Path:
                 raise WeightsError(f"{exc}: offline? Fetch it by hand: curl -L -o {source} {weights.url} (or set "
                                    f"TINYMIXER_{'TIMM' if weights.source == 'timm' else 'WEIGHTS'}_URL to a "
                                    f"mirror)") from None
-            raise WeightsError(str(exc)) from None
+            raise WeightsError(f"{exc}; run the same command again to resume it") from None
         os.replace(part, source)  # complete: verified next, deleted if it fails
     try:
         params, config = _checked_params(weights, source)

@@ -67,13 +67,12 @@ def fetch(url: str, part: Path, label: str, progress: bool = True, timeout: floa
                     received += len(chunk)
                     bar.update(len(chunk))
             except (OSError, http.client.HTTPException) as exc:  # the connection dropped mid-transfer
-                raise DownloadError(f"the transfer of {url} stopped at {_mb(received)} of {_mb(total)} ({exc}); "
-                                    f"run the same command again to resume it") from None
+                raise DownloadError(f"the transfer of {url} stopped after {_size(received)} of {_size(total)} "
+                                    f"({exc})") from None
     if total is None:
         return received
     if received != total:
-        raise DownloadError(f"the transfer of {url} stopped at {_mb(received)} of {_mb(total)}; run the same "
-                            f"command again to resume it")
+        raise DownloadError(f"the transfer of {url} stopped after {_size(received)} of {_size(total)}")
     return total
 
 
@@ -83,5 +82,7 @@ def _total_from_range(content_range: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _mb(size: int | None) -> str:
-    return "an unknown size" if size is None else f"{size / 1e6:.1f} MB"
+def _size(size: int | None) -> str:
+    if size is None:
+        return "an unknown size"
+    return f"{size:,} bytes" if size < 10**6 else f"{size / 1e6:.1f} MB"
