@@ -26,7 +26,7 @@ from lesson_utils import plt, print_reference, save_figure
 
 from tinymixer import exercises
 from tinymixer.nn import reference
-from tinymixer.nn.gradcheck import check_gradients
+from tinymixer.nn.gradcheck import check_gradients, numerical_gradient, rel_error
 from tinymixer.nn.layers import layer_norm_backward, layer_norm_forward
 
 print_reference(reference.layer_norm_forward, reference.layer_norm_backward)
@@ -61,6 +61,38 @@ def without_variance_term(dout, cache):
 broken = check_gradients(layer_norm_forward, without_variance_term, inputs)
 print("without the variance term:", {k: f"{v:.1e}" for k, v in broken.items()})
 assert broken["x"] > 1e-3
+
+# %% [markdown]
+# ## The three paths, one at a time
+# Each term of dx is the gradient along one path with the other two cut. Let x move only the numerator, with μ and
+# σ² held at their values (the direct path); or only the mean; or only the variance. Finite differences of these
+# three functions measure the three terms one by one, and their sum is the whole dx.
+
+# %%
+x0, g0, b0 = inputs["x"], inputs["scale"], inputs["bias"]
+eps = 1e-6
+mu0, var0 = x0.mean(-1, keepdims=True), x0.var(-1, keepdims=True)
+r0 = 1 / np.sqrt(var0 + eps)
+xhat0 = (x0 - mu0) * r0
+dout = rng.standard_normal(x0.shape)
+d = dout * g0
+paths = {  # (x -> the normalised x along one path only, the analytic term of that path)
+    "direct:    r d": (lambda x: (x - mu0) * r0, r0 * d),
+    "through μ: -r mean(d)": (lambda x: (x0 - x.mean(-1, keepdims=True)) * r0, -r0 * d.mean(-1, keepdims=True)
+                              * np.ones_like(x0)),
+    "through σ²: -r x̂ mean(d x̂)": (lambda x: (x0 - mu0) / np.sqrt(x.var(-1, keepdims=True) + eps),
+                                   -r0 * xhat0 * (d * xhat0).mean(-1, keepdims=True)),
+}
+probe = x0.copy()
+total = 0
+for name, (along, analytic) in paths.items():
+    numerical = numerical_gradient(lambda along=along: along(probe) * g0 + b0, probe, dout)
+    total = total + numerical
+    print(f"  {name:30s} relative error {rel_error(analytic, numerical):.1e}")
+    assert rel_error(analytic, numerical) < 1e-7
+full_dx = layer_norm_backward(dout, layer_norm_forward(x0, g0, b0)[1])[0]
+print(f"the three paths summed vs the whole backward: relative error {rel_error(full_dx, total):.1e}")
+assert rel_error(full_dx, total) < 1e-7
 
 # %%
 # One panel per token, before and after on the same axis: LayerNorm works on each token on its own.

@@ -10,6 +10,10 @@
 # - channel mixing: $Y_{s,*} = W_4\,\mathrm{GELU}(W_3 U_{s,*})$ for every token s — one MLP of width D_C applied
 #   to each row, the same weights for all S rows.
 #
+# The equations use column vectors, as the paper does. The code stores each kernel as (inputs, outputs), as the
+# official checkpoints do — the token-mixing `Dense_0/kernel` K₁ is (S, D_S) — and multiplies row vectors from the
+# right: `v @ K1` is $W_1 v$ with $W_1 = K_1^\top$ (D_S, S).
+#
 # In code both are the same `mlp_block_forward`: channel mixing along the last axis, token mixing along axis -2
 # (the tokens), as `W1ᵀ @ x[b]` for each image b. The official code swaps the two axes, applies the MLP to the
 # last axis and swaps back: the same numbers (checked below), but two copies of the table.

@@ -47,8 +47,9 @@ fig, ax = plt.subplots(figsize=(6, 4))
 for name, params, gflops, _ in rows:
     ax.scatter(gflops, params)
     ax.annotate(name, (gflops, params), textcoords="offset points", xytext=(5, 3))
+ax.margins(x=0.12, y=0.12)  # room for the labels of the corner points
 ax.set(xscale="log", yscale="log", xlabel="GFLOPs per image (forward, 224 px)", ylabel="parameters (M)",
-       title="MLP-Mixer sizes: patch size sets the compute, width the parameters")
+       title="MLP-Mixer sizes:\npatch size sets the compute, width the parameters")
 ax.grid(alpha=0.3)
 save_figure(fig, "07_sizes")
 

@@ -22,9 +22,11 @@ assert lrs[0] == 0 and lrs[warmup] == 0.1 and abs(lrs[550] - 0.05) < 1e-12 and l
 # %% [markdown]
 # ## Momentum on an ill-conditioned valley
 # $f(\theta) = \tfrac12(\theta_1^2 + 25\,\theta_2^2)$: steep in one direction, flat in the other. The step must
-# stay small for the steep direction; plain gradient descent then crawls along the flat one. With the same
-# step, momentum accumulates speed along the consistent direction (up to 1/(1 - 0.9) = 10 times) while the
-# oscillating one partly cancels.
+# stay small for the steep direction; plain gradient descent then crawls along the flat one: each step multiplies
+# θ₁ by 1 − 0.01 = 0.99 and θ₂ by 1 − 0.01·25 = 0.75, so neither ever changes sign — no oscillation at all, just
+# slow progress along θ₁. Momentum accumulates speed along the consistent direction (up to 1/(1 − 0.9) = 10 times
+# the step) and pays for it in the steep one: it overshoots, and θ₂ swings from side to side with a shrinking
+# amplitude. The run counts both.
 
 # %%
 curvature = np.array([1.0, 25.0])
@@ -41,7 +43,11 @@ def descend(momentum, steps=60, lr=0.01):
 plain, heavy = descend(0.0), descend(0.9)
 print(f"distance to the minimum after 60 steps: plain {np.linalg.norm(plain[-1]):.3f}, "
       f"momentum {np.linalg.norm(heavy[-1]):.4f}")
+sign_changes = {name: int((np.diff(np.sign(path[:, 1])) != 0).sum()) for name, path in
+                [("plain", plain), ("momentum", heavy)]}
+print(f"times θ₂ changes sign: plain {sign_changes['plain']}, momentum {sign_changes['momentum']}")
 assert np.linalg.norm(heavy[-1]) < np.linalg.norm(plain[-1])
+assert sign_changes["plain"] == 0 < sign_changes["momentum"]  # what the text says: only momentum oscillates
 
 # %% [markdown]
 # ## Clipping keeps the direction
@@ -64,9 +70,15 @@ ax2.plot(*plain.T, "o-", ms=3, label="plain SGD")
 ax2.plot(*heavy.T, "o-", ms=3, label="momentum 0.9")
 ax2.set(title="60 steps, learning rate 0.01, on an ill-conditioned valley")
 ax2.legend()
-norms = np.linspace(0, 5, 200)
-ax3.plot(norms, np.minimum(norms, 1.0))
-ax3.set(title="clip at global norm 1", xlabel="gradient norm", ylabel="norm of the clipped gradient")
+for angle, length in [(0.3, 3.0), (1.2, 2.2), (2.4, 0.7), (4.0, 1.6)]:  # gradients (a, b) before and after
+    g = {"a": np.array([length * np.cos(angle)]), "b": np.array([length * np.sin(angle)])}
+    before = (g["a"][0], g["b"][0])
+    tm.clip_by_global_norm(g, 1.0)
+    ax3.annotate("", before, (0, 0), arrowprops={"arrowstyle": "->", "color": "lightgray", "lw": 2})
+    ax3.annotate("", (g["a"][0], g["b"][0]), (0, 0), arrowprops={"arrowstyle": "->", "color": "tab:blue", "lw": 2})
+ax3.add_patch(plt.Circle((0, 0), 1.0, fill=False, ls=":", color="gray"))
+ax3.set(xlim=(-3.2, 3.2), ylim=(-3.2, 3.2), aspect="equal", xlabel="gradient of a", ylabel="gradient of b",
+        title="clip at global norm 1: gray before, blue after —\nthe same direction, the length capped at 1")
 for ax in (ax1, ax3):
     ax.grid(alpha=0.3)
 save_figure(fig, "08_optimizer")

@@ -6,17 +6,28 @@
 #
 # The data: `synthetic_shapes`, six shape classes drawn at random positions, sizes and colours on noisy
 # backgrounds — made on the spot, no download. (`examples/cifar10.py` runs the same loop on CIFAR-10, with
-# checkpoints and resume.) The loop is `tinymixer.training.train.fit`, built on `train_step`:
+# checkpoints and resume.) The loop is `tinymixer.training.train.fit`, built on `train_step`, and a training step
+# is five lines: the forward pass, the loss and its gradient, the backward pass, clipping, the update. Here they
+# are, plainly; the library's `train_step` is the same five steps with what a real run adds around them (mixup,
+# gradient accumulation, several processes, training the head alone).
 
 # %%
 import numpy as np
-from lesson_utils import pick, plt, print_code, save_figure, training_model
+from lesson_utils import pick, plt, save_figure, training_model
 from matplotlib.ticker import MaxNLocator
 
-from tinymixer.data import SHAPE_NAMES, synthetic_shapes
+import tinymixer as tm
+from tinymixer.data import SHAPE_NAMES, normalize, synthetic_shapes
 from tinymixer.training.train import fit, train_step
 
-print_code(train_step)
+
+def plain_step(model, optimizer, images, labels, lr, clip=1.0):
+    logits = model.forward(images, train=True)  # 1. (B, K), caches kept for the backward
+    loss, dlogits = tm.softmax_cross_entropy(logits, labels)  # 2. the loss and dL/dlogits = (p - y) / B
+    model.backward(dlogits)  # 3. fills model.grads
+    tm.clip_by_global_norm(model.grads, clip)  # 4. one scale for all gradients, if their norm exceeds clip
+    optimizer.step(model.params, model.grads, lr)  # 5. SGD with momentum, in place
+    return float(loss)
 
 # Quick mode: three of the six shapes, and a smaller Mixer (lesson_utils.training_model), so that seconds of
 # training still show learning, overfitting and what augmentation does.
@@ -38,6 +49,15 @@ train_x, train_y = shapes(n_train, seed=0)
 test_x, test_y = shapes(pick(1000, 400), seed=1)
 print(f"{n_train} training and {len(test_y)} test images of {len(classes)} classes: {classes} "
       f"(chance: {100 / len(classes):.0f}%)")
+
+# The plain step and the library's train_step, from the same start on the same batch: the same weights after.
+batch_x = normalize(train_x[:batch_size])  # uint8 pixels to float32 in [-1, 1]
+twins = [training_model(num_classes=len(classes), image_size=16) for _ in range(2)]
+plain_step(twins[0], tm.SGD(), batch_x, train_y[:batch_size], lr=0.1)
+train_step(twins[1], tm.SGD(), batch_x, train_y[:batch_size], lr=0.1)
+gap = max(float(np.abs(twins[0].params[k] - twins[1].params[k]).max()) for k in twins[0].params)
+print(f"plain_step vs train_step, one step: largest weight difference {gap:.1e}")
+assert gap < 1e-6
 
 # %% [markdown]
 # Two runs of the same model and recipe: one on the raw images, one with random crops (2-pixel padding) and

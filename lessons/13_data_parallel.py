@@ -265,7 +265,7 @@ assert tm.describe_size("tiny/4", num_classes=10, image_size=32)["params"] == tm
     "tiny/4", num_classes=10, image_size=32).num_params()  # describe_size counts what the model allocates
 
 # %% [markdown]
-# Whether that is a lot depends on the compute it hides behind. Measure one float32 training step here, then
+# Whether that is a lot depends on the compute beside it. Measure one float32 training step here, then
 # predict the *scaling efficiency* (speed-up divided by N) for a fixed global batch B: each rank computes B/N
 # images, then waits for the all-reduce (tinymixer starts it after the whole backward, so nothing overlaps):
 #
@@ -328,7 +328,8 @@ save_figure(fig, "13_scaling_model")
 # A Mixer's FLOPs per parameter grow with its tokens and its width (each token-mixing weight is used once per channel,
 # each channel-mixing weight once per token), so B/16, with 196 tokens of 768 channels, computes far more per byte
 # of gradient than tiny/4 with 64 of 128, and its batch is 32 times larger. At this CPU's speed the all-reduce
-# hides behind the compute except for tiny/4 on tens of processes over 10 GbE. A GPU computes over a thousand
+# is small beside the compute (it waits after the backward; it is not hidden) except for tiny/4 on tens of
+# processes over 10 GbE. A GPU computes over a thousand
 # times faster while the bytes stay the same, and then only the large model on the fast link keeps most of a few
 # dozen processes busy. That is why GPU clusters need fast links, and why frameworks such as PyTorch's DDP overlap
 # the all-reduce with the backward, in buckets, layer by layer.
