@@ -46,6 +46,7 @@ from tinymixer.training.averaging import ExponentialMovingAverage
 from tinymixer.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from tinymixer.training.evaluate import confusion_matrix, evaluate, format_confusion_matrix
 from tinymixer.training.train import train_step
+from tinymixer.util import cli
 from tinymixer.util.plots import plot_confusion_matrix, plot_learning_curves
 
 Model = tm.MlpMixer | tm.ResNet  # the networks this script trains (tinymixer.nn.network.Network)
@@ -58,9 +59,7 @@ Model = tm.MlpMixer | tm.ResNet  # the networks this script trains (tinymixer.nn
 def fail(message: str) -> None:
     """A bad option or combination of options found after parsing: one line on stderr, exit code 2. (In a
     data-parallel run every rank finds the same problem; rank 0 says it.)"""
-    if distributed.world().is_root:
-        print(f"cifar10.py: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+    cli.fail(message, "cifar10.py", speak=distributed.world().is_root)
 
 
 def log(message: str = "") -> None:

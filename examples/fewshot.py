@@ -47,6 +47,7 @@ from tinymixer.nn.network import Network
 from tinymixer.training.checkpoint import CheckpointError, load_model
 from tinymixer.transfer.fewshot import L2, NUM_SEEDS, SHOTS, few_shot_evaluation, few_shot_rows, mean_and_std
 from tinymixer.transfer.weights import WeightsError, resolve
+from tinymixer.util import cli
 from tinymixer.util.cli import Parser, add_backend_option, number
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -55,8 +56,7 @@ from tinymixer.util.cli import Parser, add_backend_option, number
 
 def fail(message: str) -> None:
     """A problem found after parsing (a missing file, data that does not fit): one line on stderr, exit code 2."""
-    print(f"fewshot.py: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+    cli.fail(message, "fewshot.py")
 
 
 def build_parser() -> Parser:

@@ -44,6 +44,7 @@ from tinymixer.nn.network import Network
 from tinymixer.training.checkpoint import META_KEY, CheckpointError, load_model
 from tinymixer.training.evaluate import predict_logits
 from tinymixer.transfer.weights import DEFAULT, WeightsError, resolve
+from tinymixer.util import cli
 from tinymixer.util.cli import Parser, add_backend_option, positive_int
 
 PROG = "predict.py"
@@ -79,8 +80,7 @@ def build_parser() -> Parser:
 
 def fail(message: str) -> None:
     """One line on stderr, exit code 2."""
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+    cli.fail(message, PROG)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -26,6 +25,7 @@ from tinymixer.data import DataError, Dataset, find_data, load_folder, normalize
 from tinymixer.nn.architectures import family, make_model
 from tinymixer.training.evaluate import evaluate
 from tinymixer.training.train import fit, train_step
+from tinymixer.util import cli
 from tinymixer.util.cli import HelpWithDefaults, Parser, add_backend_option, number, positive_int
 
 # The learning rates used when no sweep runs (--preset quick, or --no-sweep). Mixer: the fine-tuning recipe's
@@ -139,8 +139,7 @@ def resolve(args: Any, presets: dict[str, Preset]) -> Preset:
 
 def fail(message: str) -> None:
     """A problem found after parsing: one line on stderr, exit code 2 (as tinymixer.util.cli.Parser's errors)."""
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+    cli.fail(message)
 
 
 def log(message: str = "") -> None:

@@ -66,3 +66,14 @@ def test_every_program_takes_its_backend_default_from_the_environment(monkeypatc
         for name, build in builders.items():
             expected = bench_default if name == "bench" else (value or "auto")
             assert build().get_default("backend") == expected, (name, value)
+
+
+def test_fail_is_one_line_and_exit_2_and_can_stay_quiet(capsys):
+    from tinymixer.util import cli
+
+    with pytest.raises(SystemExit) as stop:
+        cli.fail("no such file x.npz", "prog.py")
+    assert stop.value.code == 2 and capsys.readouterr().err == "prog.py: error: no such file x.npz\n"
+    with pytest.raises(SystemExit) as stop:
+        cli.fail("the same problem on another rank", "prog.py", speak=False)
+    assert stop.value.code == 2 and capsys.readouterr().err == ""

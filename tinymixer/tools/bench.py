@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..util.cli import Parser, add_backend_option, positive_int
+from ..util.cli import HelpWithExamples, Parser, add_backend_option, positive_int
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -476,15 +476,11 @@ def _legend(repeats: int) -> str:
     ])
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help with every default shown, and the examples' lines kept as written."""
-
-
 def _parser() -> Parser:
     from ..nn.architectures import MODEL_NAMES
 
     p = Parser(prog="python -m tinymixer.tools.bench", description=__doc__.split("\n\n")[0],
-                epilog="examples:\n" + __doc__.split("\n\n")[1].rstrip(), formatter_class=_HelpFormatter)
+                epilog="examples:\n" + __doc__.split("\n\n")[1].rstrip(), formatter_class=HelpWithExamples)
     p.add_argument("--configs", nargs="+", default=["tiny/4", "small/4"], choices=MODEL_NAMES, metavar="SIZE",
                    help=f"model sizes to time (Mixers and CNNs), of: {', '.join(MODEL_NAMES)}")
     p.add_argument("--batch-size", type=positive_int, default=128, help="images per training step")

@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 from ..backend import ENV_VAR
 
@@ -21,6 +23,19 @@ class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
         # ``is``, not ``in (None, False)``: 0 == False, and a default of 0 (--seed, --weight-decay) is shown
         empty = action.default is None or action.default is False
         return action.help if empty else super()._get_help_string(action)
+
+
+class HelpWithExamples(HelpWithDefaults, argparse.RawDescriptionHelpFormatter):
+    """--help with every default shown, and the description's and epilog's lines (examples) kept as written."""
+
+
+def fail(message: str, prog: str | None = None, speak: bool = True) -> NoReturn:
+    """A problem found after parsing (a missing file, options that do not fit together): one line on stderr,
+    ``prog: error: message``, and exit code 2, as ``Parser``'s own errors. ``speak=False`` exits without a word
+    (the other ranks of a data-parallel run, which find the same problem as rank 0)."""
+    if speak:
+        print(f"{prog}: error: {message}" if prog else f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 class Parser(argparse.ArgumentParser):
