@@ -221,3 +221,31 @@ def test_notebook_executes_in_a_jupyter_kernel_in_quick_mode(lesson, tmp_path, m
     assert not stray, f"cells whose last line displays a value: {stray}"
     shown = sum("image/png" in output.get("data", {}) for output in outputs)
     assert shown == len(list(tmp_path.glob("*.png"))) > 0  # every saved figure is also shown in the notebook
+
+
+@pytest.mark.slow
+def test_lesson_9_exercise_1_warmup_shows_at_a_large_rate():
+    """Lesson 9's first exercise says: in quick mode, 3 epochs at lr 2.0 without warm-up drive the train loss far
+    above chance (ln 3), with 30 warm-up steps it stays near it; at lr 0.5 the two are alike."""
+    import math
+
+    import numpy as np
+
+    import tinymixer as tm
+    from tinymixer.data import SHAPE_NAMES, synthetic_shapes
+    from tinymixer.training.train import fit
+
+    images, labels = synthetic_shapes(1800, size=16, seed=0)
+    new_label = np.full(len(SHAPE_NAMES), -1)
+    new_label[[SHAPE_NAMES.index(n) for n in ("disc", "square", "bar")]] = np.arange(3)
+    keep = new_label[labels] >= 0
+    x, y = images[keep][:600], new_label[labels[keep]][:600]
+
+    def worst_loss(lr, warmup):
+        model = tm.MlpMixer(num_classes=3, num_blocks=2, patch_size=4, hidden_dim=32, tokens_mlp_dim=16,
+                            channels_mlp_dim=64, image_size=16)  # lesson_utils.training_model in quick mode
+        return max(e["train_loss"] for e in fit(model, x, y, epochs=3, batch_size=32, lr=lr, warmup=warmup))
+
+    chance = math.log(3)
+    assert worst_loss(2.0, 0) > 2 * chance and worst_loss(2.0, 30) < 1.3 * chance
+    assert abs(worst_loss(0.5, 0) - worst_loss(0.5, 30)) < 0.1
