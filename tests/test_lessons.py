@@ -52,8 +52,8 @@ def run_lesson(tmp_path_factory):
     return run
 
 
-def test_there_are_thirteen_lessons():
-    assert len(LESSONS) == 13
+def test_there_are_fourteen_lessons():
+    assert len(LESSONS) == 14
 
 
 @pytest.mark.parametrize("lesson", LESSONS, ids=[p.stem for p in LESSONS])
