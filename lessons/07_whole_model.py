@@ -1,7 +1,8 @@
 # %% [markdown]
 # # Lesson 7 — The whole model: stem, N blocks, pool, head
 #
-# **You will learn** how the full MLP-Mixer is assembled, how big the paper's models are (parameters and FLOPs,
+# **You will learn** how the full MLP-Mixer is assembled, the backward of its two ends (the loss's gradient
+# (p − y)/B derived, the head, the pool and the stem), how big the paper's models are (parameters and FLOPs,
 # computed from shapes), and how one directional derivative checks every gradient of a real model at once.
 #
 # image (B, H, W, 3) → stem (B, S, C) → N Mixer blocks (B, S, C) → LayerNorm → mean over tokens (B, C) → head (B, K)
@@ -13,7 +14,7 @@ from lesson_utils import pick, plt, print_reference, save_figure
 import tinymixer as tm
 from tinymixer import exercises
 from tinymixer.nn import reference
-from tinymixer.nn.gradcheck import directional_check
+from tinymixer.nn.gradcheck import check_gradients, directional_check, numerical_gradient, rel_error
 
 # The whole model in the plain reference: five steps forward, the same five undone backward; then the loss.
 print_reference(reference.mixer_forward, reference.mixer_backward,
@@ -52,6 +53,47 @@ ax.set(xscale="log", yscale="log", xlabel="GFLOPs per image (forward, 224 px)", 
        title="MLP-Mixer sizes:\npatch size sets the compute, width the parameters")
 ax.grid(alpha=0.3)
 save_figure(fig, "07_sizes")
+
+# %% [markdown]
+# ## The ends of the network: the loss, the head, the pool and the stem
+# Lessons 2–6 derived the middle. The backward pass starts at the loss. For one image with logits z, softmax
+# $p_k = e^{z_k} / \sum_j e^{z_j}$ and true class y, the loss is $\ell = -\log p_y = -z_y + \log\sum_j e^{z_j}$, so
+#
+# $$\frac{\partial \ell}{\partial z_k} = -[k = y] + \frac{e^{z_k}}{\sum_j e^{z_j}} = p_k - [k = y],$$
+#
+# the predicted distribution minus the one-hot target; averaged over a batch of B images, $(p - y)/B$. (It is
+# bounded by 1 per entry whatever the logits: the loss never hands the network an exploding gradient.) Then the
+# head is a dense layer (lesson 2); the mean over the S tokens hands each token $1/S$ of its image's gradient; and
+# the stem, a dense layer on the patches, hands each patch's gradient back to its pixels (`unpatchify`: no pixel
+# is in two patches, so nothing is summed). Each, checked on its own by finite differences:
+
+# %%
+rng = np.random.default_rng(2)
+z, true_class = 3 * rng.standard_normal((5, 4)), np.array([0, 3, 1, 1, 2])
+_, ce_cache = reference.softmax_cross_entropy_forward(z, true_class)
+p = np.exp(z - z.max(1, keepdims=True))
+p /= p.sum(1, keepdims=True)
+by_hand = (p - np.eye(4)[true_class]) / len(true_class)  # (p - y) / B
+gap = np.abs(by_hand - reference.softmax_cross_entropy_backward(1.0, ce_cache)).max()
+print(f"(p - y) / B by hand against the reference's backward: {gap:.1e}")
+ends = {
+    "head (dense)": check_gradients(reference.dense_forward, reference.dense_backward,
+                                    {"x": rng.standard_normal((5, 6)), "w": rng.standard_normal((6, 4)),
+                                     "b": rng.standard_normal(4)}),
+    "mean over tokens": check_gradients(reference.mean_pool_forward, reference.mean_pool_backward,
+                                        {"x": rng.standard_normal((2, 9, 6))}),
+    "stem (patches, dense)": check_gradients(reference.stem_forward, reference.stem_backward,
+                                             {"images": rng.standard_normal((2, 6, 6, 3)),
+                                              "kernel": rng.standard_normal((3, 3, 3, 6)),
+                                              "bias": rng.standard_normal(6)}),
+}
+numerical = numerical_gradient(lambda: np.array(reference.softmax_cross_entropy_forward(z, true_class)[0]),
+                               z)
+ends["softmax cross-entropy"] = {"logits": rel_error(by_hand, numerical)}
+for name, errors in ends.items():
+    print(f"  {name:24s}", {k: f"{v:.1e}" for k, v in errors.items()})
+assert max(max(e.values()) for e in ends.values()) < 1e-7
+assert gap < 1e-14
 
 # %% [markdown]
 # ## Checking every gradient of a real model at once
