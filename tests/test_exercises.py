@@ -267,3 +267,26 @@ def test_a_function_that_writes_into_its_inputs_cannot_fool_the_check():
         p -= lr * v
         return p, v
     assert exercises.check("sgd_momentum", in_place).passed
+
+
+def test_edge_cases_a_review_found():
+    def complex_answer(dout, cache):
+        dx, dw, db = ref.dense_backward(dout, cache)
+        return dx + 5j, dw, db
+    assert not exercises.check("dense_backward", complex_answer).passed
+    as_list = exercises.check("dense_backward", lambda dout, cache: list(ref.dense_backward(dout, cache)))
+    assert as_list.passed, str(as_list)
+    missing_return = exercises.check("gelu_tanh_backward", lambda dout, cache: None)
+    assert "return" in str(missing_return) and not missing_return.passed
+    in_float32 = exercises.check("dense_backward", lambda dout, cache: tuple(
+        g.astype(np.float32) for g in ref.dense_backward(dout, cache)))
+    assert not in_float32.passed and "float32" in str(in_float32) and "float64" in str(in_float32)
+
+    def log_of_zero(z, y):  # shifts by the maximum, then takes log(p): -inf for a far-off class
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        d = p.copy()
+        d[np.arange(len(y)), y] -= 1
+        return -np.log(p[np.arange(len(y)), y]).mean(), d / len(y)
+    result = exercises.check("softmax_cross_entropy", log_of_zero)  # a label's p underflows at logits ~1000
+    assert not result.passed and "case 3 of 3" in str(result) and "log(0)" in result.hint

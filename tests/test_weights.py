@@ -28,6 +28,7 @@ class Server:
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.cut_after: int | None = None
+        self.ranges_from_zero = False  # answer a Range request with 206 and the whole file, from byte 0
         self.requests: list[tuple[str, str | None]] = []
         server = self
 
@@ -40,7 +41,10 @@ class Server:
                     return
                 start = 0
                 match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
-                if match:
+                if match and server.ranges_from_zero:
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes 0-{len(data) - 1}/{len(data)}")
+                elif match:
                     start = int(match.group(1))
                     if start >= len(data):
                         self.send_response(416)
@@ -329,3 +333,51 @@ def test_fewshot_and_finetuning_take_a_name(server, micro, monkeypatch, tmp_path
     out = capsys.readouterr().out
     assert "note: --init Mixer-micro: a new zero-initialised head" in out, out
     assert len(server.requests) == 1  # fetched once, for both programs
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Edge cases a review found
+
+
+def test_an_empty_record_or_another_valid_file_is_verified_anew(server, micro):
+    model, data = micro
+    path = weights.fetch_weights(MICRO.name, say=lambda _: None)
+    path.with_name(path.name + ".sha256").write_text("")  # a record cut short
+    assert weights.fetch_weights(MICRO.name, say=lambda _: None) == path
+    other = npz_bytes(micro_model(seed=9))  # a valid file of the same shapes, put there by hand
+    path.write_bytes(other)
+    said = []
+    server.stop()
+    assert weights.fetch_weights(MICRO.name, say=said.append).read_bytes() == other  # kept, offline
+    assert "another file" in said[0] and len(server.requests) == 1
+
+
+def test_a_resume_answered_from_byte_zero_starts_the_file_again(server, micro, monkeypatch):
+    model, data = micro
+    part = MICRO.cache_path.with_name(MICRO.cache_path.name + ".part")
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"old bytes of another file")
+    server.ranges_from_zero = True  # the rest was asked for; the whole file comes, from byte 0
+    path = weights.fetch_weights(MICRO.name, say=lambda _: None)
+    assert server.requests[-1][1] == "bytes=25-" and path.read_bytes() == data
+
+
+def test_a_malformed_timm_file_is_refused_and_deleted(server, monkeypatch, tmp_path):
+    import json
+    import struct
+
+    monkeypatch.setitem(weights.REGISTRY, TIMM.name, TIMM)
+    header = json.dumps({"x": {"dtype": "F32", "shape": [-2, -2], "data_offsets": [0, 16]}}).encode()
+    server.files["/hub/" + TIMM.path] = struct.pack("<Q", len(header)) + header + b"\0" * 16
+    with pytest.raises(WeightsError, match="failed verification and was deleted.*malformed"):
+        weights.fetch_weights(TIMM.name, say=lambda _: None)
+    assert [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []
+
+
+def test_safetensors_scalars_and_empty_tensors_round_trip(tmp_path):
+    arrays = {"scalar": np.array(3.5), "empty": np.zeros((0, 3), np.float32)}
+    read, metadata = read_safetensors(write_safetensors(tmp_path / "s.safetensors", arrays, {"n": 3}))
+    assert read["scalar"].shape == () and read["scalar"] == 3.5 and read["empty"].shape == (0, 3)
+    assert metadata == {"n": "3"}  # metadata values are strings in the format
+    with pytest.raises(SafetensorsError, match="__metadata__"):
+        write_safetensors(tmp_path / "t.safetensors", {"__metadata__": np.zeros(2)})

@@ -97,12 +97,17 @@ class CheckResult:
 def _named(value: Any, names: Sequence[str]) -> dict[str, Any]:
     """The function's result as {name: array}: a tuple is matched to ``names``; a dict inside is flattened
     ("grads['Dense_0/kernel']")."""
-    values = value if isinstance(value, tuple) else (value,)
+    if value is None:
+        raise _Unexpected("returned None: is its `return` missing?")
+    several = isinstance(value, tuple) or (isinstance(value, list) and len(names) > 1)
+    values = tuple(value) if several else (value,)
     if len(values) != len(names):
         raise _Unexpected(f"returned {len(values)} value{'s' * (len(values) != 1)}, expected {len(names)}: "
                           f"{', '.join(names)}")
     out: dict[str, Any] = {}
     for name, v in zip(names, values, strict=True):
+        if v is None:
+            raise _Unexpected(f"returned None for {name}: is it computed and returned?")
         if isinstance(v, dict):
             out.update({f"{name}[{k!r}]": v[k] for k in v})
         else:
@@ -117,10 +122,18 @@ class _Unexpected(Exception):
 def _difference(got: Any, want: Any) -> tuple[float, str]:
     """(relative difference, a description of where) between a learner's output and the expected one."""
     want = np.asarray(want, dtype=np.float64)
+    if np.iscomplexobj(got):
+        return math.inf, "is complex: the answer is real"
+    precision = getattr(got, "dtype", None)
     try:
         got = np.asarray(got, dtype=np.float64)
     except (TypeError, ValueError):
         return math.inf, f"is not an array of numbers ({type(got).__name__})"
+    if precision in (np.float32, np.float16) and got.shape == want.shape and np.all(np.isfinite(got)):
+        diff = float(np.abs(got - want).max()) / max(float(np.abs(want).max()), 1e-300)
+        if diff > PASS_TOLERANCE:  # float32's round-off alone is above the tolerance: say so, not "wrong"
+            return diff, (f"is {precision} (the inputs are float64): its round-off alone is ~1e-7, above the "
+                          f"check's {PASS_TOLERANCE:g}; compute in float64 (relative difference {diff:.2g})")
     if got.shape != want.shape:
         return math.inf, f"has shape {got.shape}, expected {want.shape}"
     if not np.all(np.isfinite(got)):
@@ -206,8 +219,10 @@ def _diagnose(exercise: Exercise, case: Case, where: str, got: dict, diffs: dict
         details.append(f"{', '.join(right)} {'is' if len(right) == 1 else 'are'} right")
     if case.numerical is not None and all(np.shape(got[k]) == np.shape(v) for k, v in case.numerical().items()):
         fd = {k: _difference(got[k], v)[0] for k, v in case.numerical().items()}
-        details.append("finite differences of the forward (a second witness) differ from yours too: "
-                       + ", ".join(f"{k} by {fd[k]:.2g}" for k in wrong if k in fd))
+        differing = [k for k in wrong if fd.get(k, 0.0) > 1e-6]
+        if differing:
+            details.append("finite differences of the forward (a second witness) differ from yours too: "
+                           + ", ".join(f"{k} by {fd[k]:.2g}" for k in differing))
     for mistake in exercise.mistakes:
         try:
             theirs = _named(mistake.outputs(*_copied(case.args)), exercise.outputs)
@@ -646,8 +661,10 @@ _register(Exercise(
                 "subtract 1 at each row's label (then divide by B)", _softmax_with(one_hot=False)),
         Mistake("the gradient's sign flipped", "dlogits = (softmax - onehot) / B: raising the true class's logit "
                 "lowers the loss, so its gradient is negative", _softmax_with(sign=-1.0)),
-    ), {"nonfinite": "exp overflowed on large logits: subtract each row's maximum first (softmax is unchanged by "
-                     "adding a constant to a row)", "loss": "loss = mean over b of -log p[b, label[b]]"},
+    ), {"nonfinite": "nan or inf on large logits: exp overflows unless each row's maximum is subtracted first "
+                     "(softmax is unchanged by a constant added to a row), and log(p) underflows to log(0) for a "
+                     "tiny p: take the log-softmax as z - max - log(sum(exp(z - max)))",
+        "loss": "loss = mean over b of -log p[b, label[b]]"},
 ))
 
 

@@ -34,6 +34,7 @@ import numpy as np
 
 from ..nn.mixer import SIZES, param_shapes
 from ..util.download import DownloadError, fetch
+from ..util.files import atomic_open
 from ..util.safetensors import SafetensorsError, read_safetensors
 
 OFFICIAL_URL = "https://storage.googleapis.com/mixer_models"
@@ -177,7 +178,7 @@ def _checked_params(weights: Weights, path: Path) -> tuple[dict[str, np.ndarray]
         else:
             params, _, meta = load_checkpoint(path)
             config = model_config(params, meta, path)
-    except (CheckpointError, SafetensorsError, ConversionError) as exc:
+    except (CheckpointError, SafetensorsError, ConversionError, ValueError, TypeError, KeyError) as exc:
         raise WeightsError(f"it is not a readable {weights.name} file ({exc})") from None
     expected = weights.param_shapes()
     missing = [k for k in expected if k not in params]
@@ -215,26 +216,44 @@ def _record(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
+def _recorded(path: Path) -> str | None:
+    """The SHA-256 recorded for ``path``, or None (no record, or an unreadable one: then it is verified anew)."""
+    try:
+        digest = _record(path).read_text().split()[0]
+    except (OSError, IndexError, UnicodeDecodeError):
+        return None
+    return digest if len(digest) == 64 else None
+
+
+def _write_record(path: Path) -> None:
+    with atomic_open(_record(path), "w") as f:
+        f.write(f"{_sha256(path)}  {path.name}\n")
+
+
 def _verified_cache(weights: Weights, say: Any) -> Path | None:
-    """The cached checkpoint when it is the one verified (its recorded SHA-256), or verified now (a hand-fetched
-    copy, no record yet); None when there is none, or it was changed or failed (then it is deleted, and said)."""
-    path, record = weights.cache_path, _record(weights.cache_path)
+    """The cached checkpoint when it is the one verified (its recorded SHA-256), or verified now (a copy put there
+    by hand, with no record or another file's); None when there is none, or it failed verification (then it is
+    deleted, and said)."""
+    path = weights.cache_path
     if not path.exists():
         return None
-    if record.exists():
-        if _sha256(path) == record.read_text().split()[0]:
-            return path
-        why = "is not the file that was verified (its SHA-256 changed)"
+    recorded = _recorded(path)
+    if recorded is not None and _sha256(path) == recorded:
+        return path
+    try:
+        _checked_params(weights, path)
+    except WeightsError as exc:
+        changed = "its SHA-256 changed since it was verified, and it " if recorded is not None else "it "
+        why = f"{changed}failed verification ({exc})"
     else:
-        try:
-            _checked_params(weights, path)
-            record.write_text(f"{_sha256(path)}  {path.name}\n")
-            return path
-        except WeightsError as exc:
-            why = f"failed verification ({exc})"
-    say(f"note: the cached {weights.name} ({path}) {why}: deleted, fetching it again")
+        if recorded is not None:
+            say(f"note: the cached {weights.name} ({path}) is another file than the one verified before; it passes "
+                f"verification and is used (SHA-256 recorded anew)")
+        _write_record(path)
+        return path
+    say(f"note: the cached {weights.name} ({path}): {why}: deleted, fetching it again")
     path.unlink()
-    record.unlink(missing_ok=True)
+    _record(path).unlink(missing_ok=True)
     return None
 
 
@@ -270,7 +289,7 @@ def fetch_weights(name: str, progress: bool = True, say: Any = print) -> Path:
         _write_checkpoint(weights, params, config)
         source.unlink()
     path = weights.cache_path
-    _record(path).write_text(f"{_sha256(path)}  {path.name}\n")
+    _write_record(path)
     return path
 
 

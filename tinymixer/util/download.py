@@ -36,8 +36,8 @@ def fetch(url: str, part: Path, label: str, progress: bool = True, timeout: floa
     part = Path(part)
     part.parent.mkdir(parents=True, exist_ok=True)
     have = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     try:
+        request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and have:  # the range starts at the end: the earlier transfer had every byte
@@ -50,13 +50,22 @@ def fetch(url: str, part: Path, label: str, progress: bool = True, timeout: floa
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise DownloadError(f"cannot reach {url} ({reason})", offline=True) from None
+    except (ValueError, http.client.HTTPException) as exc:  # not a URL; not an HTTP server
+        raise DownloadError(f"cannot fetch {url} ({type(exc).__name__}: {exc})") from None
     with response:
-        if response.status == 206:  # the rest of the file, from byte `have`
-            total = _total_from_range(response.headers.get("Content-Range", ""))
+        content_range = response.headers.get("Content-Range", "")
+        start = _start_of_range(content_range) if response.status == 206 else 0
+        if have and start not in (0, have):  # a part that is neither the rest nor the whole: start again
+            response.close()
+            part.unlink(missing_ok=True)
+            return fetch(url, part, label, progress, timeout)
+        if response.status == 206 and start == have:  # the rest of the file, from byte `have`
+            total = _total_from_range(content_range)
             mode = "ab"
-        else:  # the whole file (no partial file, or a server without ranges)
+        else:  # the whole file (no partial file, or a server without ranges, or a range from byte 0)
             length = response.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
+            total = _total_from_range(content_range) if response.status == 206 else (
+                int(length) if length and length.isdigit() else None)
             have, mode = 0, "wb"
         received = have
         with open(part, mode) as out, tqdm(total=total, initial=have, unit="B", unit_scale=True,
@@ -74,6 +83,13 @@ def fetch(url: str, part: Path, label: str, progress: bool = True, timeout: floa
     if received != total:
         raise DownloadError(f"the transfer of {url} stopped after {_size(received)} of {_size(total)}")
     return total
+
+
+def _start_of_range(content_range: str) -> int | None:
+    """The first byte of a ``Content-Range: bytes a-b/total`` header (None when there is none): a part that does
+    not start where the file left off is taken as the whole file from its own start, and written anew."""
+    match = re.match(r"\s*bytes\s+(\d+)-", content_range)
+    return int(match.group(1)) if match else None
 
 
 def _total_from_range(content_range: str) -> int | None:

@@ -43,6 +43,8 @@ def read_safetensors(path: Path | str) -> tuple[dict[str, np.ndarray], dict[str,
     if not isinstance(header, dict):
         raise SafetensorsError(f"{path} is not a safetensors file: its header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict):
+        raise SafetensorsError(f"{path}: the header's __metadata__ is not a JSON object")
     body = memoryview(data)[8 + n:]
     arrays, spans = {}, []
     for name, entry in header.items():
@@ -50,6 +52,10 @@ def read_safetensors(path: Path | str) -> tuple[dict[str, np.ndarray], dict[str,
             dtype, shape, (begin, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
         except (KeyError, TypeError, ValueError):
             raise SafetensorsError(f"{path}: the header's entry for {name!r} is malformed: {entry!r}") from None
+        whole = [v for v in (*shape, begin, end) if isinstance(v, int) and not isinstance(v, bool) and v >= 0]
+        if len(whole) != len(shape) + 2 or not isinstance(dtype, str):
+            raise SafetensorsError(f"{path}: the header's entry for {name!r} is malformed (shape and offsets must "
+                                   f"be whole numbers >= 0, dtype a name): {entry!r}")
         if dtype not in DTYPES and dtype != "BF16":
             raise SafetensorsError(f"{path}: {name!r} has the unsupported dtype {dtype!r}")
         item = 2 if dtype == "BF16" else np.dtype(DTYPES[dtype]).itemsize
@@ -72,10 +78,12 @@ def write_safetensors(path: Path | str, arrays: Mapping[str, np.ndarray], metada
                       ) -> Path:
     """Write arrays (float64/32/16, integer or bool) as a safetensors file, atomically."""
     names = {np.dtype(v).str.lstrip("<>|="): k for k, v in DTYPES.items()}
-    header: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
+    header: dict[str, object] = {"__metadata__": {str(k): str(v) for k, v in metadata.items()}} if metadata else {}
     chunks, offset = [], 0
     for name, value in arrays.items():
-        value = np.ascontiguousarray(value)
+        if name == "__metadata__":
+            raise SafetensorsError("a tensor cannot be named __metadata__: the format keeps that name for metadata")
+        value = np.asarray(value, order="C")  # (not ascontiguousarray: it would make a 0-d array 1-d)
         key = value.dtype.newbyteorder("<").str.lstrip("<>|=")
         if key not in names:
             raise SafetensorsError(f"cannot write {name!r}: dtype {value.dtype} has no safetensors name")
