@@ -12,7 +12,6 @@ pipeline does: ``(x - 127.5) / 127.5``."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import shutil
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..util.download import fetch
+from ..util.files import file_digest
 from .dataset import DataError, Dataset
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -47,11 +47,8 @@ def default_data_dir() -> Path:
 
 
 def md5sum(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """The MD5 the CIFAR-10 site publishes for its archive, of a file."""
+    return file_digest(path, "md5")
 
 
 def download(url: str, dest: Path, md5: str | None = None, progress: bool = True, timeout: float = 60.0) -> Path:

@@ -23,7 +23,6 @@ code is tested against a server on the loopback address.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import os
 import sys
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ import numpy as np
 
 from ..nn.mixer import SIZES, param_shapes
 from ..util.download import DownloadError, fetch
-from ..util.files import atomic_open
+from ..util.files import atomic_open, file_digest
 from ..util.safetensors import SafetensorsError, read_safetensors
 
 OFFICIAL_URL = "https://storage.googleapis.com/mixer_models"
@@ -158,14 +157,6 @@ def lookup(name: str) -> Weights:
                        f"shows them all; a path to a checkpoint file works too)")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _checked_params(weights: Weights, path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """The file's parameters in the official layout and the model's configuration, after checking it holds every
     parameter, each with its shape and finite. Raises WeightsError."""
@@ -227,7 +218,7 @@ def _recorded(path: Path) -> str | None:
 
 def _write_record(path: Path) -> None:
     with atomic_open(_record(path), "w") as f:
-        f.write(f"{_sha256(path)}  {path.name}\n")
+        f.write(f"{file_digest(path)}  {path.name}\n")
 
 
 def _verified_cache(weights: Weights, say: Any) -> Path | None:
@@ -238,7 +229,7 @@ def _verified_cache(weights: Weights, say: Any) -> Path | None:
     if not path.exists():
         return None
     recorded = _recorded(path)
-    if recorded is not None and _sha256(path) == recorded:
+    if recorded is not None and file_digest(path) == recorded:
         return path
     try:
         _checked_params(weights, path)
