@@ -222,6 +222,11 @@ def test_reference_layers_pass_finite_differences():
     assert worst(check_gradients(ref.stem_forward, ref.stem_backward,
                                  {"images": r.standard_normal((2, 4, 4, 2)), "kernel": r.standard_normal((2, 2, 2, 3)),
                                   "bias": r.standard_normal(3)})) < 1e-8
+    assert worst(check_gradients(ref.mean_pool_forward, ref.mean_pool_backward,
+                                 {"x": r.standard_normal((2, 5, 3))})) < 1e-8
+    away_from_the_kink = r.standard_normal((3, 4))
+    away_from_the_kink[np.abs(away_from_the_kink) < 0.05] = 0.5  # a difference across 0 is not a derivative
+    assert worst(check_gradients(ref.relu_forward, ref.relu_backward, {"x": away_from_the_kink})) < 1e-8
     logits, labels = r.standard_normal((4, 3)), r.integers(0, 3, 4)
     forward = lambda logits: ref.softmax_cross_entropy_forward(logits, labels, 0.1)  # noqa: E731
     assert worst(check_gradients(lambda logits: (np.array(forward(logits)[0]), forward(logits)[1]),

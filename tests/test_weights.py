@@ -381,3 +381,17 @@ def test_safetensors_scalars_and_empty_tensors_round_trip(tmp_path):
     assert metadata == {"n": "3"}  # metadata values are strings in the format
     with pytest.raises(SafetensorsError, match="__metadata__"):
         write_safetensors(tmp_path / "t.safetensors", {"__metadata__": np.zeros(2)})
+
+
+def test_a_bad_url_and_a_bad_header_are_clear_errors(tmp_path):
+    from tinymixer.util.download import DownloadError, fetch
+
+    with pytest.raises(DownloadError, match="cannot fetch mirror/file.npz"):
+        fetch("mirror/file.npz", tmp_path / "f.part", "f", progress=False)  # a path where a URL belongs
+    import json
+    import struct
+
+    header = json.dumps({"__metadata__": ["not", "a", "mapping"]}).encode()
+    (tmp_path / "m.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+    with pytest.raises(SafetensorsError, match="__metadata__ is not a JSON object"):
+        read_safetensors(tmp_path / "m.safetensors")

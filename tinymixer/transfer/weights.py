@@ -14,10 +14,11 @@ holds every parameter the model needs with the right shapes, finite values. Its 
 fails verification is deleted and said in one line. Offline, the error names the URL and the command that fetches
 it by hand.
 
-What the registry says of each file comes from the official README (paths; the sizes of the ImageNet-1k and -21k
-files) and timm's published results (top-1 of its copies, ``results/results-imagenet.csv``); the other sizes are
-computed from the parameter counts. None of the files could be fetched on the machine this was written on: the
-code is tested against a server on the loopback address.
+What the registry says of each file: the paths follow the official README's bucket (``mixer_models``) and timm's
+hub names; the sizes of the imagenet1k/ and imagenet21k/ files are those the bucket lists, the others computed from
+the parameter counts; top-1 only for timm's copies, from timm's published results (``results/results-imagenet.csv``;
+the official README reports none for its files). None of the files could be fetched on the machine this was
+written on: the code is tested against a server on the loopback address.
 """
 
 from __future__ import annotations
