@@ -28,9 +28,10 @@ import sys
 import time
 from pathlib import Path
 
-# isort: off
-import tinymixer as tm  # before NumPy loads its BLAS: see tinymixer/_blas_threads.py
-# isort: on
+import tinymixer as tm
+
+tm.tune_host()  # first, before NumPy loads its BLAS: threads that sleep at once, freed memory kept
+
 import numpy as np
 from tqdm import tqdm
 
@@ -45,7 +46,7 @@ from tinymixer.training import distributed
 from tinymixer.training.averaging import ExponentialMovingAverage
 from tinymixer.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from tinymixer.training.evaluate import confusion_matrix, evaluate, format_confusion_matrix
-from tinymixer.training.train import train_step
+from tinymixer.training.train import run_step
 from tinymixer.util import cli
 from tinymixer.util.plots import plot_confusion_matrix, plot_learning_curves
 
@@ -243,10 +244,10 @@ def train(argv: list[str]) -> int:
 
                 masks = masks_rows(model.draw_masks(rng, len(index)), rows)  # dropout, stochastic depth (or None)
                 lr = lr_at(progress["global_step"])
-                # forward -> loss -> backward -> (all-reduce) -> clip -> SGD update (tinymixer/training/train.py)
-                loss, logits = train_step(model, optimizer, images, labels, lr, args.clip, args.label_smoothing, mix,
-                                          comm=comm, global_batch=len(index), accumulate=args.accumulate,
-                                          head_only=args.head_only, masks=masks)
+                # forward -> loss -> backward -> (all-reduce) -> clip -> update (tinymixer/training/train.py)
+                loss, logits = run_step(model, optimizer, images, labels, lr, args.clip, masks=masks,
+                                        label_smoothing=args.label_smoothing, mix=mix, accumulate=args.accumulate,
+                                        head_only=args.head_only, comm=comm, global_batch=len(index))
 
                 if ema is not None:
                     ema.update(model.params)

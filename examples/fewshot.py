@@ -35,9 +35,10 @@ import sys
 import time
 from pathlib import Path
 
-# isort: off
-import tinymixer as tm  # before NumPy loads its BLAS: see tinymixer/_blas_threads.py
-# isort: on
+import tinymixer as tm
+
+tm.tune_host()  # first, before NumPy loads its BLAS: threads that sleep at once, freed memory kept
+
 import numpy as np
 from tqdm import tqdm
 

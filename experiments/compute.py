@@ -24,9 +24,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-# isort: off
-import tinymixer as tm  # noqa: F401 - before NumPy loads its BLAS: see tinymixer/_blas_threads.py
-# isort: on
+import tinymixer as tm
+
+tm.tune_host()  # first, before NumPy loads its BLAS: threads that sleep at once, freed memory kept
+
 import common
 from common import Planned, Preset, log
 
@@ -164,9 +165,8 @@ def report(results: dict[str, Any], preset_name: str) -> str:
 Preset `{preset_name}`, sized for {s['sized_for']}. This run:
 {s['train_images']} training and {s['test_images']} test images of
 {'x'.join(map(str, s['image_shape']))}, {s['num_classes']} classes; {s['epochs']} epochs for every model, batch
-{s['batch_size']}, crop padding {s['crop_padding_used']}, flip {s['flip']}, the fine-tuning recipe (SGD momentum
-0.9, clipping at 1, {s['warmup']} warm-up then cosine; train.fit), seed {s['seed']}, backend {s['backend']}, run
-time {common.format_seconds(results['seconds'])}.{quick}
+{s['batch_size']}, crop padding {s['crop_padding_used']}, flip {s['flip']}, {common.recipe_words(s)}, seed
+{s['seed']}, backend {s['backend']}, run time {common.format_seconds(results['seconds'])}.{quick}
 
 {table}
 

@@ -28,9 +28,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-# isort: off
-import tinymixer as tm  # noqa: F401 - before NumPy loads its BLAS: see tinymixer/_blas_threads.py
-# isort: on
+import tinymixer as tm
+
+tm.tune_host()  # first, before NumPy loads its BLAS: threads that sleep at once, freed memory kept
+
 import common
 import numpy as np
 from common import Planned, Preset, log
@@ -216,8 +217,8 @@ def report(results: dict[str, Any], preset_name: str) -> str:
 Preset `{preset_name}`, sized for {s['sized_for']}. This run:
 up to {s['train_images']} training and {s['test_images']} test images
 of {'x'.join(map(str, s['image_shape']))}, {s['num_classes']} classes; batch {s['batch_size']}, crop padding
-{s['crop_padding_used']}, flip {s['flip']}, the fine-tuning recipe (SGD momentum 0.9, clipping at 1,
-{s['warmup']} warm-up then cosine; train.fit), {seeds_text}, run time {common.format_seconds(results['seconds'])}.
+{s['crop_padding_used']}, flip {s['flip']}, {common.recipe_words(s)}, {seeds_text}, run time
+{common.format_seconds(results['seconds'])}.
 The subsets are fixed, class-stratified and nested; every one gets the same number of optimisation steps (as the
 paper's 233/70/23/7 epochs on 3/10/30/100% of JFT-300M): epochs scale as 1/share.
 

@@ -37,9 +37,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-# isort: off
-import tinymixer as tm  # before NumPy loads its BLAS: see tinymixer/_blas_threads.py
-# isort: on
+import tinymixer as tm
+
+tm.tune_host()  # first, before NumPy loads its BLAS: threads that sleep at once, freed memory kept
+
 import common
 import numpy as np
 from common import Planned, Preset, log
@@ -206,8 +207,8 @@ def report(results: dict[str, Any], preset_name: str) -> str:
 Preset `{preset_name}`, sized for {s['sized_for']}. This run:
 {s['model']} (patch {s['patch_size']}, a {s['grid'][0]}x{s['grid'][1]}
 patch grid) trained on {s['train_images']} images of {'x'.join(map(str, s['image_shape']))} for {s['epochs']}
-epochs, batch {s['batch_size']}, lr {s['lr']:g}, crop padding {s['crop_padding_used']}, flip {s['flip']}, the
-fine-tuning recipe (train.fit), seed {s['seed']}: test accuracy {common.percent(results['test_accuracy'])}%, run
+epochs, batch {s['batch_size']}, lr {s['lr']:g}, crop padding {s['crop_padding_used']}, flip {s['flip']},
+{common.recipe_words(s)}, seed {s['seed']}: test accuracy {common.percent(results['test_accuracy'])}%, run
 time {common.format_seconds(results['seconds'])}.{quick}
 
 Each small picture is one hidden unit of `MixerBlock_i/token_mixing/Dense_0/kernel` (S, D_S): its S weights, one per

@@ -8,8 +8,9 @@
 # backgrounds — made on the spot, no download. (`examples/cifar10.py` runs the same loop on CIFAR-10, with
 # checkpoints and resume.) The loop is `tinymixer.training.train.fit`, built on `train_step`, and a training step
 # is five lines: the forward pass, the loss and its gradient, the backward pass, clipping, the update. Here they
-# are, plainly; the library's `train_step` is the same five steps with what a real run adds around them (mixup,
-# gradient accumulation, several processes, training the head alone).
+# are, plainly; the library's `train_step` is the same five steps (print it: `print_code(train_step)`), and its
+# `run_step` adds what a real run puts around them (label smoothing, mixup, gradient accumulation, several
+# processes, training the head alone).
 
 # %%
 import numpy as np
@@ -104,6 +105,6 @@ save_figure(fig, "09_learning_curves")
 #    `warmup=30` are alike. Train 3 epochs at `lr=2.0` with each and compare the train loss with chance,
 #    ln 3 ≈ 1.10 (quick mode, measured here: without warm-up 2.4, then 4.9 — far above chance, the weights thrown
 #    off by the first full-size steps; with 30 steps of warm-up 1.2 throughout; `tests/test_lessons.py` checks it).
-# 2. Add `label_smoothing=0.1` to `train_step` via a small loop of your own. Does the test loss change more than
-#    the test accuracy? Why?
+# 2. Train with `label_smoothing=0.1` (a small loop of your own around `run_step(..., label_smoothing=0.1)`, or
+#    `fit(..., recipe=...)` with a recipe that smooths). Does the test loss change more than the test accuracy? Why?
 # 3. Double the training set. Which curve moves more, train or test?

@@ -23,9 +23,10 @@
 # normalises each token over its channels, never over the batch), so this holds. After the sum every rank holds
 # the same gradient and takes the same step, so the weights stay identical without ever being sent.
 #
-# The library's side of it: `shard_of` gives a rank its rows of the global batch, and `train_step` folds the
-# share $|b_r|/B$ into dL/dlogits, then adds the ranks' gradients with one in-place all-reduce of
-# `model.grad_buffer`, every gradient in one contiguous 1-D array (`model.grads` are views of it).
+# The library's side of it: `shard_of` gives a rank its rows of the global batch, and `run_step` (the core
+# `train_step` with a run's options around it) folds the share $|b_r|/B$ into dL/dlogits, then adds the ranks'
+# gradients with one in-place all-reduce of `model.grad_buffer`, every gradient in one contiguous 1-D array
+# (`model.grads` are views of it).
 
 # %%
 import os
@@ -42,10 +43,10 @@ from tinymixer.chunks import THREADS_ENV
 from tinymixer.data import normalize, synthetic_shapes
 from tinymixer.tools.bench_parallel import GLOBAL_BATCH, GPU_TFLOPS, LINKS, ring_allreduce_seconds, scaling_efficiency
 from tinymixer.training.distributed import shard_of
-from tinymixer.training.train import train_step
+from tinymixer.training.train import run_step, train_step
 
 print_code(shard_of)
-print_code(train_step)
+print_code(run_step)
 
 # %% [markdown]
 # ## Two and three ranks in one process
@@ -99,7 +100,7 @@ def per_tensor_difference(buffer):
 
 def ranks_gradients(shards, weighted):
     """Each simulated rank's gradient buffer: its own model copy, forward and backward on its rows only.
-    weighted: dL/dlogits times the share |b_r| / B (what train_step does); else the shard's plain mean."""
+    weighted: dL/dlogits times the share |b_r| / B (what run_step does); else the shard's plain mean."""
     buffers = []
     for rows in shards:
         rank_model = copy_of(model)
@@ -165,8 +166,8 @@ save_figure(fig, "13_gradient_difference")
 
 # %% [markdown]
 # ## Training: every rank takes the same steps
-# Now `train_step` itself, the function `examples/cifar10.py` calls under `mpiexec`. The ranks are threads of
-# this process, and a communicator of a few lines stands in for MPI: it offers what `train_step` uses of one
+# Now `run_step` itself, the function `examples/cifar10.py` calls under `mpiexec`. The ranks are threads of
+# this process, and a communicator of a few lines stands in for MPI: it offers what `run_step` uses of one
 # (`size` and `allreduce_sum_`). Its all-reduce waits until every rank has its gradient, then each rank adds all
 # of them up in rank order and writes the sum into its own buffer, so every rank gets the same bits, as from MPI.
 # One process trains on the same global batches alongside; after a few steps of SGD with momentum and clipping
@@ -204,8 +205,8 @@ data = normalize(pixels, "float64")
 
 def rank_step(r, batch, batch_labels):
     try:  # the loss returned is this rank's part of the batch's mean loss
-        return float(train_step(ranks[r], optimizers[r], batch[rows[r]], batch_labels[rows[r]], lr,
-                                comm=comms[r], global_batch=B)[0])
+        return float(run_step(ranks[r], optimizers[r], batch[rows[r]], batch_labels[rows[r]], lr,
+                              comm=comms[r], global_batch=B)[0])
     except BaseException:
         shared.barrier.abort()  # the other ranks stop waiting for this one
         raise
@@ -344,7 +345,7 @@ save_figure(fig, "13_scaling_model")
 # ```
 #
 # Every rank loads the data and builds the same model (rank 0's weights are broadcast to make sure), takes its
-# rows of every global batch (`shard_of`), and all-reduces the gradient buffer in `train_step`; rank 0 alone prints
+# rows of every global batch (`shard_of`), and all-reduces the gradient buffer in `run_step`; rank 0 alone prints
 # and writes the run folder. On one machine the processes share its cores (`distributed.share_the_cores` gives each
 # its part), so they do the work one process with all the threads would do: the point is several machines, or one
 # GPU per process (`python -m tinymixer.tools.bench_parallel` times both layouts on your machine).

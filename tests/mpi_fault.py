@@ -14,7 +14,7 @@ spec = importlib.util.spec_from_file_location("cifar10_script", SCRIPT)
 cifar10 = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(cifar10)
 
-real_step, calls = cifar10.train_step, []
+real_step, calls = cifar10.run_step, []
 
 
 def failing_step(*args, **kwargs):
@@ -24,5 +24,5 @@ def failing_step(*args, **kwargs):
     return real_step(*args, **kwargs)
 
 
-cifar10.train_step = failing_step
+cifar10.run_step = failing_step
 distributed.run(cifar10.main, expected=(cifar10.DataError, cifar10.CheckpointError))

@@ -1,6 +1,6 @@
 """Run under ``mpiexec -n N``: several data-parallel training steps against a one-process run of the same steps.
 
-Every rank trains the same float64 model on its share of each global batch (``tinymixer.training.train.train_step``
+Every rank trains the same float64 model on its share of each global batch (``tinymixer.training.train.run_step``
 with the communicator); rank 0 also trains a second copy on the whole batches alone. Prints one JSON line (rank 0):
 the largest difference between the data-parallel weights and the one-process weights (relative to the largest
 weight), and whether all ranks held bit-identical weights after every step (checked by an all-reduce of the largest
@@ -16,7 +16,7 @@ import numpy as np
 
 import tinymixer as tm
 from tinymixer.training import distributed
-from tinymixer.training.train import train_step
+from tinymixer.training.train import run_step, train_step
 
 
 def main(steps: int = 6, batch: int = 24) -> None:
@@ -35,7 +35,7 @@ def main(steps: int = 6, batch: int = 24) -> None:
     for step in range(steps):
         x, y = images[step * batch:(step + 1) * batch], labels[step * batch:(step + 1) * batch]
         # no clipping (0.0): it would hide a gradient of the wrong size (e.g. summed instead of averaged)
-        train_step(parallel, opt_parallel, x[rows], y[rows], 0.1, 0.0, comm=comm, global_batch=batch)
+        run_step(parallel, opt_parallel, x[rows], y[rows], 0.1, 0.0, comm=comm, global_batch=batch)
         if comm.is_root:
             train_step(alone, opt_alone, x, y, 0.1, 0.0)
         reference = {k: v.copy() for k, v in parallel.params.items()}

@@ -65,33 +65,60 @@ def test_no_module_but_backend_imports_cupy():
     assert offenders == []
 
 
-@pytest.mark.parametrize("name", ["OPENBLAS_THREAD_TIMEOUT", "KMP_BLOCKTIME"])
-def test_import_asks_blas_threads_to_sleep_but_keeps_a_user_setting(name):
-    import os
-    import subprocess
-    import sys
+def run_python(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], env=os.environ if env is None else env, capture_output=True,
+                          text=True, timeout=120)
 
-    def value_after_import(env):
-        code = f"import os, tinymixer; print(os.environ[{name!r}])"
-        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip()
+
+def test_import_changes_nothing_in_the_process():
+    """Importing the package, its facade's names and its modules sets no environment variable and tunes nothing;
+    ``import tinymixer`` alone does not even load NumPy (so that tune_host() can come before it)."""
+    code = ("import os, sys; before = dict(os.environ)\n"
+            "import tinymixer as tm\n"
+            "print('numpy' in sys.modules)\n"
+            "tm.MlpMixer, tm.SGD, tm.pretrained, tm.set_backend\n"
+            "import tinymixer.training.train, tinymixer.trainer.setup, tinymixer.transfer.weights\n"
+            "import tinymixer.tools.bench, tinymixer.tools.selfcheck\n"
+            "print(dict(os.environ) == before, tm.host_tuning() == {'blas_threads_sleep': False, "
+            "'keeps_freed_memory': False}, tm.KEEPS_FREED_MEMORY)\n")
+    out = run_python(code)
+    assert out.stdout.split() == ["False", "True", "True", "False"], out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("name", ["OPENBLAS_THREAD_TIMEOUT", "KMP_BLOCKTIME"])
+def test_tune_host_asks_blas_threads_to_sleep_but_keeps_a_user_setting(name):
+    def value_after_tuning(env):
+        code = f"import os, tinymixer as tm; tm.tune_host(); import numpy; print(os.environ[{name!r}])"
+        return run_python(code, env).stdout.strip()
 
     env = {k: v for k, v in os.environ.items() if k != name}
-    assert value_after_import(env) == tm.BLAS_THREADS_SLEEP_AT_ONCE[name]
-    assert value_after_import(env | {name: "20"}) == "20"
+    assert value_after_tuning(env) == tm.BLAS_THREADS_SLEEP_AT_ONCE[name]
+    assert value_after_tuning(env | {name: "20"}) == "20"
 
 
-@pytest.mark.parametrize("program", ["import tinymixer", "examples/cifar10.py"])
-def test_blas_thread_settings_are_in_place_before_numpy_loads(program):
-    """The settings only work if set before NumPy loads its BLAS: neither ``import tinymixer`` nor the CIFAR-10
-    program may import NumPy before tinymixer has set them."""
-    import os
-    import pathlib
-    import subprocess
-    import sys
+def test_tune_host_after_numpy_says_the_blas_settings_came_too_late():
+    env = {k: v for k, v in os.environ.items() if k not in tm.BLAS_THREADS_SLEEP_AT_ONCE}
+    code = ("import os, numpy, tinymixer as tm; done = tm.tune_host()\n"
+            "print(done['blas_threads_sleep'], 'OPENBLAS_THREAD_TIMEOUT' in os.environ)")
+    out = run_python(code, env)
+    assert out.stdout.split() == ["False", "False"], out.stdout + out.stderr
+    child = tm.util.host.tuned_environment(env)  # what the benchmarks give their workers instead
+    assert all(child[k] == v for k, v in tm.BLAS_THREADS_SLEEP_AT_ONCE.items())
 
+
+PROGRAMS = ["examples/cifar10.py", "examples/predict.py", "examples/fewshot.py", "experiments/compute.py",
+            "experiments/data_size.py", "experiments/permutations.py", "experiments/token_weights.py"]
+
+
+@pytest.mark.parametrize("program", ["import tinymixer as tm; tm.tune_host(); import numpy", *PROGRAMS])
+def test_programs_tune_the_host_before_numpy_loads(program):
+    """The BLAS settings only work if set before NumPy loads its BLAS: every program calls tm.tune_host() before
+    anything imports NumPy (a spy on the import of NumPy reads the environment at that moment)."""
+    root = pathlib.Path(__file__).resolve().parents[1]
     if program.endswith(".py"):
-        path = pathlib.Path(__file__).resolve().parents[1] / program
-        program = f"import runpy; runpy.run_path({str(path)!r}, run_name='imported')"
+        path = root / program
+        program = (f"import sys; sys.path.insert(0, {str(path.parent)!r}); import runpy; "
+                   f"runpy.run_path({str(path)!r}, run_name='imported')")
     code = ("import sys, builtins; real = builtins.__import__\n"
             "def spy(name, *a, **k):\n"
             "    if name == 'numpy' and 'numpy' not in sys.modules:\n"
@@ -99,8 +126,15 @@ def test_blas_thread_settings_are_in_place_before_numpy_loads(program):
             "    return real(name, *a, **k)\n"
             f"builtins.__import__ = spy\n{program}\n")
     env = {k: v for k, v in os.environ.items() if k not in tm.BLAS_THREADS_SLEEP_AT_ONCE}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    out = run_python(code, env)
     assert out.stdout.split() == ["True"], out.stdout + out.stderr
+
+
+def test_every_program_is_checked_for_tuning():
+    root = pathlib.Path(__file__).resolve().parents[1]
+    calling = sorted(str(p.relative_to(root)) for folder in ("examples", "experiments")
+                     for p in (root / folder).glob("*.py") if "tm.tune_host()" in p.read_text())
+    assert calling == sorted(PROGRAMS)
 
 
 def test_keep_freed_host_memory_on_glibc():
@@ -120,7 +154,6 @@ def test_keep_freed_memory_variable_says_what_it_does(env, kept):
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt is glibc's")
     clean = {k: v for k, v in os.environ.items() if not k.startswith("TINYMIXER_KEEP")}
-    out = subprocess.run([sys.executable, "-c", "import tinymixer; print(tinymixer.KEEPS_FREED_MEMORY)"],
-                         env={**clean, **env}, capture_output=True, text=True)
+    out = run_python("import tinymixer as tm; tm.tune_host(); print(tm.KEEPS_FREED_MEMORY)", {**clean, **env})
     assert out.stdout.split() == [str(kept)], out.stdout + out.stderr
     assert ("renamed" in out.stderr) == ("TINYMIXER_KEEP_MALLOC" in env)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
-from tinymixer import BLAS_THREADS_SLEEP_AT_ONCE
 from tinymixer.tools import bench
+from tinymixer.util.host import BLAS_THREADS_SLEEP_AT_ONCE, tuned_environment
 
 
 @pytest.mark.slow
@@ -30,8 +29,8 @@ def test_command_line_end_to_end(tmp_path, capsys):
     assert "micro/4 | 1 |" in table and "float32 GEMM" in table
     runs = json.loads(out.read_text())
     assert runs[0]["results"][0]["config"] == "micro/4" and runs[0]["machine"]["threads"] == 1
-    # the worker ran with the BLAS threads told to sleep (as `import tinymixer` set it here), and says so
-    settings = {name: os.environ[name] for name in BLAS_THREADS_SLEEP_AT_ONCE}
+    # the worker ran with the BLAS threads told to sleep (as tm.tune_host() sets it up in a program), and says so
+    settings = {name: tuned_environment()[name] for name in BLAS_THREADS_SLEEP_AT_ONCE}
     assert runs[0]["machine"]["blas_thread_sleep"] == settings
     assert all(f"{name}={value}" in table for name, value in settings.items())
 

@@ -101,14 +101,14 @@ def test_init_fine_tunes_within_a_family_with_a_new_zero_head(runs, tmp_path, ca
 def test_keep_head_keeps_a_matching_head_and_says_so(runs, tmp_path, capsys, family, monkeypatch):
     start = runs[family] / "best.npz"
     heads = []
-    real = cifar10.train_step
+    real = cifar10.run_step
 
     def spy(model, *args, **kwargs):  # the head at the first step is the checkpoint's
         if not heads:
             heads.append(to_host(model.params["head/kernel"]).copy())
         return real(model, *args, **kwargs)
 
-    monkeypatch.setattr(cifar10, "train_step", spy)
+    monkeypatch.setattr(cifar10, "run_step", spy)
     assert cifar10.main(["--model", family, "--init", str(start), "--keep-head", "--data-dir", str(runs["digits"]),
                          "--out", str(tmp_path / "kept")] + QUICK) == 0
     assert f"note: --init {start}: the checkpoint's head kept (10 classes) (--keep-head)" in capsys.readouterr().out

@@ -2,7 +2,7 @@
 each module imports only its own layer or the ones below it, and no modules import each other in a cycle. The
 checker is shown to fail on a tree with an upward import planted in it, and on a planted cycle.
 
-    util, backend, _blas_threads   helpers every layer may use (files, command lines, plots; the array backend)
+    util, backend                  helpers every layer may use (files, command lines, plots; the array backend)
     chunks, flat                   how work is split; named arrays in one buffer
     nn                             the networks
     data                           data sets, images, permutations
@@ -23,7 +23,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "tinymixer"
 
-LAYERS = [("util", "backend", "_blas_threads"), ("chunks", "flat"), ("nn",), ("data",), ("training",),
+LAYERS = [("util", "backend"), ("chunks", "flat"), ("nn",), ("data",), ("training",),
           ("transfer", "exercises"), ("trainer",), ("",), ("tools",), ("__main__",)]
 
 

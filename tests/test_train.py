@@ -28,11 +28,11 @@ def test_a_warmup_longer_than_the_run_is_an_error_not_silently_capped():
 
 def test_the_default_warmup_is_a_share_of_the_run(monkeypatch):
     seen = []
-    real = tm.training.train.warmup_cosine
-    monkeypatch.setattr(tm.training.train, "warmup_cosine", lambda *a: seen.append(a) or real(*a))
+    real = tm.training.train.schedule
+    monkeypatch.setattr(tm.training.train, "schedule", lambda *a: seen.append(a) or real(*a))
     images, labels = tiny_data()
     history = fit(tiny_model(), images, labels, epochs=5, batch_size=16)
-    assert len(history) == 5 and {a[3] for a in seen} == {1}  # 5% of 20 steps
+    assert len(history) == 5 and {a[0] for a in seen} == {"cosine"} and {a[4] for a in seen} == {1}  # 5% of 20
 
 
 def test_fewer_images_than_a_batch_is_an_error():
@@ -43,7 +43,7 @@ def test_fewer_images_than_a_batch_is_an_error():
 
 def one_step(model, images, labels, **kwargs):
     optimizer = tm.SGD(momentum=0.9)
-    return tm.training.train.train_step(model, optimizer, images, labels, 0.1, 0.0, **kwargs)
+    return tm.training.train.run_step(model, optimizer, images, labels, 0.1, 0.0, **kwargs)
 
 
 def float64_model(seed: int = 0):
@@ -84,6 +84,49 @@ def test_head_only_updates_the_head_alone_with_the_full_models_head_gradient():
             np.testing.assert_allclose(probe.params[name], before[name] - 0.1 * full.grads[name], atol=1e-14)
         else:
             np.testing.assert_array_equal(probe.params[name], before[name])
+
+
+def test_the_core_step_is_run_step_with_every_option_off_bit_for_bit():
+    """train_step (forward, loss, backward, update) and run_step (the pieces a run's options add) take the same
+    steps when the options are off: weights, loss and logits equal to the last bit, three steps with momentum and
+    clipping, on float32 (where a reordered sum would show)."""
+    rng = np.random.default_rng(3)
+    images, labels = rng.uniform(-1, 1, (12, 8, 8, 3)).astype(np.float32), rng.integers(0, 3, 12)
+    core, run = tiny_model(), tiny_model()
+    opt_core, opt_run = tm.SGD(momentum=0.9), tm.SGD(momentum=0.9)
+    for _ in range(3):
+        loss_a, logits_a = tm.training.train.train_step(core, opt_core, images, labels, 0.5, 0.01)
+        loss_b, logits_b = tm.training.train.run_step(run, opt_run, images, labels, 0.5, 0.01)
+        assert float(loss_a) == float(loss_b) and np.array_equal(logits_a, logits_b)
+    assert np.array_equal(core.params.buffer, run.params.buffer)
+    assert not np.array_equal(core.params.buffer, tiny_model().params.buffer)  # the steps moved the weights
+
+
+def test_train_step_fits_a_screen_and_still_takes_a_runs_options_with_a_warning():
+    import inspect
+
+    source = inspect.getsource(tm.training.train.train_step)
+    assert len(source.splitlines()) <= 25  # the core step reads in one screen
+    rng = np.random.default_rng(4)
+    images, labels = rng.uniform(-1, 1, (6, 8, 8, 3)), rng.integers(0, 3, 6)
+    old, new = float64_model(), float64_model()
+    with pytest.warns(DeprecationWarning, match="run_step"):
+        tm.training.train.train_step(old, tm.SGD(), images, labels, 0.1, 0.0, label_smoothing=0.1, accumulate=2)
+    tm.training.train.run_step(new, tm.SGD(), images, labels, 0.1, 0.0, label_smoothing=0.1, accumulate=2)
+    assert np.array_equal(old.params.buffer, new.params.buffer)
+
+
+def test_the_gradients_memory_is_made_by_the_first_backward_and_reused():
+    model = float64_model()
+    with pytest.raises(RuntimeError, match="after the first backward"):
+        model.grad_buffer  # noqa: B018 - an evaluation-only network has no gradient memory
+    rng = np.random.default_rng(5)
+    images, labels = rng.uniform(-1, 1, (4, 8, 8, 3)), rng.integers(0, 3, 4)
+    one_step(model, images, labels)
+    buffer = model.grad_buffer
+    one_step(model, images, labels)
+    assert model.grad_buffer is buffer and model.gradients() is model.grads  # the same memory, step after step
+    assert all(np.shares_memory(view, buffer) for view in model.grads.values())
 
 
 def test_transform_sees_each_augmented_batch_and_the_model_trains_on_what_it_returns(monkeypatch):

@@ -1,53 +1,36 @@
 """tinymixer: MLP-Mixer (Tolstikhin et al., 2021) from scratch in NumPy, on CuPy GPU arrays when there is a GPU.
 
 Every forward and backward pass is written by hand and proven by finite-difference gradient checks.
+
+``import tinymixer as tm`` changes nothing in the process and loads nothing yet: each name below is imported from
+its module the first time it is used (``tm.MlpMixer`` loads ``tinymixer.nn.mixer``). So a program can call
+``tm.tune_host()`` before NumPy loads (tinymixer/util/host.py says what it tunes and why).
 """
 
-import os as _os
+from __future__ import annotations
 
-from ._blas_threads import BLAS_THREADS_SLEEP_AT_ONCE  # first: before anything loads NumPy
-from .backend import (
-    array_module,
-    backend_name,
-    get_backend,
-    keep_freed_host_memory,
-    set_backend,
-    synchronize,
-    to_device,
-    to_host,
-)
-from .nn.architectures import MODEL_NAMES, auto_patch_size, make_model, model_from_config
-from .nn.cnn import CNN_SIZES, ResNet
-from .nn.gradcheck import check_gradients, directional_check, numerical_gradient, rel_error
-from .nn.layers import softmax_cross_entropy
-from .nn.mixer import SIZES, MixerSize, MlpMixer, describe_size
-from .training.optim import (
-    SCHEDULES,
-    SGD,
-    Adam,
-    AdamW,
-    clip_by_global_norm,
-    decay_mask,
-    global_norm,
-    schedule,
-    warmup_cosine,
-    warmup_linear_decay,
-    warmup_steps,
-)
-from .transfer.weights import pretrained
-
-# Keep freed host memory for the next step instead of page-faulting it in again (8-10% of a step; see the
-# function). TINYMIXER_KEEP_FREED_MEMORY=0 leaves the allocator as it is (and the process's memory can shrink).
-# Its old name, TINYMIXER_KEEP_MALLOC=1, read backwards (it meant "do not keep"); it is still honoured, with a note.
-if _os.environ.get("TINYMIXER_KEEP_MALLOC"):
-    import warnings as _warnings
-
-    _warnings.warn("TINYMIXER_KEEP_MALLOC is renamed: use TINYMIXER_KEEP_FREED_MEMORY=0 to leave glibc's malloc as "
-                   "it is", FutureWarning, stacklevel=2)
-    _os.environ.setdefault("TINYMIXER_KEEP_FREED_MEMORY", "0")
-KEEPS_FREED_MEMORY = _os.environ.get("TINYMIXER_KEEP_FREED_MEMORY", "1") != "0" and keep_freed_host_memory()
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# The facade's names and the module each lives in (imported on first use: PEP 562's module __getattr__).
+_NAMES = {
+    "tinymixer.backend": ["array_module", "backend_name", "get_backend", "set_backend", "synchronize", "to_device",
+                          "to_host"],
+    "tinymixer.util.host": ["tune_host", "host_tuning", "keep_freed_host_memory", "BLAS_THREADS_SLEEP_AT_ONCE"],
+    "tinymixer.nn.architectures": ["MODEL_NAMES", "auto_patch_size", "make_model", "model_from_config"],
+    "tinymixer.nn.cnn": ["CNN_SIZES", "ResNet"],
+    "tinymixer.nn.gradcheck": ["check_gradients", "directional_check", "numerical_gradient", "rel_error"],
+    "tinymixer.nn.layers": ["softmax_cross_entropy"],
+    "tinymixer.nn.mixer": ["SIZES", "MixerSize", "MlpMixer", "describe_size"],
+    "tinymixer.training.optim": ["SCHEDULES", "SGD", "Adam", "AdamW", "clip_by_global_norm", "decay_mask",
+                                 "global_norm", "schedule", "warmup_cosine", "warmup_linear_decay", "warmup_steps"],
+    "tinymixer.transfer.weights": ["pretrained"],
+}
+_MODULE_OF = {name: module for module, names in _NAMES.items() for name in names}
+_SUBPACKAGES = ("backend", "chunks", "data", "exercises", "flat", "nn", "tools", "trainer", "training", "transfer",
+                "util")
 
 __all__ = [
     "MlpMixer", "MixerSize", "SIZES", "describe_size", "softmax_cross_entropy",
@@ -57,5 +40,45 @@ __all__ = [
     "pretrained",
     "check_gradients", "directional_check", "numerical_gradient", "rel_error",
     "array_module", "backend_name", "get_backend", "set_backend", "synchronize", "to_device", "to_host",
-    "keep_freed_host_memory", "KEEPS_FREED_MEMORY", "BLAS_THREADS_SLEEP_AT_ONCE",
+    "tune_host", "host_tuning", "keep_freed_host_memory", "KEEPS_FREED_MEMORY", "BLAS_THREADS_SLEEP_AT_ONCE",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MODULE_OF:
+        value = getattr(importlib.import_module(_MODULE_OF[name]), name)
+        globals()[name] = value  # the next use is a plain attribute
+        return value
+    if name == "KEEPS_FREED_MEMORY":  # whether tm.tune_host() kept freed memory (it once did on import)
+        return importlib.import_module("tinymixer.util.host").host_tuning()["keeps_freed_memory"]
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__) | set(_SUBPACKAGES))
+
+
+if TYPE_CHECKING:  # what type checkers and editors see; at run time the names come from __getattr__ above
+    from .backend import array_module, backend_name, get_backend, set_backend, synchronize, to_device, to_host
+    from .nn.architectures import MODEL_NAMES, auto_patch_size, make_model, model_from_config
+    from .nn.cnn import CNN_SIZES, ResNet
+    from .nn.gradcheck import check_gradients, directional_check, numerical_gradient, rel_error
+    from .nn.layers import softmax_cross_entropy
+    from .nn.mixer import SIZES, MixerSize, MlpMixer, describe_size
+    from .training.optim import (
+        SCHEDULES,
+        SGD,
+        Adam,
+        AdamW,
+        clip_by_global_norm,
+        decay_mask,
+        global_norm,
+        schedule,
+        warmup_cosine,
+        warmup_linear_decay,
+        warmup_steps,
+    )
+    from .transfer.weights import pretrained
+    from .util.host import BLAS_THREADS_SLEEP_AT_ONCE, host_tuning, keep_freed_host_memory, tune_host

@@ -159,31 +159,6 @@ def to_host(a: Any) -> np.ndarray:
     return np.asarray(a)
 
 
-def keep_freed_host_memory() -> bool:
-    """Ask glibc's malloc to keep freed memory for reuse instead of returning it to the OS. Returns whether it
-    could (False off glibc, e.g. on macOS or Windows, where nothing changes).
-
-    Why: a training step allocates its activations afresh (arrays of 1-32 MB). By default glibc serves such sizes
-    with mmap and hands them back on free, so every step pays a page fault per 4 KB page when it first writes to
-    them: measured 8-10% of a tiny/4 step here. With mmap above 32 MB only and no trimming of the heap, the next
-    step reuses the same memory. The process's resident memory then stays at its peak instead of shrinking.
-    """
-    import ctypes
-    import ctypes.util
-
-    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # from glibc's malloc.h
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    ok = mallopt(m_mmap_threshold, 32 << 20)  # glibc's largest allowed value
-    ok &= mallopt(m_trim_threshold, 2**31 - 1)
-    ok &= mallopt(m_top_pad, 64 << 20)
-    return bool(ok)
-
-
 def use_device(index: int) -> None:
     """Make GPU ``index`` (counted on this machine) the current CuPy device, before any array is made: with one
     process per GPU, each process takes the GPU of its local rank. Does nothing without a GPU."""
@@ -237,3 +212,13 @@ def synchronize() -> None:
     """Wait for all queued GPU work (a no-op on NumPy). Timing code calls this before reading the clock."""
     if _cupy is not None and get_backend() is _cupy:
         _cupy.cuda.Device().synchronize()
+
+
+def __getattr__(name: str) -> Any:
+    """Names that moved, forwarded for one release with a DeprecationWarning."""
+    if name == "keep_freed_host_memory":
+        warnings.warn("tinymixer.backend.keep_freed_host_memory moved to tinymixer.util.host (call "
+                      "tinymixer.tune_host() to tune the process)", DeprecationWarning, stacklevel=2)
+        from .util.host import keep_freed_host_memory
+        return keep_freed_host_memory
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -73,8 +73,7 @@ class Network:
         self._reset_state()
 
     def _reset_state(self) -> None:
-        self.grads: dict[str, Array] = {}
-        self._grad_buffer: Array | None = None
+        self.grads: dict[str, Array] = {}  # FlatArrays once the first backward made them (``gradients``)
         self._cache: tuple | None = None
 
     # ------------------------------------------------------------------------------------------------------------
@@ -212,7 +211,7 @@ class Network:
         # The gradients go into one contiguous buffer (``grad_buffer``; ``grads`` holds views of it), so that a
         # data-parallel run all-reduces them in one call with nothing packed or unpacked. With several shards the
         # buffer receives their sum, which is formed anyway; with one shard it costs one copy of the gradients.
-        buffer = self.grad_buffer  # allocates the buffer and the views on first use
+        buffer = self.gradients().buffer
         if len(results) == 1:  # one copy into the buffer, in one call (on a GPU: one kernel, not one per parameter)
             self.xp.concatenate([results[0][1][name].ravel() for name in self.grads], out=buffer)
             return results[0][0]
@@ -230,14 +229,21 @@ class Network:
         dimages = self._features_backward(dx, body_cache, grads)  # undoes the body
         return dimages, grads
 
+    def gradients(self) -> FlatArrays:
+        """The memory of the gradients, which the network owns: one contiguous buffer in the parameters' layout,
+        whose views ``grads`` are (flat.py). Made by the first call (the first backward: a network that is only
+        evaluated never pays for it), then the same memory every step: each backward overwrites it."""
+        if not isinstance(self.grads, FlatArrays):
+            self.grads = self.params.zeros_like()
+        return self.grads
+
     @property
     def grad_buffer(self) -> Array:
-        """All parameter gradients in one contiguous 1-D array, in ``params`` order; ``grads`` holds views of it
-        (reshaped, same names). Allocated at the first backward and reused: ``backward`` overwrites it."""
-        if self._grad_buffer is None:
-            self.grads = self.params.zeros_like()  # the parameters' layout: views of one buffer (flat.py)
-            self._grad_buffer = self.grads.buffer
-        return self._grad_buffer
+        """All parameter gradients in one contiguous 1-D array, in ``params`` order (``grads`` holds views of it):
+        what a data-parallel run all-reduces in one call. There after the first backward."""
+        if not isinstance(self.grads, FlatArrays):
+            raise RuntimeError("no gradients yet: grad_buffer is there after the first backward()")
+        return self.grads.buffer
 
     def __call__(self, images: Array, train: bool = False, rng: Any = None) -> Array:
         return self.forward(images, train=train, rng=rng)

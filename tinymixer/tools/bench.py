@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from ..util.cli import HelpWithExamples, Parser, add_backend_option, positive_int
+from ..util.host import tune_host, tuned_environment
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -530,6 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark from the command line (``python -m tinymixer.tools.bench --help``); returns the exit code."""
     p = _parser()
     args = p.parse_args(argv)
+    tune_host()  # as the programs run (the workers also get the BLAS settings in their environment, below)
     if args.memory_of:
         print(json.dumps(memory_worker(args.configs[0], args.memory_of, args.batch_size, args.image_size)))
         return 0
@@ -542,8 +544,8 @@ def main(argv: list[str] | None = None) -> int:
         args.threads = args.threads[:1]
     runs = []
     for threads in args.threads:
-        env = dict(os.environ, **{v: str(threads) for v in THREAD_VARIABLES})
-        # (this process imported tinymixer, which put BLAS_THREADS_SLEEP_AT_ONCE in os.environ: the workers inherit it)
+        # each worker runs as the programs do: BLAS threads that sleep at once (set before its NumPy loads)
+        env = dict(tuned_environment(), **{v: str(threads) for v in THREAD_VARIABLES})
         command = [sys.executable, "-m", "tinymixer.tools.bench", "--worker", "--threads", str(threads), "--configs",
                    *args.configs, "--batch-size", str(args.batch_size), "--image-size", str(args.image_size),
                    "--repeats", str(args.repeats), "--backend", args.backend] + (["--no-torch"] * args.no_torch)

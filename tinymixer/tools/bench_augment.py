@@ -19,6 +19,7 @@ from ..data.augment import (
     random_erasing,
 )
 from ..util.cli import Parser
+from ..util.host import tune_host
 
 
 def _time(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
@@ -104,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.bench:
         p.print_help()
         return 0
+    tune_host()  # as the programs run
     bench(args.batch_size, args.image_size, args.repeats, None if args.step == "none" else args.step,
           args.step_repeats)
     return 0

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ..util.cli import Parser
+from ..util.host import tune_host, tuned_environment
 
 # Links (bytes/s, latency s): nominal line rates; real all-reduce bus bandwidth is lower, so the predictions are
 # upper bounds on efficiency.
@@ -118,7 +119,7 @@ def run_layout(processes: int, threads: int, args: argparse.Namespace) -> dict:
                "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--image-size", str(args.image_size)]
     if processes > 1:
         command = [mpiexec(), "-n", str(processes)] + command
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_"))}
+    env = tuned_environment({k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_"))})
     env.update(TINYMIXER_THREADS=str(threads), OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
                MKL_NUM_THREADS=str(threads))
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=3600)
@@ -193,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.worker:
         from tinymixer.training import distributed
+
+        tune_host()  # as the programs run (the BLAS settings came in the environment, see run_layout)
 
         def worker() -> int:
             result = measure(args.config, args.batch_size, args.steps, args.image_size)

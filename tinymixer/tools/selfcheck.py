@@ -50,7 +50,7 @@ ENVIRONMENT = {
     "MKL_NUM_THREADS": "MKL threads; likewise",
     data.DATA_DIR_ENV: "folder of the CIFAR-10 data (unset: $XDG_CACHE_HOME/tinymixer or ~/.cache/tinymixer)",
     "TINYMIXER_KEEP_FREED_MEMORY": "0: leave glibc's malloc as it is (unset or 1: keep freed memory for the next step)",
-    **{name: f"BLAS threads' spin before sleeping (tinymixer sets {value} when unset, before NumPy loads)"
+    **{name: f"BLAS threads' spin before sleeping (tm.tune_host(), which the programs call, sets {value} if unset)"
        for name, value in tm.BLAS_THREADS_SLEEP_AT_ONCE.items()},
 }
 

@@ -16,6 +16,7 @@ from ..nn.architectures import MIN_TOKENS, MODEL_NAMES
 from ..nn.cnn import CNN_SIZES
 from ..nn.mixer import SIZES
 from ..training.optim import SCHEDULES, warmup_steps
+from ..training.recipes import DEFAULTS, RECIPES  # the training settings' defaults, and the named sets of them
 from ..util.cli import Parser, add_backend_option, duration, number
 
 
@@ -34,30 +35,6 @@ MODEL_OPTIONS = ["model", "config", "patch_size", "dtype", "init", "keep_head", 
 # --model: each family's sizes, and its default (--config auto)
 FAMILIES = {"mixer": "micro/4", "cnn": "cnn-micro"}
 ARCHITECTURES = {"mixer": "mixer", "cnn": "resnet"}  # --model: the "architecture" of its checkpoints' config
-# Named sets of defaults (--recipe): every option a recipe sets can still be given on its own, and wins.
-RECIPES = {
-    # the defaults below: the paper's fine-tuning recipe (SGD momentum, clipping, warm-up + cosine), sized for a CPU
-    "finetune": {},
-    # the official fine-tuning hyper-parameters (the official Mixer fine-tuning configuration, PAPER.md)
-    "paper-finetune": {"batch_size": 512, "lr": 0.03, "warmup": "500", "momentum": 0.9, "clip": 1.0,
-                       "weight_decay": 0.0},
-    # the paper's pre-training recipe as big_vision's configs/mlp_mixer_i1k.py runs it: Adam with decoupled weight
-    # decay on the kernels (its wd 1e-4 is not scaled by the base rate: 0.1 here), clipping at 1, warm-up (10k of
-    # ~94k steps there: 10%) then linear decay to 1e-5 of the base rate, RandAugment(2, 15), mixup 0.5 (big_vision
-    # mixes with probability 0.5; here every batch, alpha 0.5), stochastic depth 0.1 (its batch 4096 and 300 epochs
-    # are left to --batch-size and --epochs)
-    "pretrain": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.1, "clip": 1.0, "warmup": "10%",
-                 "schedule": "linear", "end_lr": 1e-8, "randaugment": "2,15", "mixup": 0.5, "stochastic_depth": 0.1},
-    # the best documented from-scratch CIFAR-10 Mixer (omihub777/MLP-Mixer-CIFAR: Mixer-nano = tiny/4, 90.83% in
-    # 300 epochs): Adam, lr 1e-3, L2 5e-5, batch 128, 5 warm-up epochs, cosine to 1e-6, label smoothing 0.1, CutMix,
-    # no clipping; its AutoAugment is RandAugment(2, 9) here, its beta2 0.99 is 0.999, its CutMix every other batch
-    # is every batch
-    "scratch-cifar": {"config": "tiny/4", "optimizer": "adam", "lr": 1e-3, "weight_decay": 5e-5, "batch_size": 128,
-                      "epochs": 300, "warmup": "5ep", "schedule": "cosine", "end_lr": 1e-6, "label_smoothing": 0.1,
-                      "randaugment": "2,9", "cutmix": 1.0, "clip": 0.0},
-}
-
-
 def int_or_auto(text: str) -> int | str:
     return "auto" if text == "auto" else number(int, 0)(text)
 
@@ -146,35 +123,40 @@ def build_parser(prog: str = "cifar10.py", description: str = DESCRIPTION) -> Pa
                        help="instead of --epochs: as many epochs as fit in TIME (e.g. 10m, 1.5h), from a measured step "
                             "time, with the schedule fitted to them")
     train.add_argument("--batch-size", type=pos, metavar="N", default=128, help="images per step")
-    train.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default="sgd",
+    train.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default=DEFAULTS["optimizer"],
                        help="sgd: momentum (--momentum); adam, adamw: Adam (beta 0.9, 0.999); --weight-decay is "
                             "decoupled for sgd and adamw, coupled L2 for adam; biases and LayerNorm never decay")
-    train.add_argument("--schedule", choices=sorted(SCHEDULES), default="cosine",
+    train.add_argument("--schedule", choices=sorted(SCHEDULES), default=DEFAULTS["schedule"],
                        help="after the linear warm-up: cosine decay, or linear decay (the paper's pre-training)")
-    train.add_argument("--end-lr", type=number(float, 0), default=0.0, help="the learning rate at the end of the run")
-    train.add_argument("--lr", type=number(float, 0, low_open=True), default=0.05, help="peak learning rate")
-    train.add_argument("--warmup", type=warmup_spec, metavar="SPEC", default="5%",
+    train.add_argument("--end-lr", type=number(float, 0), default=DEFAULTS["end_lr"],
+                       help="the learning rate at the end of the run")
+    train.add_argument("--lr", type=number(float, 0, low_open=True), default=DEFAULTS["lr"],
+                       help="peak learning rate")
+    train.add_argument("--warmup", type=warmup_spec, metavar="SPEC", default=DEFAULTS["warmup"],
                        help="linear warm-up: a percentage of the run (5%%), epochs (2ep) or steps (200)")
-    train.add_argument("--clip", type=number(float, 0), metavar="NORM", default=1.0,
+    train.add_argument("--clip", type=number(float, 0), metavar="NORM", default=DEFAULTS["clip"],
                        help="clip gradients at this global norm (0: off)")
-    train.add_argument("--momentum", type=number(float, 0, 1), default=0.9, help="SGD momentum")
-    train.add_argument("--weight-decay", type=number(float, 0), default=0.0, help="decoupled weight decay")
-    train.add_argument("--label-smoothing", type=chance, default=0.0, help="label smoothing")
-    train.add_argument("--mixup", type=number(float, 0), metavar="ALPHA", default=0.0, help="mixup alpha (0: off)")
+    train.add_argument("--momentum", type=number(float, 0, 1), default=DEFAULTS["momentum"], help="SGD momentum")
+    train.add_argument("--weight-decay", type=number(float, 0), default=DEFAULTS["weight_decay"],
+                       help="decoupled weight decay")
+    train.add_argument("--label-smoothing", type=chance, default=DEFAULTS["label_smoothing"], help="label smoothing")
+    train.add_argument("--mixup", type=number(float, 0), metavar="ALPHA", default=DEFAULTS["mixup"],
+                       help="mixup alpha (0: off)")
     train.add_argument("--randaugment", type=randaugment_spec, metavar="N,M",
                        help="RandAugment: N operations of magnitude M on each image, after crop and flip (the "
                             "official big_vision operations; the paper pre-trains with 2,15); default off")
-    train.add_argument("--cutmix", type=number(float, 0), metavar="ALPHA", default=0.0,
+    train.add_argument("--cutmix", type=number(float, 0), metavar="ALPHA", default=DEFAULTS["cutmix"],
                        help="CutMix alpha (0: off; not with --mixup)")
-    train.add_argument("--random-erasing", type=chance, metavar="P", default=0.0,
+    train.add_argument("--random-erasing", type=chance, metavar="P", default=DEFAULTS["random_erasing"],
                        help="random erasing: the chance of each image (0: off; its paper uses 0.5)")
     train.add_argument("--crop-padding", type=int_or_auto, metavar="PIXELS", default="auto",
                        help="random-crop padding in pixels; auto: 1/8 of the image side (4 on 32x32); 0: no crop")
     train.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
                        help="random horizontal flips (--no-flip e.g. for digits)")
-    train.add_argument("--dropout", type=number(float, 0, 1, high_open=True), default=0.0,
+    train.add_argument("--dropout", type=number(float, 0, 1, high_open=True), default=DEFAULTS["dropout"],
                        help="dropout rate after the GELU of every MLP (0: off)")
-    train.add_argument("--stochastic-depth", type=number(float, 0, 1, high_open=True), default=0.0,
+    train.add_argument("--stochastic-depth", type=number(float, 0, 1, high_open=True),
+                       default=DEFAULTS["stochastic_depth"],
                        help="stochastic-depth rate of the last block, rising linearly from 0 at the first (0: off)")
     train.add_argument("--ema", type=number(float, 0, 1, high_open=True), default=0.0, metavar="DECAY",
                        help="also keep an exponential moving average of the weights (e.g. 0.999), evaluated beside "

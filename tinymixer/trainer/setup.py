@@ -13,8 +13,8 @@ from ..data.pipeline import Augmentation
 from ..nn.architectures import auto_patch_size
 from ..nn.cnn import ResNet
 from ..nn.mixer import SIZES, MlpMixer
-from ..training import distributed
-from ..training.optim import SGD, Adam, AdamW, decay_mask, warmup_steps
+from ..training import distributed, recipes
+from ..training.optim import SGD, Adam, warmup_steps
 from ..transfer.pretrained import FamilyError, PretrainedError, load_for_finetuning
 from ..transfer.weights import WeightsError, resolve
 from .options import ARCHITECTURES, RECIPES, OptionError, remembered
@@ -110,16 +110,8 @@ def check_fits(model: Any, data: Dataset, what: str, resized: bool = False) -> N
 
 
 def make_optimizer(args: argparse.Namespace, model: Any) -> SGD | Adam:
-    """The optimiser of --optimizer. Weight decay, when asked for, goes to the kernels alone (the official code's
-    mask: no bias, no LayerNorm parameter decays)."""
-    mask = decay_mask(model.params)
-    if args.optimizer == "sgd":
-        return SGD(momentum=args.momentum, weight_decay=args.weight_decay, decay_mask=mask)
-    if args.optimizer == "adamw":
-        return AdamW(weight_decay=args.weight_decay, decay_mask=mask)
-    return Adam(l2=args.weight_decay, decay_mask=mask)
-
-
+    """The optimiser of --optimizer (training.recipes.make_optimizer: weight decay on the kernels alone)."""
+    return recipes.make_optimizer(vars(args), model.params)
 
 
 def batch_layout(args: argparse.Namespace, comm: Any, train_size: int) -> tuple[slice, int]:
@@ -171,11 +163,7 @@ def plan_schedule(args: argparse.Namespace, given: set[str], steps_per_epoch: in
 def augmentation(args: argparse.Namespace, size: tuple[int, int]) -> Augmentation:
     """What the options do to each training batch of images of ``size`` (--crop-padding auto: 1/8 of the side)."""
     crop = round(min(size) / 8) if args.crop_padding == "auto" else args.crop_padding
-    strong = None
-    if args.randaugment:
-        num_ops, magnitude = (float(v) for v in args.randaugment.split(","))
-        strong = (int(num_ops), magnitude)
-    return Augmentation(crop, args.flip, strong, args.random_erasing, args.mixup, args.cutmix)
+    return recipes.augmentation(vars(args), crop, args.flip)
 
 
 def describe(args: argparse.Namespace, model: Any, data: Dataset, split: str, steps_per_epoch: int, warmup: int,

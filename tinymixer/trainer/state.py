@@ -30,7 +30,7 @@ from ..training import distributed
 from ..training.checkpoint import load_checkpoint, load_params_into, model_config, save_checkpoint
 from ..training.evaluate import evaluate
 from ..training.optim import schedule
-from ..training.train import train_step
+from ..training.train import run_step
 from ..util.files import atomic_open
 from ..util.plots import plot_learning_curves
 
@@ -172,7 +172,7 @@ def epochs_in_budget(budget: float, started: float, model: Any, optimizer: Any, 
     and this probe count too), and a line saying why. Training steps of a model of the same shape as ``model``
     (not the one being trained) on a real batch, one evaluation batch, the checkpoints and the plot are timed
     (each warm: the first call pays for imports, buffers and the first figure, once); an epoch is its steps, its
-    evaluation and what it writes. ``step_options``: train_step's (clip, accumulate, head_only). Rank 0's
+    evaluation and what it writes. ``step_options``: run_step's (clip, accumulate, head_only). Rank 0's
     estimate is everyone's."""
     probe = model_from_config(model.config())
     index = np.arange(batch_size)[rows]
@@ -183,9 +183,9 @@ def epochs_in_budget(budget: float, started: float, model: Any, optimizer: Any, 
     # machine), fewer if they would take more than 5% of the budget: the median counts.
     while len(times) < 6 and (len(times) < 3 or time.perf_counter() - probe_start < 0.05 * budget):
         t0 = time.perf_counter()
-        train_step(probe, optimizer, images, data.train_labels[index], 0.0, comm=distributed.world(),
-                   global_batch=batch_size, masks=masks_rows(probe.draw_masks(np.random.default_rng(0), batch_size),
-                                                             rows), **step_options)
+        run_step(probe, optimizer, images, data.train_labels[index], 0.0, comm=distributed.world(),
+                 global_batch=batch_size, masks=masks_rows(probe.draw_masks(np.random.default_rng(0), batch_size),
+                                                           rows), **step_options)
         synchronize()  # on a GPU the step has only been queued: the clock is read when it is done
         times.append(time.perf_counter() - t0)
     step = float(np.median(times[1:]))
