@@ -215,3 +215,20 @@ def test_the_converter_refuses_images_and_labels_of_different_lengths(tmp_path, 
              x_test=rng.integers(0, 256, (5, 6, 6)), y_test=np.zeros(5, int))
     assert D.main([str(tmp_path / "b.npz"), str(tmp_path / "out")]) == 2
     assert "training labels must be one class index per image" in capsys.readouterr().err
+
+
+def test_synthetic_motifs_differ_only_in_the_arrangement_of_five_bright_pixels():
+    from tinymixer.data import MOTIF_NAMES, synthetic_motifs
+
+    images, labels = synthetic_motifs(400, size=12, seed=3)
+    assert images.shape == (400, 12, 12, 1) and images.dtype == np.uint8 and set(labels) == {0, 1}
+    assert ((images == 255).sum(axis=(1, 2, 3)) == 5).all()  # one motif each, five pixels, on noise below 120
+    assert (images[images != 255] < 120).all()
+    for label, name in enumerate(MOTIF_NAMES):
+        rows, cols = np.nonzero(images[np.flatnonzero(labels == label)[0], ..., 0] == 255)
+        pattern = {(r - rows.min(), c - cols.min()) for r, c in zip(rows, cols, strict=True)}
+        assert pattern == set(D.synthetic.MOTIFS[name])
+    corners = [tuple(np.argwhere(image[..., 0] == 255).min(axis=0)) for image in images]
+    assert len(set(corners)) > 50  # anywhere in the image, not in a few places
+    again, _ = synthetic_motifs(400, size=12, seed=3)
+    assert np.array_equal(images, again)  # seeded

@@ -52,8 +52,8 @@ def run_lesson(tmp_path_factory):
     return run
 
 
-def test_there_are_fourteen_lessons():
-    assert len(LESSONS) == 14
+def test_there_are_eighteen_lessons():
+    assert len(LESSONS) == 18
 
 
 @pytest.mark.parametrize("lesson", LESSONS, ids=[p.stem for p in LESSONS])
@@ -101,6 +101,11 @@ def test_lesson_10_quick_mode_learns_and_moves_the_weights_away_from_the_initial
     assert accuracies(out, "trained:")["train"] > 1.5 * chance(out), out
     moved = re.search(r"moved (\d+)% of its norm", printed_line(out, "token-mixing kernel"))
     assert int(moved.group(1)) >= 25, out  # visibly different pictures (about half in full mode)
+    smooth = re.search(r"at initialisation (\S+), trained (\S+), trained - initial (\S+)",
+                       printed_line(out, "neighbouring patches"))
+    initial, _, added = (float(x) for x in smooth.groups())
+    assert abs(initial) < 0.2 and added > 0.3 and added > initial + 0.25, out  # what training added is smooth
+    assert float(re.search(r"what training added (\S+)", printed_line(out, "stem filters"))[1]) > 0.5, out
 
 
 def test_lesson_11_quick_mode_shows_exact_invariance_and_the_global_shuffle_costing_accuracy(run_lesson):
@@ -125,6 +130,67 @@ def test_lesson_13_quick_mode_ranks_add_up_to_one_process_and_the_mean_of_means_
     assert printed_line(out, "tiny/4 ").split()[1:3] == ["1,132,170", "4.5"], out  # 4 bytes per parameter
 
 
+
+
+def test_lesson_15_checks_crops_flips_and_that_mixing_losses_is_mixing_labels(run_lesson):
+    out = run_lesson("15_data_and_augmentation").stdout
+    assert "every view is a shifted window of the padded image; a flip undone by a second flip: checked" in out
+    mixed = re.search(r"mixed loss (\S+); cross-entropy on the mixed labels (\S+); gradient \(p - q\)/B: largest "
+                      r"difference (\S+)", printed_line(out, "mixed loss"))
+    assert mixed[1] == mixed[2] and float(mixed[3]) < 1e-15, out
+    cut = re.search(r"lam (\S+) = 1 - box area / image area; pixels still the image's own: (\S+)",
+                    printed_line(out, "mixup: lam"))
+    assert abs(float(cut[1]) - float(cut[2])) < 0.02, out
+    assert "the same seed gives the same batch; the first 8 rows made alone are the batch's first 8 rows" in out
+
+
+def test_lesson_16_keeps_the_expectation_checks_both_backwards_and_regularises(run_lesson):
+    out = run_lesson("16_dropout_and_stochastic_depth").stdout
+    assert float(re.search(r"largest gap (\S+) standard errors", out)[1]) < 5, out
+    assert "evaluation equals the plain network: True; two training passes with the same seed agree: True; with " \
+           "another seed they differ: True" in out
+    depth = [float(x) for x in re.findall(r"\(0\.1, (\S+)\)", printed_line(out, "micro/4 with dropout"))]
+    assert depth == [0.0, 0.033, 0.067, 0.1], out  # rising linearly from 0 at the first block
+    plain = re.search(r"final train loss ([\d.]+), test loss ([\d.]+)", printed_line(out, "plain "))
+    noisy = re.search(r"final train loss ([\d.]+), test loss ([\d.]+)", printed_line(out, "dropout 0.1 + depth 0.2"))
+    assert float(noisy[1]) > float(plain[1]) and float(noisy[2]) < float(plain[2]), out
+
+
+def test_lesson_17_shows_equivariance_locality_and_the_cnns_lead_on_local_motifs(run_lesson):
+    out = run_lesson("17_cnn_beside_the_mixer").stdout
+    assert "one 3x3 convolution 9 pixels, two 25 pixels, one token mixing 16 of 16 tokens" in out
+    conv = float(re.search(r"away from the border: largest difference (\S+)", out)[1])
+    mixing = float(re.search(r"mix then roll: largest difference (\S+)", out)[1])
+    assert conv < 1e-13 and mixing > 0.1, out
+    cnn, mixer = accuracies(out, "CNN   on  400 images"), accuracies(out, "Mixer on  400 images")
+    more = accuracies(out, "Mixer on 2000 images")
+    assert cnn["test"] > 95 and mixer["test"] < cnn["test"] - 20 and mixer["train"] > 90, out  # it memorises
+    assert more["test"] > mixer["test"] + 20, out  # and learns the task from more data
+
+
+def test_lesson_18_reads_the_layout_starts_at_ln_k_transfers_and_keeps_the_mosaic_property(run_lesson):
+    out = run_lesson("18_pretrained_models").stdout
+    assert "the loaded model's logits equal the saved one's: True" in out
+    assert re.search(r"with the zero head: test loss 0\.69314\d \(ln 2 = 0\.693147\)", out), out
+    tuned = float(re.search(r"fine-tuned from x/plus: test accuracy (\S+)%", out)[1])
+    scratch = float(re.search(r"from scratch\s+: test accuracy (\S+)%", out)[1])
+    assert tuned > scratch + 10, out
+    assert float(re.search(r"on the tiles: largest difference (\S+)", out)[1]) < 1e-4, out
+    big = re.search(r"before fine-tuning (\S+)%, after 3 epochs on \d+ images (\S+)%; a fresh 32x32 Mixer after "
+                    r"the same 3 epochs (\S+)%", out)
+    assert 55 < float(big[1]) and float(big[2]) > float(big[3]) + 10, out
+
+
+def test_the_answers_that_can_be_checked_hold():
+    """lessons/ANSWERS.md: every python block runs and its assertions hold (from lessons/, as a learner runs it)."""
+    text = (LESSONS_DIR / "ANSWERS.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) >= 8
+    for code in blocks:
+        exec(compile(code, str(LESSONS_DIR / "ANSWERS.md"), "exec"), {})
+    for lesson in LESSONS[14:]:  # the new chapters point to their answers, and have them
+        number = int(lesson.stem[:2])
+        assert "lessons/ANSWERS.md" in lesson.read_text() and f"## Lesson {number} " in text
 
 # ----------------------------------------------------------------------------------------------------------------
 # "Your turn": every one of lessons 2-8 has a stub a learner fills in, and a check of it

@@ -103,3 +103,5 @@ def test_fit_refuses_a_recipe_whose_model_rates_the_model_lacks():
         fit(small_model(), images, labels, epochs=1, batch_size=16, recipe="pretrain")
     history = fit(small_model(stochastic_depth=0.1), images, labels, epochs=1, batch_size=16, recipe="pretrain")
     assert np.isfinite(history[0]["train_loss"])
+    # a recipe that says nothing of the model's rates trains a regularised model with the model's own rates
+    assert np.isfinite(fit(small_model(dropout=0.1), images, labels, epochs=1, batch_size=16)[0]["train_loss"])

@@ -177,7 +177,8 @@ def fit(model: Any, images: np.ndarray, labels: np.ndarray, *, epochs: int, batc
     ``lr``, ``warmup``, ``clip``, ``momentum``: given, they replace the recipe's. ``warmup``: steps (50), epochs
     ("2ep") or a percentage of the run ("5%"); longer than the run is an error. The recipe's optimiser, schedule,
     weight decay, label smoothing and batch augmentations (RandAugment, random erasing, mixup, CutMix) are applied;
-    its dropout and stochastic depth are the model's own rates, which must match (build the model with them).
+    its dropout and stochastic depth are the model's own rates: where the recipe sets them, the model must have
+    them (build it with them); otherwise the model's rates, if any, apply.
     ``transform``: applied to every uint8 training batch (B, H, W, C) after the augmentation and before scaling,
     as an input pipeline would apply e.g. a fixed permutation of the pixels; it must return a uint8 batch of the
     same shape. The test images are not transformed here: give ``test`` as the model should see it.
@@ -186,8 +187,8 @@ def fit(model: Any, images: np.ndarray, labels: np.ndarray, *, epochs: int, batc
     ``seconds``, the wall-clock time since the start of training (the evaluations included).
     """
     settings = recipes.recipe(recipe, lr=lr, warmup=warmup, clip=clip, momentum=momentum)
-    for name in recipes.MODEL_SETTINGS:
-        if settings[name] != getattr(model, name, 0.0):
+    for name in recipes.MODEL_SETTINGS:  # a recipe that regularises the model says so; the model decides
+        if settings[name] and settings[name] != getattr(model, name, 0.0):
             raise ValueError(f"the {recipe} recipe trains with {name} {settings[name]}, the model has "
                              f"{getattr(model, name, 0.0)}: build the model with {name}={settings[name]}")
     optimizer = recipes.make_optimizer(settings, model.params)
