@@ -185,12 +185,19 @@ def test_the_answers_that_can_be_checked_hold():
     """lessons/ANSWERS.md: every python block runs and its assertions hold (from lessons/, as a learner runs it)."""
     text = (LESSONS_DIR / "ANSWERS.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
-    assert len(blocks) >= 8
+    assert len(blocks) >= 24
     for code in blocks:
         exec(compile(code, str(LESSONS_DIR / "ANSWERS.md"), "exec"), {})
-    for lesson in LESSONS[14:]:  # the new chapters point to their answers, and have them
-        number = int(lesson.stem[:2])
-        assert "lessons/ANSWERS.md" in lesson.read_text() and f"## Lesson {number} " in text
+    sections = dict(re.findall(r"^## Lesson (\d+) .*?\n(.*?)(?=^## |\Z)", text, re.S | re.M))
+    for lesson in LESSONS:  # every numbered exercise of every lesson has its answer
+        source = lesson.read_text()
+        exercises = re.findall(r"^# (\d+)\. ", source.split("# ## Exercises")[-1], re.M)
+        number = str(int(lesson.stem[:2]))
+        assert exercises and number in sections, lesson.name
+        answered = re.findall(r"^\*\*(\d+)\.", sections[number], re.M)
+        assert answered == exercises, (lesson.name, exercises, answered)
+    for lesson in LESSONS[14:]:  # the new chapters point to their answers
+        assert "lessons/ANSWERS.md" in lesson.read_text()
 
 # ----------------------------------------------------------------------------------------------------------------
 # "Your turn": every one of lessons 2-8 has a stub a learner fills in, and a check of it
