@@ -14,8 +14,7 @@
 
 # %%
 import numpy as np
-from lesson_utils import pick, plt, save_figure, training_model
-from matplotlib.ticker import MaxNLocator
+from lesson_utils import learning_curves, pick, save_figure, training_model
 
 import tinymixer as tm
 from tinymixer.data import SHAPE_NAMES, normalize, synthetic_shapes
@@ -79,20 +78,7 @@ assert last["train_loss"] < first["train_loss"]  # it learns
 assert last["test_accuracy"] > 1.5 / len(classes)  # far above chance
 
 # %%
-fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
-for name, history in runs.items():
-    epochs_axis = [h["epoch"] for h in history]
-    line = ax1.plot(epochs_axis, [h["train_loss"] for h in history], label=f"{name}, train")[0]
-    ax1.plot(epochs_axis, [h["test_loss"] for h in history], "--", color=line.get_color(), label=f"{name}, test")
-    ax2.plot(epochs_axis, [100 * h["train_accuracy"] for h in history], color=line.get_color(), label=f"{name}, train")
-    ax2.plot(epochs_axis, [100 * h["test_accuracy"] for h in history], "--", color=line.get_color(),
-             label=f"{name}, test")
-ax1.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
-ax2.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy: the train-test gap is overfitting")
-for ax in (ax1, ax2):
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs
-    ax.legend()
-    ax.grid(alpha=0.3)
+fig = learning_curves(runs, accuracy_title="accuracy: the train-test gap is overfitting")
 save_figure(fig, "09_learning_curves")
 
 # %% [markdown]

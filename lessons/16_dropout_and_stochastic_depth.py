@@ -14,8 +14,7 @@
 
 # %%
 import numpy as np
-from lesson_utils import pick, plt, print_code, save_figure, training_model
-from matplotlib.ticker import MaxNLocator
+from lesson_utils import learning_curves, pick, print_code, save_figure, training_model
 
 import tinymixer as tm
 from tinymixer.data import SHAPE_NAMES, synthetic_shapes
@@ -165,21 +164,7 @@ assert noisy_run["train_loss"] > plain_run["train_loss"]  # the noise makes the 
 assert noisy_run["test_accuracy"] > 1.25 / classes  # and the noisy model still learns
 assert noisy_run["test_loss"] < plain_run["test_loss"]  # less confident where it is wrong
 
-fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
-for name, history in runs.items():
-    epochs_axis = [h["epoch"] for h in history]
-    line = ax1.plot(epochs_axis, [h["train_loss"] for h in history], label=f"{name}, train")[0]
-    ax1.plot(epochs_axis, [h["test_loss"] for h in history], "--", color=line.get_color(), label=f"{name}, test")
-    ax2.plot(epochs_axis, [100 * h["train_accuracy"] for h in history], color=line.get_color(),
-             label=f"{name}, train")
-    ax2.plot(epochs_axis, [100 * h["test_accuracy"] for h in history], "--", color=line.get_color(),
-             label=f"{name}, test")
-ax1.set(xlabel="epoch", ylabel="cross-entropy", title="loss (training loss: measured with the noise on)")
-ax2.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
-for ax in (ax1, ax2):
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+fig = learning_curves(runs, loss_title="loss (training loss: measured with the noise on)")
 save_figure(fig, "16_regularised_training")
 
 # %% [markdown]

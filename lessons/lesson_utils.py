@@ -63,6 +63,27 @@ def training_model(num_classes: int, image_size: int, seed: int = 0) -> tm.MlpMi
     return tm.MlpMixer.from_name("micro/4", num_classes=num_classes, image_size=image_size, seed=seed)
 
 
+def learning_curves(runs: dict, loss_title: str = "loss", accuracy_title: str = "accuracy") -> plt.Figure:
+    """Loss and accuracy per epoch of ``fit`` runs ({name: history}), train solid and test dashed, one colour a run."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
+    for name, history in runs.items():
+        epochs = [h["epoch"] for h in history]
+        line = ax1.plot(epochs, [h["train_loss"] for h in history], label=f"{name}, train")[0]
+        ax1.plot(epochs, [h["test_loss"] for h in history], "--", color=line.get_color(), label=f"{name}, test")
+        ax2.plot(epochs, [100 * h["train_accuracy"] for h in history], color=line.get_color(), label=f"{name}, train")
+        ax2.plot(epochs, [100 * h["test_accuracy"] for h in history], "--", color=line.get_color(),
+                 label=f"{name}, test")
+    ax1.set(xlabel="epoch", ylabel="cross-entropy", title=loss_title)
+    ax2.set(xlabel="epoch", ylabel="accuracy (%)", title=accuracy_title)
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    return fig
+
+
 def save_figure(fig: plt.Figure, name: str) -> None:
     """Save the figure as FIGURES/name.png, print where it went, and show it when interactive.
 
