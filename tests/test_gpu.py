@@ -96,6 +96,22 @@ def test_layer_parity(name):
     assert_close(grads_np, grads_cp)
 
 
+def test_the_folded_residual_paths_match_the_host():
+    """The device's fused kernels that fold a residual path in (stochastic depth's product and sum; LayerNorm's
+    dx plus the residual gradient) compute what the host computes."""
+    rng = np.random.default_rng(2)
+    x, residual, mask = f32(rng, 4, 5, 16), f32(rng, 4, 5, 16), rng.random(4) >= 0.25
+    host, _ = layers.stochastic_depth_forward(x, 0.25, mask, residual=residual)
+    device, _ = layers.stochastic_depth_forward(cupy.asarray(x), 0.25, cupy.asarray(mask),
+                                                residual=cupy.asarray(residual))
+    assert_close(host, device)
+    scale, bias, dout = f32(rng, 16), f32(rng, 16), f32(rng, 4, 5, 16)
+    _, cache = layers.layer_norm_forward(x, scale, bias)
+    _, device_cache = layers.layer_norm_forward(cupy.asarray(x), cupy.asarray(scale), cupy.asarray(bias))
+    assert_close(layers.layer_norm_backward(dout, cache, residual=residual),
+                 layers.layer_norm_backward(cupy.asarray(dout), device_cache, residual=cupy.asarray(residual)))
+
+
 def test_softmax_cross_entropy_parity():
     logits = np.random.default_rng(0).standard_normal((8, 10)).astype(np.float32)
     labels = np.arange(8)

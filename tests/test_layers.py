@@ -267,3 +267,31 @@ def test_layer_norm_evaluation_pass_gives_same_output_and_keeps_no_cache(rng):
     out, cache = layer_norm_forward(x, scale, bias, train=False)
     assert cache is None
     np.testing.assert_array_equal(out, layer_norm_forward(x, scale, bias)[0])
+
+
+def test_layer_norm_backward_adds_a_residual_gradient_in_the_same_pass():
+    """residual= gives dx + residual, to the bit (the Mixer block folds its residual paths in this way), leaves
+    dscale and dbias as they were, and refuses a residual in the memory dx is written into."""
+    from tinymixer.nn.layers import layer_norm_backward, layer_norm_forward
+
+    rng = np.random.default_rng(0)
+    x, scale, bias = rng.standard_normal((3, 4, 16)), rng.standard_normal(16), rng.standard_normal(16)
+    dout, residual = rng.standard_normal((3, 4, 16)), rng.standard_normal((3, 4, 16))
+    _, cache = layer_norm_forward(x, scale, bias)
+    dx, dscale, dbias = layer_norm_backward(dout, cache)
+    folded, dscale2, dbias2 = layer_norm_backward(dout.copy(), cache, residual=residual)
+    assert np.array_equal(folded, dx + residual) and np.array_equal(dscale, dscale2) and np.array_equal(dbias, dbias2)
+    with pytest.raises(ValueError, match="residual must not be"):
+        layer_norm_backward(dout, cache, out=dout, residual=dout)
+
+
+def test_stochastic_depth_adds_its_residual_in_the_same_call():
+    from tinymixer.nn.layers import stochastic_depth_backward, stochastic_depth_forward
+
+    rng = np.random.default_rng(1)
+    x, residual, mask = rng.standard_normal((4, 3, 5)), rng.standard_normal((4, 3, 5)), np.array([1, 0, 1, 1], bool)
+    plain, cache = stochastic_depth_forward(x, 0.25, mask)
+    summed, cache2 = stochastic_depth_forward(x.copy(), 0.25, mask, residual=residual)
+    assert np.array_equal(summed, plain + residual) and (plain[1] == 0).all()
+    dout = rng.standard_normal(x.shape)
+    assert np.array_equal(stochastic_depth_backward(dout, cache), stochastic_depth_backward(dout, cache2))

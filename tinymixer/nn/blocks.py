@@ -203,16 +203,18 @@ def mixer_block_forward(x: Array, params: dict[str, Array], gelu: str = "tanh", 
     y, ln0_cache = layer_norm_forward(x, params["LayerNorm_0/scale"], params["LayerNorm_0/bias"], train=train)  # 1.
     y, token_cache = token_mixing_forward(y, subtree(params, "token_mixing"), gelu, train, token_dropout)  # 2.
     token_depth_cache = None
-    if m.token_depth is not None:  # 2b. stochastic depth, in the branch output's memory (B, S, C)
-        y, token_depth_cache = stochastic_depth_forward(y, m.depth, m.token_depth, out=y)
-    u = y
-    u += x  # 3. residual (B, S, C), in the branch output's memory
+    if m.token_depth is not None:  # 2b. stochastic depth with the residual sum 3., in the branch output's memory
+        u, token_depth_cache = stochastic_depth_forward(y, m.depth, m.token_depth, out=y, residual=x)
+    else:
+        u = y
+        u += x  # 3. residual (B, S, C), in the branch output's memory
     y, ln1_cache = layer_norm_forward(u, params["LayerNorm_1/scale"], params["LayerNorm_1/bias"], train=train)  # 4.
     y, channel_cache = channel_mixing_forward(y, subtree(params, "channel_mixing"), gelu, train, channel_dropout)  # 5.
     channel_depth_cache = None
-    if m.channel_depth is not None:  # 5b. (B, S, C)
-        y, channel_depth_cache = stochastic_depth_forward(y, m.depth, m.channel_depth, out=y)
-    y += u  # 6. residual (B, S, C)
+    if m.channel_depth is not None:  # 5b. with the residual sum 6. (B, S, C)
+        y, channel_depth_cache = stochastic_depth_forward(y, m.depth, m.channel_depth, out=y, residual=u)
+    else:
+        y += u  # 6. residual (B, S, C)
     return y, (ln0_cache, token_cache, token_depth_cache, ln1_cache, channel_cache, channel_depth_cache)
 
 
@@ -222,13 +224,13 @@ def mixer_block_backward(dout: Array, cache: tuple) -> tuple[Array, dict[str, Ar
     # 6. y = u + branch: the gradient reaches u both directly and through the branch
     dy = dout if channel_depth_cache is None else stochastic_depth_backward(dout, channel_depth_cache)  # undoes 5b.
     dy, channel_grads = channel_mixing_backward(dy, channel_cache)  # undoes 5.
-    du, dscale1, dbias1 = layer_norm_backward(dy, ln1_cache, out=dy)  # undoes 4., in dy's memory
-    du += dout  # the residual path of 6.
+    du, dscale1, dbias1 = layer_norm_backward(dy, ln1_cache, out=dy, residual=dout)  # undoes 4., in dy's memory,
+    # with the residual path of 6. added: du = dLN + dout
     # 3. u = x + branch: the same story again
     dy = du if token_depth_cache is None else stochastic_depth_backward(du, token_depth_cache)  # undoes 2b.
     dy, token_grads = token_mixing_backward(dy, token_cache)  # undoes 2.
-    dx, dscale0, dbias0 = layer_norm_backward(dy, ln0_cache, out=dy)  # undoes 1., in dy's memory
-    dx += du  # the residual path of 3.
+    dx, dscale0, dbias0 = layer_norm_backward(dy, ln0_cache, out=dy, residual=du)  # undoes 1., with 3.'s
+    # residual path: dx = dLN + du
     grads: dict[str, Any] = {"LayerNorm_0/scale": dscale0, "LayerNorm_0/bias": dbias0}
     grads.update(prefixed(token_grads, "token_mixing"))
     grads.update({"LayerNorm_1/scale": dscale1, "LayerNorm_1/bias": dbias1})

@@ -321,41 +321,51 @@ def _masked_scale_fused(xp: Any, x: Array, mask: Array, scale: Any) -> Array:
     return x * mask * scale
 
 
-@fused
-def _mask_times_fused(xp: Any, mask: Array, scale: Any) -> Array:
-    """mask * scale in one kernel, in the scale's dtype (the device's stochastic-depth factor): 0 or scale."""
-    return mask * scale
-
-
-def stochastic_depth_forward(x: Array, rate: float, mask: Array, out: Array | None = None) -> tuple[Array, tuple]:
+def stochastic_depth_forward(x: Array, rate: float, mask: Array, out: Array | None = None,
+                             residual: Array | None = None) -> tuple[Array, tuple]:
     """Stochastic depth of a residual branch: each example's whole branch output is kept or dropped,
 
         out[b] = x[b] * mask[b] / (1 - rate)          (the residual sum  u = x_in + out  then skips the branch)
 
     Inputs: x (B, ...) the branch's output, ``rate`` in [0, 1), ``mask`` (B,) True (or 1) where example b keeps its
     branch, broadcast over the other axes; inverted scaling as in dropout, so ``E[out] = x``. ``out``: where to
-    write the result (``out=x`` reuses x's memory). Returns out and the cache (the factor mask / (1 - rate), shaped
-    (B, 1, ..., 1) in x's dtype).
+    write the result (``out=x`` reuses x's memory). ``residual`` (x's shape): when given, it is added, so that
+    ``out = residual + x * mask / (1 - rate)`` is the residual sum itself (on a GPU one fused kernel, where the
+    product and the sum were two). Returns out and the cache (the mask shaped (B, 1, ..., 1) in x's dtype, and
+    1 / (1 - rate)).
     """
     xp = array_module(x)
     mask = as_array(mask, xp)  # a KeepMask computed here, on x's device
     if mask.shape != x.shape[:1]:
         raise ValueError(f"a stochastic-depth mask has one entry per example, shape ({x.shape[0]},); got "
                          f"{tuple(mask.shape)}")
-    if xp is not np:  # a GPU: the factor in one fused kernel
-        factor = _mask_times_fused(mask, x.dtype.type(1.0 / (1.0 - rate))).reshape(-1, *(1,) * (x.ndim - 1))
-    else:
-        factor = mask.astype(x.dtype).reshape(-1, *(1,) * (x.ndim - 1))  # (B, 1, ..., 1): 0 or 1
-        factor *= 1.0 / (1.0 - rate)  # 0 or 1 / (1 - rate)
-    out = xp.multiply(x, factor, out=out)  # (B, ...)
-    return out, (factor,)
+    scale = x.dtype.type(1.0 / (1.0 - rate))
+    if xp is not np:  # a GPU: the factor, the product and the residual sum in one fused kernel
+        kept = mask.reshape(-1, *(1,) * (x.ndim - 1))  # (B, 1, ..., 1) bool, a view
+        if residual is None:
+            return _into(out, x, _masked_scale_fused(x, kept, scale)), (kept, scale)
+        return _into(out, x, _masked_scale_add_fused(x, kept, scale, residual)), (kept, scale)
+    kept = mask.astype(x.dtype).reshape(-1, *(1,) * (x.ndim - 1))  # (B, 1, ..., 1): 0 or 1
+    out = xp.multiply(x, kept * scale, out=out)  # (B, ...): x where kept (scaled), 0 where dropped
+    if residual is not None:
+        out += residual
+    return out, (kept, scale)
 
 
 def stochastic_depth_backward(dout: Array, cache: tuple) -> Array:
-    """dx[b] = dout[b] * mask[b] / (1 - rate): a dropped example's branch gets no gradient. A new array: the
-    caller still needs dout for the residual path. Returns dx (dout's shape)."""
-    (factor,) = cache
-    return dout * factor  # (B, ...)
+    """dx[b] = dout[b] * mask[b] / (1 - rate): a dropped example's branch gets no gradient (a ``residual`` of the
+    forward gets dout unchanged: the caller adds that path). A new array: the caller still needs dout for the
+    residual path. Returns dx (dout's shape)."""
+    kept, scale = cache
+    if array_module(dout) is not np:
+        return _masked_scale_fused(dout, kept, scale)
+    return dout * (kept * scale)  # (B, ...)
+
+
+@fused
+def _masked_scale_add_fused(xp: Any, x: Array, mask: Array, scale: Any, residual: Array) -> Array:
+    """residual + x * mask * scale in one kernel (the device's stochastic depth with its residual sum)."""
+    return residual + x * mask * scale
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -440,8 +450,15 @@ def _layer_norm_dx_fused(xp: Any, dout: Array, xhat: Array, rstd: Array, scale: 
     return rstd * (dout * scale - (sum_d + xhat * sum_d_xhat) * inv_c)
 
 
-def _layer_norm_backward_on_device(dout: Array, xhat: Array, rstd: Array, scale: Array, out: Array | None
-                                   ) -> tuple[Array, Array, Array]:
+@fused
+def _layer_norm_dx_add_fused(xp: Any, dout: Array, xhat: Array, rstd: Array, scale: Array, sum_d: Array,
+                             sum_d_xhat: Array, inv_c: Any, residual: Array) -> Array:
+    """``_layer_norm_dx_fused`` plus a residual path's gradient, in the same kernel."""
+    return rstd * (dout * scale - (sum_d + xhat * sum_d_xhat) * inv_c) + residual
+
+
+def _layer_norm_backward_on_device(dout: Array, xhat: Array, rstd: Array, scale: Array, out: Array | None,
+                                   residual: Array | None = None) -> tuple[Array, Array, Array]:
     """The backward on CuPy arrays: the four sums as matrix-vector products, dx in one fused kernel."""
     xp = array_module(xhat)
     c = xhat.shape[-1]
@@ -450,35 +467,46 @@ def _layer_norm_backward_on_device(dout: Array, xhat: Array, rstd: Array, scale:
     sum_d, sum_d_xhat = (dout2 @ scale)[:, None], (dout_xhat @ scale)[:, None]  # (N, 1): C mean(d), C mean(d xhat)
     ones = constant_vector(xp, dout2.shape[0], 1.0, dout2.dtype)
     dscale, dbias = ones @ dout_xhat, ones @ dout2  # (C,)
-    dx = _layer_norm_dx_fused(dout2, xhat2, rows(rstd), scale, sum_d, sum_d_xhat, xhat.dtype.type(1.0 / c))
+    inv_c = xhat.dtype.type(1.0 / c)
+    if residual is None:
+        dx = _layer_norm_dx_fused(dout2, xhat2, rows(rstd), scale, sum_d, sum_d_xhat, inv_c)
+    else:
+        dx = _layer_norm_dx_add_fused(dout2, xhat2, rows(rstd), scale, sum_d, sum_d_xhat, inv_c, rows(residual))
     dx = dx.reshape(xhat.shape)
     return _into(out, dout, dx), dscale, dbias
 
 
-def layer_norm_backward(dout: Array, cache: tuple, out: Array | None = None) -> tuple[Array, Array, Array]:
+def layer_norm_backward(dout: Array, cache: tuple, out: Array | None = None, residual: Array | None = None
+                        ) -> tuple[Array, Array, Array]:
     """Gradients of LayerNorm. With ``d = dout * scale`` and means over the C channels,
 
         dx = rstd * (d - mean(d) - xhat * mean(d * xhat))
 
     (the two mean terms are the gradient flowing through the mean and the variance), and
     ``dscale = sum(dout * xhat)``, ``dbias = sum(dout)`` over all leading axes. ``out``: where to write dx
-    (``out=dout`` reuses dout's memory). Returns dx (..., C), dscale (C,), dbias (C,).
+    (``out=dout`` reuses dout's memory). ``residual`` (x's shape, not ``out``'s memory): when given, it is added
+    to dx in the same pass -- the gradient of a residual path around the LayerNorm's branch, which a Mixer
+    block adds right after (one pass over memory fewer; on a GPU one kernel fewer). Returns dx (..., C),
+    dscale (C,), dbias (C,).
     """
     xhat, rstd, scale = cache
     xp = array_module(xhat)
+    if residual is not None and (residual is out or residual is dout and out is dout):
+        raise ValueError("layer_norm_backward: residual must not be the memory dx is written into (out)")
     if xp is not np:
-        return _layer_norm_backward_on_device(dout, xhat, rstd, scale, out)
+        return _layer_norm_backward_on_device(dout, xhat, rstd, scale, out, residual)
     dx = xp.empty(xhat.shape, xhat.dtype) if out is None else _checked_out(out, xhat)
     scale_over_c = scale / xhat.shape[-1]  # mean(d * v) = (dout * v) @ (scale / C)
+    blocks = (rows(dout), rows(xhat), rows(rstd), rows(dx)) + (() if residual is None else (rows(residual),))
     partial_sums = for_row_blocks(partial(_layer_norm_backward_block, scale=scale, scale_over_c=scale_over_c),
-                                  rows(dout), rows(xhat), rows(rstd), rows(dx))
+                                  *blocks)
     dscale = sum(p[0] for p in partial_sums)  # (C,), block by block in a fixed order: deterministic
     dbias = sum(p[1] for p in partial_sums)  # (C,)
     return dx, dscale, dbias
 
 
-def _layer_norm_backward_block(dout: Array, xhat: Array, rstd: Array, dx: Array, scale: Array,
-                               scale_over_c: Array) -> tuple[Array, Array]:
+def _layer_norm_backward_block(dout: Array, xhat: Array, rstd: Array, dx: Array, residual: Array | None = None, *,
+                               scale: Array, scale_over_c: Array) -> tuple[Array, Array]:
     xp = array_module(dout)
     dout_xhat = scratch("layer_norm", dout)
     xp.multiply(dout, xhat, out=dout_xhat)
@@ -491,6 +519,8 @@ def _layer_norm_backward_block(dout: Array, xhat: Array, rstd: Array, dx: Array,
     xp.multiply(xhat, mean_d_xhat[:, None], out=dout_xhat)
     dx -= dout_xhat
     dx *= rstd
+    if residual is not None:  # the residual path's gradient, while the block is in the cache
+        dx += residual
     return dscale_part, dbias_part
 
 
