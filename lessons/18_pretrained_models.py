@@ -141,9 +141,9 @@ save_figure(fig, "18_transfer")
 # %% [markdown]
 # The probe is far below fine-tuning here: features trained to tell x from plus carry *some* of what tells T from
 # L — enough for a linear probe to beat random features — but the last layers specialised in the old classes, and
-# only fine-tuning re-shapes them. The paper's few-shot numbers come from networks pre-trained on 300 million
-# images of 18,000 classes, whose features are general enough for a linear probe to do well: the probe measures
-# exactly that generality, cheaply.
+# only fine-tuning re-shapes them. The paper's few-shot numbers come from networks pre-trained on ImageNet-21k
+# (14 million images, 21,000 classes) or JFT-300M (300 million images, 18,000 classes), whose features are general
+# enough for a linear probe to do well: the probe measures exactly that generality, cheaply.
 #
 # ## A higher resolution: the block-diagonal token mixing
 # Fine-tuning at a higher resolution keeps the patch size, so the grid of tokens grows — here 4×4 → 8×8 for 32×32

@@ -157,3 +157,17 @@ def test_keep_freed_memory_variable_says_what_it_does(env, kept):
     out = run_python("import tinymixer as tm; tm.tune_host(); print(tm.KEEPS_FREED_MEMORY)", {**clean, **env})
     assert out.stdout.split() == [str(kept)], out.stdout + out.stderr
     assert ("renamed" in out.stderr) == ("TINYMIXER_KEEP_MALLOC" in env)
+
+
+def test_every_module_is_reachable_as_an_attribute_after_import_tinymixer():
+    """With the lazy facade, `tm.nn.layers`, `tm.training.train` (...) still work after a plain `import tinymixer`:
+    each subpackage gives its modules on first use; an unknown name is an AttributeError."""
+    code = ("import tinymixer as tm\n"
+            "print(tm.nn.layers.dense_forward.__name__, tm.training.train.train_step.__name__, "
+            "tm.transfer.weights.pretrained.__name__, tm.data.pipeline.training_batch.__name__, "
+            "tm.util.host.tune_host.__name__, tm.trainer.options.parse_args.__name__)\n"
+            "try:\n    tm.nn.no_such_module\nexcept AttributeError as error:\n    print('AttributeError', error)\n")
+    out = run_python(code)
+    assert out.stdout.splitlines() == ["dense_forward train_step pretrained training_batch tune_host parse_args",
+                                       "AttributeError module 'tinymixer.nn' has no attribute 'no_such_module'"], \
+        out.stdout + out.stderr

@@ -2,7 +2,8 @@
 each module imports only its own layer or the ones below it, and no modules import each other in a cycle. The
 checker is shown to fail on a tree with an upward import planted in it, and on a planted cycle.
 
-    util, backend                  helpers every layer may use (files, command lines, plots; the array backend)
+    util, backend, _lazy           helpers every layer may use (files, command lines, plots; the array backend;
+                                   a package's modules as attributes on first use)
     chunks, flat                   how work is split; named arrays in one buffer
     nn                             the networks
     data                           data sets, images, permutations
@@ -23,7 +24,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "tinymixer"
 
-LAYERS = [("util", "backend"), ("chunks", "flat"), ("nn",), ("data",), ("training",),
+LAYERS = [("util", "backend", "_lazy"), ("chunks", "flat"), ("nn",), ("data",), ("training",),
           ("transfer", "exercises"), ("trainer",), ("",), ("tools",), ("__main__",)]
 
 

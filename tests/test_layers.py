@@ -281,8 +281,9 @@ def test_layer_norm_backward_adds_a_residual_gradient_in_the_same_pass():
     dx, dscale, dbias = layer_norm_backward(dout, cache)
     folded, dscale2, dbias2 = layer_norm_backward(dout.copy(), cache, residual=residual)
     assert np.array_equal(folded, dx + residual) and np.array_equal(dscale, dscale2) and np.array_equal(dbias, dbias2)
-    with pytest.raises(ValueError, match="residual must not be"):
-        layer_norm_backward(dout, cache, out=dout, residual=dout)
+    for residual_view in (dout, dout[...], dout[:, :2]):  # the same memory, or a view of it
+        with pytest.raises(ValueError, match="residual must not share memory with out"):
+            layer_norm_backward(dout, cache, out=dout, residual=residual_view)
 
 
 def test_stochastic_depth_adds_its_residual_in_the_same_call():
@@ -295,3 +296,9 @@ def test_stochastic_depth_adds_its_residual_in_the_same_call():
     assert np.array_equal(summed, plain + residual) and (plain[1] == 0).all()
     dout = rng.standard_normal(x.shape)
     assert np.array_equal(stochastic_depth_backward(dout, cache), stochastic_depth_backward(dout, cache2))
+    alias = residual.copy()  # out in the residual's own memory: the residual must be read before it is overwritten
+    summed, _ = stochastic_depth_forward(x, 0.25, mask, out=alias, residual=alias)
+    assert np.array_equal(summed, plain + residual)
+    alias = x.copy()  # x, out and residual one array: u = x + x * mask / (1 - rate)
+    summed, _ = stochastic_depth_forward(alias, 0.25, mask, out=alias, residual=alias)
+    assert np.array_equal(summed, plain + x)

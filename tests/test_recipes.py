@@ -97,8 +97,22 @@ def test_fit_applies_the_recipes_optimiser_loss_and_batches(monkeypatch):
     assert seen[0][4] == pytest.approx(0.0) and max(s[4] for s in seen) == pytest.approx(1e-3)  # warm-up to 1e-3
 
 
+def test_fit_takes_label_smoothing_on_its_own(monkeypatch):
+    import tinymixer.training.train as train
+
+    seen = []
+    real = train.run_step
+    monkeypatch.setattr(train, "run_step", lambda *a, **k: seen.append(k["label_smoothing"]) or real(*a, **k))
+    images, labels = data()
+    fit(small_model(), images, labels, epochs=1, batch_size=16, label_smoothing=0.1)
+    assert seen and set(seen) == {0.1}
+
+
 def test_fit_refuses_a_recipe_whose_model_rates_the_model_lacks():
     images, labels = data()
+    cnn = tm.ResNet(num_classes=3, widths=(8,), depths=(1,), groups=4, image_size=8)
+    with pytest.raises(ValueError, match="which a ResNet does not have: choose a recipe without it"):
+        fit(cnn, images, labels, epochs=1, batch_size=16, recipe="pretrain")
     with pytest.raises(ValueError, match="stochastic_depth=0.1"):
         fit(small_model(), images, labels, epochs=1, batch_size=16, recipe="pretrain")
     history = fit(small_model(stochastic_depth=0.1), images, labels, epochs=1, batch_size=16, recipe="pretrain")

@@ -78,7 +78,10 @@ def test_head_only_updates_the_head_alone_with_the_full_models_head_gradient():
     before = {k: v.copy() for k, v in probe.params.items()}
     _, dlogits = tm.softmax_cross_entropy(full.forward(images), labels)
     full.backward(dlogits)  # the head's gradient of the whole model, for reference
+    seen, features = [], probe.features
+    probe.features = lambda x: seen.append(len(x)) or features(x)
     one_step(probe, images, labels, head_only=True, accumulate=2)
+    assert seen == [3, 3]  # in two parts, as asked: the activations of one part at a time
     for name in probe.params:
         if name.startswith("head/"):  # SGD's first step from zero momentum: -lr * gradient
             np.testing.assert_allclose(probe.params[name], before[name] - 0.1 * full.grads[name], atol=1e-14)

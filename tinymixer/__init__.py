@@ -56,8 +56,8 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__) | set(_SUBPACKAGES))
+def __dir__() -> list[str]:  # the public names, not this module's own helpers
+    return sorted(set(__all__) | set(_SUBPACKAGES) | {"__version__"})
 
 
 if TYPE_CHECKING:  # what type checkers and editors see; at run time the names come from __getattr__ above
@@ -82,3 +82,5 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time the names c
     )
     from .transfer.weights import pretrained
     from .util.host import BLAS_THREADS_SLEEP_AT_ONCE, host_tuning, keep_freed_host_memory, tune_host
+
+    KEEPS_FREED_MEMORY: bool  # whether tm.tune_host() kept freed memory in this process

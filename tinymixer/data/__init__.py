@@ -7,6 +7,10 @@ and resizing), ``synthetic`` (drawn shapes, local motifs), ``augment`` and ``pip
 CIFAR-layout folder (``__main__``).
 """
 
+from .._lazy import submodules
+
+__getattr__ = submodules(__name__)  # this package's modules as attributes on first use
+
 from .cifar import (
     ARCHIVE_NAME,
     CIFAR10_MD5,

@@ -62,7 +62,7 @@ def training_batch(images: np.ndarray, labels: np.ndarray, index: np.ndarray, rn
     ``rows`` of it, resized to ``size`` (H, W) when given, augmented, passed through ``transform`` (a uint8 batch
     to a uint8 batch of the same shape, e.g. a fixed permutation of the pixels) and scaled to [-1, 1] in
     ``dtype``. Returns the images (n, H, W, C), their labels (n,) and, with mixup or CutMix, the mix (the
-    partners' labels, lam) for ``train_step``; else None."""
+    partners' labels, lam) for ``train.run_step``; else None."""
     a, n = augmentation, len(index)
     draws = draw_augmentation(rng, n, a.crop_padding, a.flip)  # 1. crop and flip
     strong = draw_randaugment(rng, n, int(a.randaugment[0]), a.randaugment[1]) if a.randaugment else None  # 2.

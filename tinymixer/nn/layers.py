@@ -346,6 +346,9 @@ def stochastic_depth_forward(x: Array, rate: float, mask: Array, out: Array | No
             return _into(out, x, _masked_scale_fused(x, kept, scale)), (kept, scale)
         return _into(out, x, _masked_scale_add_fused(x, kept, scale, residual)), (kept, scale)
     kept = mask.astype(x.dtype).reshape(-1, *(1,) * (x.ndim - 1))  # (B, 1, ..., 1): 0 or 1
+    if residual is not None and out is not None and np.may_share_memory(out, residual):
+        out[...] = x * (kept * scale) + residual  # out would overwrite the residual before it is added
+        return out, (kept, scale)
     out = xp.multiply(x, kept * scale, out=out)  # (B, ...): x where kept (scaled), 0 where dropped
     if residual is not None:
         out += residual
@@ -491,8 +494,9 @@ def layer_norm_backward(dout: Array, cache: tuple, out: Array | None = None, res
     """
     xhat, rstd, scale = cache
     xp = array_module(xhat)
-    if residual is not None and (residual is out or residual is dout and out is dout):
-        raise ValueError("layer_norm_backward: residual must not be the memory dx is written into (out)")
+    if residual is not None and out is not None and (residual is out or xp is np and np.may_share_memory(residual,
+                                                                                                       out)):
+        raise ValueError("layer_norm_backward: residual must not share memory with out (where dx is written)")
     if xp is not np:
         return _layer_norm_backward_on_device(dout, xhat, rstd, scale, out, residual)
     dx = xp.empty(xhat.shape, xhat.dtype) if out is None else _checked_out(out, xhat)

@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.bench:
         p.print_help()
         return 0
-    tune_host()  # as the programs run
+    tune_host()  # kept memory; the BLAS threads' settings only where the shell set them (NumPy is loaded by now)
     bench(args.batch_size, args.image_size, args.repeats, None if args.step == "none" else args.step,
           args.step_repeats)
     return 0

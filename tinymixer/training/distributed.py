@@ -9,7 +9,7 @@ rank); rank r computes g_r = d/dw [(1/B) sum_{i in b_r} l_i], i.e. the mean over
 
     sum_r g_r = d/dw (1/B) sum_r sum_{i in b_r} l_i = dL/dw
 
-exactly, for any split (even shards of unequal size). ``train_step`` gets the factor |b_r| / B folded into
+exactly, for any split (even shards of unequal size). ``train.run_step`` gets the factor |b_r| / B folded into
 dL/dlogits, so the all-reduce is a plain sum and no division pass is needed. The gradients already live in one
 contiguous buffer (``MlpMixer.grad_buffer``): one in-place ``Allreduce`` per step, nothing packed or unpacked.
 

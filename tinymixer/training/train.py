@@ -84,29 +84,39 @@ def gradients(model: Any, images: Any, labels: Any, *, masks: Any = None, label_
 
 
 def accumulated_gradients(model: Any, images: Any, labels: Any, parts: int, *, masks: Any = None,
-                          label_smoothing: float = 0.0, mix: Mix | None = None, batch: int | None = None
-                          ) -> tuple[Any, Any]:
-    """``gradients`` of the images in ``parts`` consecutive parts, one after the other (the activations of one part
-    in memory at a time), summed into ``model.grads``: the whole batch's gradients, to float rounding, for a batch
-    that would not fit at once (one extra buffer of the gradients' size holds the sum). Each part's loss counts
-    with its share of the ``batch`` images the loss is the mean over (default: these images)."""
+                          label_smoothing: float = 0.0, mix: Mix | None = None, batch: int | None = None,
+                          head_only: bool = False) -> tuple[Any, Any]:
+    """``gradients`` (``head_gradients`` with ``head_only``) of the images in ``parts`` consecutive parts, one after
+    the other (the activations of one part in memory at a time), summed into ``model.grads``: the whole batch's
+    gradients, to float rounding, for a batch that would not fit at once (one extra buffer of the gradients' size
+    holds the sum). Each part's loss counts with its share of the ``batch`` images the loss is the mean over
+    (default: these images)."""
     batch = batch or len(labels)
+
+    def one(rows: slice) -> tuple[Any, Any]:  # a part: consecutive images, a view of a device array
+        part_mix = None if mix is None else (mix[0][rows], mix[1])
+        weight = (rows.stop - rows.start) / batch
+        if head_only:  # the features come from an evaluation pass: no masks
+            return head_gradients(model, images[rows], labels[rows], label_smoothing=label_smoothing, mix=part_mix,
+                                  weight=weight)
+        return gradients(model, images[rows], labels[rows], masks=masks_rows(masks, rows),
+                         label_smoothing=label_smoothing, mix=part_mix, weight=weight)
+
     if parts == 1:
-        return gradients(model, images, labels, masks=masks, label_smoothing=label_smoothing, mix=mix,
-                         weight=len(labels) / batch)
+        return one(slice(0, len(labels)))
+    names = list(HEAD) if head_only else list(model.params)
     total, loss_sum, logits_parts, end = None, 0.0, [], 0
     size, extra = divmod(len(labels), parts)  # parts as equal as can be, the first ones one image longer
     for k in range(parts):
-        rows, end = slice(end, end + size + (k < extra)), end + size + (k < extra)  # a view of a device array
-        loss, logits = gradients(model, images[rows], labels[rows], masks=masks_rows(masks, rows),
-                                 label_smoothing=label_smoothing, mix=None if mix is None else (mix[0][rows], mix[1]),
-                                 weight=(rows.stop - rows.start) / batch)
+        rows, end = slice(end, end + size + (k < extra)), end + size + (k < extra)
+        loss, logits = one(rows)
         loss_sum, logits_parts = loss_sum + loss, logits_parts + [logits]
+        filled = _buffer_of(model, names)  # what this part's backward wrote
         if total is None:
-            total = model.grad_buffer.copy()  # the next part's backward overwrites the buffer: keep the sum apart
+            total = filled.copy()  # the next part's backward overwrites the buffer: keep the sum apart
         else:
-            total += model.grad_buffer
-    model.grad_buffer[...] = total
+            total += filled
+    _buffer_of(model, names)[...] = total
     return loss_sum, model.xp.concatenate(logits_parts)
 
 
@@ -130,22 +140,17 @@ def run_step(model: Any, optimizer: Optimizer, images: Any, labels: Any, lr: flo
     """``train_step`` with a run's options (``examples/cifar10.py`` takes every step through it; with every option
     off it is ``train_step``, bit for bit): ``label_smoothing``; ``mix`` (a mixup/CutMix batch, see
     ``cross_entropy``); ``accumulate = K`` (``accumulated_gradients``); ``head_only`` (``head_gradients``: only the
-    head is updated).
+    head is updated; with ``accumulate`` too, in parts).
 
     Data parallel (``comm`` from ``tinymixer.training.distributed`` with several ranks): ``images`` are this rank's
     share of a batch of ``global_batch`` images. The loss and dL/dlogits are weighted by share / global_batch, so
     that the gradients summed over the ranks (one all-reduce of the gradient buffer) are the whole batch's and
     every rank takes the same step; the returned loss is this rank's part of the batch's mean loss (their sum over
     the ranks is the batch's loss)."""
-    batch = global_batch or len(labels)
-    if head_only:
-        loss, logits = head_gradients(model, images, labels, label_smoothing=label_smoothing, mix=mix,
-                                      weight=len(labels) / batch)
-        names = list(HEAD)
-    else:
-        loss, logits = accumulated_gradients(model, images, labels, accumulate, masks=masks,
-                                             label_smoothing=label_smoothing, mix=mix, batch=batch)
-        names = list(model.params)
+    loss, logits = accumulated_gradients(model, images, labels, accumulate, masks=masks,
+                                         label_smoothing=label_smoothing, mix=mix, batch=global_batch,
+                                         head_only=head_only)
+    names = list(HEAD) if head_only else list(model.params)
     if comm is not None and comm.size > 1:
         comm.allreduce_sum_(_buffer_of(model, names))  # in place: every rank now holds the whole batch's gradient
     if head_only:
@@ -168,17 +173,18 @@ def _buffer_of(model: Any, names: list[str]) -> Any:
 
 def fit(model: Any, images: np.ndarray, labels: np.ndarray, *, epochs: int, batch_size: int = 64,
         recipe: str = "finetune", lr: float | None = None, warmup: int | str | None = None, clip: float | None = None,
-        momentum: float | None = None, crop_padding: int = 0, flip: bool = False, seed: int = 0,
+        momentum: float | None = None, label_smoothing: float | None = None, crop_padding: int = 0, flip: bool = False,
+        seed: int = 0,
         test: tuple[np.ndarray, np.ndarray] | None = None, transform: Callable[[np.ndarray], np.ndarray] | None = None,
         progress: Callable[[dict[str, float]], None] | None = None) -> list[dict[str, float]]:
     """Train on uint8 images (N, H, W, C) with a recipe (``training.recipes``; by default the paper's fine-tuning
     recipe: SGD momentum 0.9, clipping at global norm 1, 5% warm-up then cosine decay, lr 0.05).
 
-    ``lr``, ``warmup``, ``clip``, ``momentum``: given, they replace the recipe's. ``warmup``: steps (50), epochs
-    ("2ep") or a percentage of the run ("5%"); longer than the run is an error. The recipe's optimiser, schedule,
-    weight decay, label smoothing and batch augmentations (RandAugment, random erasing, mixup, CutMix) are applied;
-    its dropout and stochastic depth are the model's own rates: where the recipe sets them, the model must have
-    them (build it with them); otherwise the model's rates, if any, apply.
+    ``lr``, ``warmup``, ``clip``, ``momentum``, ``label_smoothing``: given, they replace the recipe's. ``warmup``:
+    steps (50), epochs ("2ep") or a percentage of the run ("5%"); longer than the run is an error. The recipe's
+    optimiser, schedule, weight decay, label smoothing and batch augmentations (RandAugment, random erasing, mixup,
+    CutMix) are applied; its dropout and stochastic depth are the model's own rates: where the recipe sets them,
+    the model must have them (build it with them); otherwise the model's rates, if any, apply.
     ``transform``: applied to every uint8 training batch (B, H, W, C) after the augmentation and before scaling,
     as an input pipeline would apply e.g. a fixed permutation of the pixels; it must return a uint8 batch of the
     same shape. The test images are not transformed here: give ``test`` as the model should see it.
@@ -186,11 +192,15 @@ def fit(model: Any, images: np.ndarray, labels: np.ndarray, *, epochs: int, batc
     Returns one record per epoch: train loss and accuracy, test loss and accuracy when ``test`` is given, and
     ``seconds``, the wall-clock time since the start of training (the evaluations included).
     """
-    settings = recipes.recipe(recipe, lr=lr, warmup=warmup, clip=clip, momentum=momentum)
+    settings = recipes.recipe(recipe, lr=lr, warmup=warmup, clip=clip, momentum=momentum,
+                              label_smoothing=label_smoothing)
     for name in recipes.MODEL_SETTINGS:  # a recipe that regularises the model says so; the model decides
-        if settings[name] and settings[name] != getattr(model, name, 0.0):
+        if settings[name] and not hasattr(model, name):
+            raise ValueError(f"the {recipe} recipe trains with {name} {settings[name]}, which a "
+                             f"{type(model).__name__} does not have: choose a recipe without it")
+        if settings[name] and settings[name] != getattr(model, name):
             raise ValueError(f"the {recipe} recipe trains with {name} {settings[name]}, the model has "
-                             f"{getattr(model, name, 0.0)}: build the model with {name}={settings[name]}")
+                             f"{getattr(model, name)}: build the model with {name}={settings[name]}")
     optimizer = recipes.make_optimizer(settings, model.params)
     steps_per_epoch = len(labels) // batch_size
     if steps_per_epoch == 0:

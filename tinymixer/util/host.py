@@ -38,8 +38,10 @@ def tune_host(keep_freed_memory: bool | None = None) -> dict[str, bool]:
     """Tune this process for training (see the module's docstring); safe to call more than once.
 
     ``keep_freed_memory``: None follows ``$TINYMIXER_KEEP_FREED_MEMORY`` (unset or 1: keep; 0: leave glibc's malloc
-    as it is). Returns what took effect: ``{"blas_threads_sleep": ..., "keeps_freed_memory": ...}``;
-    ``blas_threads_sleep`` is False when NumPy was already loaded (then only the shell can set it)."""
+    as it is). Returns what this call (or an earlier one) did: ``{"blas_threads_sleep": ..., "keeps_freed_memory":
+    ...}``; ``blas_threads_sleep`` says whether the BLAS variables were in place (set here, or a value of the user's
+    kept) before NumPy loaded; False when NumPy was already loaded at every call (they may still be in place,
+    from the shell or a parent process, as ``tuned_environment`` gives the benchmarks' workers)."""
     if keep_freed_memory is None:
         if os.environ.get("TINYMIXER_KEEP_MALLOC"):  # the old name, which read backwards (it meant "do not keep")
             warnings.warn("TINYMIXER_KEEP_MALLOC is renamed: use TINYMIXER_KEEP_FREED_MEMORY=0 to leave glibc's "
