@@ -159,6 +159,29 @@ def test_im2col_and_col2im_reject_bad_input():
         patchify(np.zeros((1, 6, 8, 3)), 4)
 
 
+@pytest.mark.parametrize("k,s,p", [(3, 1, 1), (3, 1, 0), (3, 1, 2), (1, 1, 0), (3, 2, 1), (1, 2, 0), (3, 1, 3)])
+def test_conv2d_in_blocks_equals_one_gemm_over_the_batch(rng, k, s, p, monkeypatch):
+    """The CPU convolution runs in blocks of images (a few output positions each here, so that a batch of 5 is
+    several uneven blocks), its backward making the windows again and, with stride 1, dimages as a convolution
+    with the flipped kernel (padding K-1-p; col2im where p > K-1): the same numbers as the GPU path's one GEMM over
+    the whole batch and col2im, forward and backward."""
+    from tinymixer.nn import layers
+
+    monkeypatch.setattr(layers, "CONV_BLOCK_ROWS", 40)
+    images, kernel, bias = rng.standard_normal((5, 7, 6, 3)), rng.standard_normal((k, k, 3, 4)), rng.standard_normal(4)
+    out, cache = conv2d_forward(images, kernel, bias, stride=s, padding=p)
+    assert cache[0] == "blocks" and len(layers._conv_blocks(5, out.shape[1:3])) > 1
+    columns = im2col(images, k, s, p)  # the one-GEMM path, written out
+    whole = columns @ kernel.reshape(-1, 4) + bias
+    np.testing.assert_allclose(out, whole, rtol=0, atol=1e-12)
+    dout = rng.standard_normal(out.shape)
+    dimages, dkernel, dbias = conv2d_backward(dout, cache)
+    np.testing.assert_allclose(dkernel.reshape(-1, 4), columns.reshape(-1, columns.shape[-1]).T @ dout.reshape(-1, 4),
+                               rtol=0, atol=1e-12)
+    np.testing.assert_allclose(dimages, col2im(dout @ kernel.reshape(-1, 4).T, (7, 6), k, s, p), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(dbias, dout.sum(axis=(0, 1, 2)), rtol=0, atol=1e-12)
+
+
 # -- PyTorch float64 cross-check ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("k,s,p", COMBOS)

@@ -21,8 +21,9 @@ right for ReLU), GroupNorm scales at 1 and biases at 0, the head at 0 as in the 
 weight standardisation (a convolution kernel normalised per output channel before use), which matters for its
 large-batch transfer setting and would add one more layer to differentiate.
 
-Convolution is ``layers.conv2d_forward``: im2col and one GEMM, the stem's patchify generalised to any stride and
-padding. This module adds what a CNN needs beyond the Mixer's layers: GroupNorm, ReLU and the residual block.
+Convolution is ``layers.conv2d_forward``: im2col and a GEMM, the stem's patchify generalised to any stride and
+padding (on the CPU in cache-sized blocks of images). This module adds what a CNN needs beyond the Mixer's
+layers: GroupNorm, ReLU and the residual block.
 """
 
 from __future__ import annotations
