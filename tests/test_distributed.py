@@ -239,3 +239,28 @@ def test_the_mpi_library_version_is_one_tidy_line():
     assert library_version("Open MPI v4.1.5, package: Open MPI x, ident: 4.1.5\n") == \
         "Open MPI v4.1.5, package: Open MPI x, ident: 4.1.5"
     assert library_version("") == "unknown version"
+
+
+def test_a_failing_rank_says_why_then_aborts_the_job(monkeypatch, capsys):
+    """distributed.run on a rank of two: the error and its traceback are written (and flushed) before the job is
+    aborted, and a communicator whose abort returns still ends this rank with code 1."""
+    from tinymixer.training import distributed as dist
+
+    calls = []
+
+    class TwoRanks:
+        size, rank = 2, 1
+
+        def abort(self, code: int = 1) -> None:
+            calls.append(("abort", code, capsys.readouterr().err))  # what was written before the abort
+
+    monkeypatch.setattr(dist, "init", lambda: TwoRanks())
+    monkeypatch.setattr(dist, "ABORT_GRACE_SECONDS", 0.0)
+
+    def main():
+        raise RuntimeError("a fault of this rank")
+
+    with pytest.raises(SystemExit) as stop:
+        dist.run(main)
+    assert stop.value.code == 1 and len(calls) == 1 and calls[0][1] == 1
+    assert "rank 1 of 2 failed; ending the job" in calls[0][2] and "RuntimeError: a fault of this rank" in calls[0][2]

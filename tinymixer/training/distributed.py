@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -35,6 +36,10 @@ Array = Any
 
 # Environment variables by which launchers announce the number of processes: MPICH/Hydra and Intel MPI (PMI_SIZE),
 # Open MPI (OMPI_COMM_WORLD_SIZE), PMIx-based launchers (PMIX_SIZE isn't standard: PMIX_RANK is), Slurm's srun.
+# Before a failing rank aborts the job, the time it leaves the launcher to forward what it just wrote (its error and
+# traceback): an abort kills every process, and output still in the launcher's pipes was seen lost on a busy machine.
+ABORT_GRACE_SECONDS = 0.5
+
 _LAUNCHER_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "SLURM_NTASKS")
 _LAUNCHER_LOCAL_RANK_VARS = ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_RANK",
                              "SLURM_LOCALID", "LOCAL_RANK")
@@ -272,13 +277,21 @@ def run(main: Callable[[], int | None], expected: tuple[type[BaseException], ...
         if comm.size == 1:
             sys.exit(f"error: {error}")
         print(f"error (rank {comm.rank} of {comm.size}; ending the job): {error}", file=sys.stderr)
-        comm.abort(1)
+        _abort_after_last_words(comm)
         code = 1  # abort ends the job; should it return (a communicator whose abort cannot), this rank fails
     except BaseException:
         if comm.size == 1:
             raise
         print(f"rank {comm.rank} of {comm.size} failed; ending the job:", file=sys.stderr)
         traceback.print_exc()
-        comm.abort(1)
+        _abort_after_last_words(comm)
         code = 1
     sys.exit(code)
+
+
+def _abort_after_last_words(comm: Any) -> None:
+    """Flush this rank's output and give the launcher a moment to forward it, then abort the whole job."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    time.sleep(ABORT_GRACE_SECONDS)
+    comm.abort(1)
