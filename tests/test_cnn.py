@@ -30,21 +30,22 @@ def small_resnet(seed: int = 0, **overrides) -> ResNet:
 
 
 class ReluPatterns:
-    """Records which ReLU inputs are positive in every forward (``relu_forward`` wrapped), so that a finite
-    difference can tell whether its stencil crossed a kink."""
+    """Records which ReLU inputs are positive in every forward (the network's GroupNorm + ReLU wrapped: the ReLU's
+    output is positive exactly where its input was), so that a finite difference can tell whether its stencil
+    crossed a kink."""
 
     def __init__(self, monkeypatch):
         import tinymixer.nn.cnn as cnn
 
         self.patterns: list = []
-        original = cnn.relu_forward
+        original = cnn.group_norm_relu_forward
 
-        def recording(x):
-            out, cache = original(x)
-            self.patterns.append(cache[0].copy())
+        def recording(*args, **kwargs):
+            out, cache = original(*args, **kwargs)
+            self.patterns.append(np.asarray(out > 0).copy())
             return out, cache
 
-        monkeypatch.setattr(cnn, "relu_forward", recording)
+        monkeypatch.setattr(cnn, "group_norm_relu_forward", recording)
 
     def take(self) -> list:
         patterns, self.patterns = self.patterns, []

@@ -77,6 +77,8 @@ CASES = {
                          dict(images=f32(r, 2, 7, 6, 3), kernel=f32(r, 3, 3, 3, 8), bias=f32(r, 8))),
     "group_norm": lambda r: (partial(layers.group_norm_forward, groups=4), layers.group_norm_backward,
                              dict(x=f32(r, 2, 5, 4, 8), scale=f32(r, 8), bias=f32(r, 8))),
+    "group_norm_relu": lambda r: (partial(layers.group_norm_relu_forward, groups=4), layers.group_norm_relu_backward,
+                                  dict(x=f32(r, 2, 5, 4, 8), scale=f32(r, 8), bias=f32(r, 8))),
     "residual_block": lambda r: (partial(cnn.residual_block_forward, stride=2, groups=2), cnn.residual_block_backward,
                                  dict(x=f32(r, 2, 6, 6, 4), p={
                                      "norm1/scale": f32(r, 4), "norm1/bias": f32(r, 4), "norm2/scale": f32(r, 8),

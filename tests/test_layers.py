@@ -302,3 +302,31 @@ def test_stochastic_depth_adds_its_residual_in_the_same_call():
     alias = x.copy()  # x, out and residual one array: u = x + x * mask / (1 - rate)
     summed, _ = stochastic_depth_forward(alias, 0.25, mask, out=alias, residual=alias)
     assert np.array_equal(summed, plain + x)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_group_norm_relu_is_the_two_layers_in_one_pass(dtype):
+    """ReLU(GroupNorm(x)) fused (the ReLU applied to each block while in the cache, its backward folded into
+    GroupNorm's): the same numbers as the two layers one after the other, to the bit, forward (training and
+    evaluation) and backward."""
+    from tinymixer.nn.layers import (
+        group_norm_backward,
+        group_norm_forward,
+        group_norm_relu_backward,
+        group_norm_relu_forward,
+        relu_backward,
+        relu_forward,
+    )
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 6, 4, 8)).astype(dtype)
+    scale, bias = rng.standard_normal(8).astype(dtype), rng.standard_normal(8).astype(dtype)
+    normed, norm_cache = group_norm_forward(x, scale, bias, 4)
+    expected, relu_cache = relu_forward(normed)
+    out, cache = group_norm_relu_forward(x, scale, bias, 4)
+    assert np.array_equal(out, expected) and (expected == 0).any() and (expected > 0).any()
+    assert np.array_equal(group_norm_relu_forward(x, scale, bias, 4, train=False)[0], expected)
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    separate = group_norm_backward(relu_backward(dout, relu_cache), norm_cache)
+    for ours, theirs in zip(group_norm_relu_backward(dout, cache), separate, strict=True):
+        assert np.array_equal(ours, theirs)

@@ -39,12 +39,14 @@ from .layers import (  # GroupNorm and ReLU live with the other layers; their na
     Array,
     conv2d_backward,
     conv2d_forward,
-    group_norm_backward,
-    group_norm_forward,
+    group_norm_backward,  # noqa: F401 - kept importable from here
+    group_norm_forward,  # noqa: F401
+    group_norm_relu_backward,
+    group_norm_relu_forward,
     mean_pool_backward,
     mean_pool_forward,
-    relu_backward,
-    relu_forward,
+    relu_backward,  # noqa: F401
+    relu_forward,  # noqa: F401
 )
 from .network import Network, he_normal
 
@@ -65,35 +67,31 @@ def residual_block_forward(x: Array, p: dict[str, Array], stride: int, groups: i
     ``p``: norm1/{scale,bias} (C_in,), conv1/kernel (3, 3, C_in, C), norm2/{scale,bias} (C,),
     conv2/kernel (3, 3, C, C) [, shortcut/kernel (1, 1, C_in, C)]. Returns y and the cache.
     """
-    a, norm1 = group_norm_forward(x, p["norm1/scale"], p["norm1/bias"], groups, train=train)  # (B, H, W, C_in)
-    a, relu1 = relu_forward(a)
+    a, norm1 = group_norm_relu_forward(x, p["norm1/scale"], p["norm1/bias"], groups, train=train)  # (B, H, W, C_in)
     if "shortcut/kernel" in p:  # the shape changes: project the pre-activation
         shortcut, proj = conv2d_forward(a, p["shortcut/kernel"], None, stride=stride)  # (B, H', W', C)
     else:
         shortcut, proj = x, None
     h, conv1 = conv2d_forward(a, p["conv1/kernel"], None, stride=stride, padding=1)  # (B, H', W', C)
-    h, norm2 = group_norm_forward(h, p["norm2/scale"], p["norm2/bias"], groups, train=train)
-    h, relu2 = relu_forward(h)
+    h, norm2 = group_norm_relu_forward(h, p["norm2/scale"], p["norm2/bias"], groups, train=train)
     h, conv2 = conv2d_forward(h, p["conv2/kernel"], None, stride=1, padding=1)  # (B, H', W', C)
     y = h + shortcut  # the residual sum
-    return y, ((norm1, relu1, proj, conv1, norm2, relu2, conv2) if train else None)
+    return y, ((norm1, proj, conv1, norm2, conv2) if train else None)
 
 
 def residual_block_backward(dy: Array, cache: tuple) -> tuple[Array, dict[str, Array]]:
     """Gradients of ``residual_block_forward``: the branch backwards, the shortcut's gradient added where the two
     paths split (at x for an identity shortcut, at the pre-activation a for a projection).
     Inputs: dy (B, H', W', C). Returns dx (B, H, W, C_in) and the parameter gradients (names as ``p``)."""
-    norm1, relu1, proj, conv1, norm2, relu2, conv2 = cache
+    norm1, proj, conv1, norm2, conv2 = cache
     grads: dict[str, Array] = {}
     dh, grads["conv2/kernel"], _ = conv2d_backward(dy, conv2)  # the branch, last layer first
-    dh = relu_backward(dh, relu2)
-    dh, grads["norm2/scale"], grads["norm2/bias"] = group_norm_backward(dh, norm2)
+    dh, grads["norm2/scale"], grads["norm2/bias"] = group_norm_relu_backward(dh, norm2)
     da, grads["conv1/kernel"], _ = conv2d_backward(dh, conv1)  # (B, H, W, C_in)
     if proj is not None:  # the shortcut read a: its gradient joins the branch's there
         da_shortcut, grads["shortcut/kernel"], _ = conv2d_backward(dy, proj)
         da += da_shortcut
-    da = relu_backward(da, relu1)
-    dx, grads["norm1/scale"], grads["norm1/bias"] = group_norm_backward(da, norm1)
+    dx, grads["norm1/scale"], grads["norm1/bias"] = group_norm_relu_backward(da, norm1)
     if proj is None:  # identity shortcut: dy reaches x unchanged
         dx += dy
     return dx, grads
@@ -226,18 +224,17 @@ class ResNet(Network):
         for name, _, _, stride in self.blocks():  # 2. (B, H/4, W/4, w_last) after the stages
             x, cache = residual_block_forward(x, subtree(p, name), stride, self.groups, train)
             block_caches.append(cache)
-        x, norm = group_norm_forward(x, p["pre_head_norm/scale"], p["pre_head_norm/bias"], self.groups, train=train)
-        x, relu = relu_forward(x)  # 3.
+        x, norm = group_norm_relu_forward(x, p["pre_head_norm/scale"], p["pre_head_norm/bias"], self.groups,
+                                          train=train)  # 3.
         b, h, w, c = x.shape
         x, pool = mean_pool_forward(x.reshape(b, h * w, c))  # 4. (B, C): global average pooling
-        return x, ((stem, block_caches, norm, relu, pool, (b, h, w, c)) if train else None)
+        return x, ((stem, block_caches, norm, pool, (b, h, w, c)) if train else None)
 
     def _features_backward(self, dfeatures: Array, cache: tuple, grads: dict[str, Array]) -> Array:
         """Backward through 4.-1.: fills ``grads`` with the body's gradients, returns dL/dimages (B, H, W, C_in)."""
-        stem, block_caches, norm, relu, pool, shape = cache
+        stem, block_caches, norm, pool, shape = cache
         dx = mean_pool_backward(dfeatures, pool).reshape(shape)  # undoes 4.
-        dx = relu_backward(dx, relu)  # undoes 3.
-        dx, grads["pre_head_norm/scale"], grads["pre_head_norm/bias"] = group_norm_backward(dx, norm)
+        dx, grads["pre_head_norm/scale"], grads["pre_head_norm/bias"] = group_norm_relu_backward(dx, norm)  # undoes 3.
         for name, *_ in reversed(self.blocks()):  # undoes 2., last block first
             dx, block_grads = residual_block_backward(dx, block_caches.pop())
             grads.update(prefixed(block_grads, name))

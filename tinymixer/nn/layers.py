@@ -558,6 +558,11 @@ def group_norm_forward(x: Array, scale: Array, bias: Array, groups: int, eps: fl
     (xhat, rstd (B, 1, G, 1), scale, G), or None when not ``train`` (xhat then never stored: normalised in
     out's memory).
     """
+    return _group_norm_forward(x, scale, bias, groups, eps, train, relu=False)
+
+
+def _group_norm_forward(x: Array, scale: Array, bias: Array, groups: int, eps: float, train: bool, relu: bool
+                        ) -> tuple[Array, tuple | None]:
     b, h, w, c = x.shape
     if groups < 1 or c % groups:
         raise ValueError(f"GroupNorm needs a number of groups dividing the {c} channels, got {groups}")
@@ -565,15 +570,19 @@ def group_norm_forward(x: Array, scale: Array, bias: Array, groups: int, eps: fl
     out = xp.empty(x.shape, x.dtype)  # (B, H, W, C)
     xhat = xp.empty(x.shape, x.dtype) if train else out  # (B, H, W, C)
     rstd = xp.empty((b, 1, groups, 1), x.dtype)  # (B, 1, G, 1)
+    positive = xp.empty(x.shape, bool) if relu else None  # (B, H, W, C): where the ReLU passes
     ones = constant_vector(xp, h * w, 1.0, x.dtype)  # (HW,): ones @ (n, HW, C) sums over positions
+    arrays = [x.reshape(b, -1), xhat.reshape(b, -1), rstd.reshape(b, groups), out.reshape(b, -1)]
     for_row_blocks(partial(_group_norm_forward_block, scale=scale, bias=bias, groups=groups, eps=eps, ones=ones),
-                   x.reshape(b, -1), xhat.reshape(b, -1), rstd.reshape(b, groups), out.reshape(b, -1))
-    return out, ((xhat, rstd, scale, groups) if train else None)
+                   *arrays, *([positive.reshape(b, -1)] if relu else []))
+    cache = (xhat, rstd, scale, groups) if train else None
+    return out, (cache if not relu or not train else (cache, positive))
 
 
-def _group_norm_forward_block(x: Array, xhat: Array, rstd: Array, out: Array, scale: Array, bias: Array,
-                              groups: int, eps: float, ones: Array) -> None:
-    """One block of n images: x, xhat, out (n, H*W*C) -- rows of whole images -- and rstd (n, G)."""
+def _group_norm_forward_block(x: Array, xhat: Array, rstd: Array, out: Array, positive: Array | None = None, *,
+                              scale: Array, bias: Array, groups: int, eps: float, ones: Array) -> None:
+    """One block of n images: x, xhat, out (n, H*W*C) -- rows of whole images -- and rstd (n, G); with ``positive``
+    (n, H*W*C) bool, the ReLU too, while the block is in the cache."""
     xp = array_module(x)
     n, (hw,) = x.shape[0], ones.shape
     c = x.shape[1] // hw
@@ -588,6 +597,10 @@ def _group_norm_forward_block(x: Array, xhat: Array, rstd: Array, out: Array, sc
     xhat *= xp.repeat(rstd, c // groups, axis=1)[:, None, :]  # (n, HW, C): xhat
     xp.multiply(xhat, scale, out=out)  # in place when xhat is out (not train)
     out += bias
+    if positive is not None:  # ReLU: out * (out > 0), as relu_forward
+        positive = positive.reshape(n, hw, c)
+        xp.greater(out, 0, out=positive)
+        out *= positive
 
 
 def group_norm_backward(dout: Array, cache: tuple) -> tuple[Array, Array, Array]:
@@ -603,25 +616,56 @@ def group_norm_backward(dout: Array, cache: tuple) -> tuple[Array, Array, Array]
     dx = dout * (rstd scale) - rstd mean_g(d) - xhat * (rstd mean_g(d * xhat)): per-channel factors, in place.
     Inputs: dout (B, H, W, C). Returns dx (B, H, W, C), dscale (C,), dbias (C,).
     """
+    return _group_norm_backward(dout, cache, None)
+
+
+def _group_norm_backward(dout: Array, cache: tuple, positive: Array | None) -> tuple[Array, Array, Array]:
     xhat, rstd, scale, groups = cache
     b, h, w, c = xhat.shape
     xp = array_module(xhat)
     dx = xp.empty(xhat.shape, xhat.dtype)  # (B, H, W, C)
     ones = constant_vector(xp, h * w, 1.0, xhat.dtype)  # (HW,)
+    arrays = [dout.reshape(b, -1), xhat.reshape(b, -1), rstd.reshape(b, groups), dx.reshape(b, -1)]
     partial_sums = for_row_blocks(partial(_group_norm_backward_block, scale=scale, groups=groups, ones=ones),
-                                  dout.reshape(b, -1), xhat.reshape(b, -1), rstd.reshape(b, groups), dx.reshape(b, -1))
+                                  *arrays, *([positive.reshape(b, -1)] if positive is not None else []))
     dscale = sum(p[0] for p in partial_sums)  # (C,), block by block in a fixed order: deterministic
     dbias = sum(p[1] for p in partial_sums)  # (C,)
     return dx, dscale, dbias
 
 
-def _group_norm_backward_block(dout: Array, xhat: Array, rstd: Array, dx: Array, scale: Array, groups: int,
-                               ones: Array) -> tuple[Array, Array]:
-    """One block of n images: dout, xhat, dx (n, H*W*C), rstd (n, G). Returns its parts of dscale, dbias (C,)."""
+def group_norm_relu_forward(x: Array, scale: Array, bias: Array, groups: int, eps: float = GROUP_NORM_EPS,
+                            train: bool = True) -> tuple[Array, tuple | None]:
+    """``ReLU(GroupNorm(x))``, the CNN's pre-activation: the same numbers as ``group_norm_forward`` then
+    ``relu_forward``, with the ReLU applied to each block of images while it is still in the CPU cache (one pass
+    over memory instead of two; on a GPU the two layers as they are). Returns out and the cache (GroupNorm's, and
+    where the ReLU passed), or None when not ``train``."""
+    if not isinstance(x, np.ndarray):
+        out, norm = group_norm_forward(x, scale, bias, groups, eps, train)
+        out, relu = relu_forward(out)
+        return out, ((norm, relu[0]) if train else None)
+    return _group_norm_forward(x, scale, bias, groups, eps, train, relu=True)
+
+
+def group_norm_relu_backward(dout: Array, cache: tuple) -> tuple[Array, Array, Array]:
+    """Gradients of ``group_norm_relu_forward``: the ReLU's (dout where it passed, else 0), then GroupNorm's, in
+    one pass over each block of images. Returns dx, dscale, dbias."""
+    norm, positive = cache
+    if not isinstance(dout, np.ndarray):
+        return group_norm_backward(relu_backward(dout, (positive,)), norm)
+    return _group_norm_backward(dout, norm, positive)
+
+
+def _group_norm_backward_block(dout: Array, xhat: Array, rstd: Array, dx: Array, positive: Array | None = None, *,
+                               scale: Array, groups: int, ones: Array) -> tuple[Array, Array]:
+    """One block of n images: dout, xhat, dx (n, H*W*C), rstd (n, G); with ``positive`` (n, H*W*C) the ReLU's
+    backward first, dout * positive, into dx's memory while the block is in the cache. Returns its parts of dscale,
+    dbias (C,)."""
     xp = array_module(dout)
     n, (hw,) = dout.shape[0], ones.shape
     c = dout.shape[1] // hw
     per_group = hw * (c // groups)
+    if positive is not None:  # the ReLU's backward: dL/d(its input) = dout where it was positive, else 0
+        dout = xp.multiply(dout, positive, out=dx)  # dx is written below only after dout's last read
     dout, xhat, dx = (a.reshape(n, hw, c) for a in (dout, xhat, dx))  # (n, HW, C) views
     dout_xhat = scratch("group_norm", dout)  # (n, HW, C)
     xp.multiply(dout, xhat, out=dout_xhat)
