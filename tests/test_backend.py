@@ -171,3 +171,23 @@ def test_every_module_is_reachable_as_an_attribute_after_import_tinymixer():
     assert out.stdout.splitlines() == ["dense_forward train_step pretrained training_batch tune_host parse_args",
                                        "AttributeError module 'tinymixer.nn' has no attribute 'no_such_module'"], \
         out.stdout + out.stderr
+
+
+def test_a_module_whose_own_import_fails_says_so_rather_than_being_missing(tmp_path, monkeypatch):
+    """tinymixer/_lazy.py: a module that exists but fails to import raises its own error, not an AttributeError
+    that would hide it."""
+    package = tmp_path / "lazy_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("from tinymixer._lazy import submodules\n__getattr__ = submodules(__name__)\n")
+    (package / "good.py").write_text("VALUE = 1\n")
+    (package / "broken.py").write_text("import a_dependency_that_is_not_installed\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import lazy_pkg
+
+    assert lazy_pkg.good.VALUE == 1
+    with pytest.raises(ModuleNotFoundError, match="a_dependency_that_is_not_installed"):
+        lazy_pkg.broken  # noqa: B018
+    with pytest.raises(AttributeError, match="has no attribute 'absent'"):
+        lazy_pkg.absent  # noqa: B018
+    with pytest.raises(AttributeError):
+        lazy_pkg.__wrapped__  # noqa: B018 - dunder look-ups are never modules

@@ -121,6 +121,20 @@ def test_conv2d_gradients(rng, k, s, p):
     assert_gradients_ok(errors)
 
 
+@pytest.mark.parametrize("k,s,p", [(3, 1, 1), (3, 1, 0), (3, 1, 3), (3, 2, 1), (1, 2, 0)])
+def test_conv2d_gradients_in_several_blocks(rng, k, s, p, monkeypatch):
+    """The finite-difference check with the batch cut into several blocks (the backward's windows made again
+    block by block; with stride 1 and p <= K-1 dimages as a convolution with the flipped kernel)."""
+    from tinymixer.nn import layers
+
+    monkeypatch.setattr(layers, "CONV_BLOCK_ROWS", 20)
+    inputs = dict(images=rng.standard_normal((3, 6, 5, 2)), kernel=rng.standard_normal((k, k, 2, 3)),
+                  bias=rng.standard_normal(3))
+    out, _ = conv2d_forward(inputs["images"], inputs["kernel"], inputs["bias"], stride=s, padding=p)
+    assert len(layers._conv_blocks(3, out.shape[1:3])) > 1
+    assert_gradients_ok(check_gradients(partial(conv2d_forward, stride=s, padding=p), conv2d_backward, inputs))
+
+
 def test_conv2d_gradient_check_has_teeth(rng):
     # a wrong dimages (halved) must fail the check, while the untouched dkernel still passes
     def halving_backward(dout, cache):

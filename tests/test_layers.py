@@ -330,3 +330,49 @@ def test_group_norm_relu_is_the_two_layers_in_one_pass(dtype):
     separate = group_norm_backward(relu_backward(dout, relu_cache), norm_cache)
     for ours, theirs in zip(group_norm_relu_backward(dout, cache), separate, strict=True):
         assert np.array_equal(ours, theirs)
+
+
+def test_the_folded_and_fused_layers_pass_finite_difference_checks():
+    """The ops this round added, checked by finite differences in float64 (not only against the unfused layers):
+    stochastic depth with its residual sum, LayerNorm with a residual path around it (y = LN(x) + x, whose backward
+    is layer_norm_backward(dout, cache, residual=dout)), and GroupNorm + ReLU as one layer."""
+    from tinymixer.nn.layers import (
+        group_norm_relu_backward,
+        group_norm_relu_forward,
+        layer_norm_backward,
+        layer_norm_forward,
+        stochastic_depth_backward,
+        stochastic_depth_forward,
+    )
+
+    rng = np.random.default_rng(3)
+    mask = np.array([True, False, True])
+
+    def depth_forward(x, residual):
+        return stochastic_depth_forward(x, 0.25, mask, residual=residual)
+
+    def depth_backward(dout, cache):
+        return stochastic_depth_backward(dout, cache), dout  # the residual gets dout unchanged
+
+    errors = check_gradients(depth_forward, depth_backward, {"x": rng.standard_normal((3, 4, 5)),
+                                                             "residual": rng.standard_normal((3, 4, 5))})
+    assert max(errors.values()) < 1e-7, errors
+
+    def ln_plus_x_forward(x, scale, bias):
+        out, cache = layer_norm_forward(x, scale, bias)
+        return out + x, cache
+
+    def ln_plus_x_backward(dout, cache):
+        return layer_norm_backward(dout, cache, residual=dout)
+
+    errors = check_gradients(ln_plus_x_forward, ln_plus_x_backward, {
+        "x": rng.standard_normal((3, 4, 8)), "scale": rng.standard_normal(8), "bias": rng.standard_normal(8)})
+    assert max(errors.values()) < 1e-7, errors
+
+    # GroupNorm + ReLU: inputs whose normalised values stay clear of the ReLU's kink (|out| > 0.05 before the ReLU)
+    x, scale, bias = rng.standard_normal((2, 3, 3, 4)), rng.standard_normal(4), rng.standard_normal(4)
+    normed = group_norm_relu_forward(x, scale, bias, 2)[1][0][0] * scale + bias  # the pre-ReLU values
+    assert np.abs(normed).min() > 0.05
+    errors = check_gradients(lambda x, scale, bias: group_norm_relu_forward(x, scale, bias, 2),
+                             group_norm_relu_backward, {"x": x, "scale": scale, "bias": bias})
+    assert max(errors.values()) < 1e-7, errors

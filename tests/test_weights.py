@@ -383,7 +383,7 @@ def test_safetensors_scalars_and_empty_tensors_round_trip(tmp_path):
         write_safetensors(tmp_path / "t.safetensors", {"__metadata__": np.zeros(2)})
 
 
-def test_a_bad_url_and_a_bad_header_are_clear_errors(tmp_path):
+def test_a_bad_url_and_a_bad_header_are_refused_with_a_clear_message(tmp_path):
     from tinymixer.util.download import DownloadError, fetch
 
     with pytest.raises(DownloadError, match="cannot fetch mirror/file.npz"):

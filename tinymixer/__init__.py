@@ -12,6 +12,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ._lazy import submodules
+
 __version__ = "0.1.0"
 
 # The facade's names and the module each lives in (imported on first use: PEP 562's module __getattr__).
@@ -29,8 +31,9 @@ _NAMES = {
     "tinymixer.transfer.weights": ["pretrained"],
 }
 _MODULE_OF = {name: module for module, names in _NAMES.items() for name in names}
+_modules = submodules(__name__)
 _SUBPACKAGES = ("backend", "chunks", "data", "exercises", "flat", "nn", "tools", "trainer", "training", "transfer",
-                "util")
+                "util")  # what dir() lists besides the names
 
 __all__ = [
     "MlpMixer", "MixerSize", "SIZES", "describe_size", "softmax_cross_entropy",
@@ -51,9 +54,7 @@ def __getattr__(name: str) -> Any:
         return value
     if name == "KEEPS_FREED_MEMORY":  # whether tm.tune_host() kept freed memory (it once did on import)
         return importlib.import_module("tinymixer.util.host").host_tuning()["keeps_freed_memory"]
-    if name in _SUBPACKAGES:
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _modules(name)  # a module of the package (tm.nn, tm.backend, ...), as every subpackage does
 
 
 def __dir__() -> list[str]:  # the public names, not this module's own helpers

@@ -947,7 +947,8 @@ def _conv2d_backward_in_blocks(dout: np.ndarray, cache: tuple) -> tuple[np.ndarr
     # both spatial axes and its channel axes swapped (each input pixel gathers the outputs whose windows cover it).
     # Making dout's windows (a copy) is about twice as fast as adding the windows' gradients back (col2im).
     as_convolution = stride == 1 and padding <= k - 1
-    flipped = np.ascontiguousarray(kernel[::-1, ::-1].transpose(0, 1, 3, 2)).reshape(k * k * c_out, c_in)
+    if as_convolution:  # (K*K*C_out, C_in): the kernel flipped in both spatial axes, its channel axes swapped
+        flipped = np.ascontiguousarray(kernel[::-1, ::-1].transpose(0, 1, 3, 2)).reshape(k * k * c_out, c_in)
     for block in _conv_blocks(images.shape[0], dout.shape[1:3]):
         columns = im2col(images[block], k, stride, padding)  # 1. again: (n, H_out, W_out, K*K*C_in)
         dout2 = dout[block].reshape(-1, c_out)  # (n H_out W_out, C_out)

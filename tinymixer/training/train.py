@@ -58,27 +58,28 @@ def update(params: dict[str, Any], grads: dict[str, Any], optimizer: Optimizer, 
 # ``run_step`` puts them together in the order the core has them: gradients, (all-reduce), update.
 
 
-def cross_entropy(logits: Any, labels: Any, label_smoothing: float = 0.0, mix: Mix | None = None
-                  ) -> tuple[Any, Any]:
+def cross_entropy(logits: Any, labels: Any, label_smoothing: float = 0.0, mix: Mix | None = None,
+                  weight: float = 1.0) -> tuple[Any, Any]:
     """The loss and dL/dlogits: softmax cross-entropy, or on a mixup/CutMix batch ``mix = (partner_labels, lam)``
     the mixed loss lam * CE(labels) + (1 - lam) * CE(partner_labels) (each image is lam its own, 1 - lam its
-    partner)."""
+    partner); times ``weight``, the share these images have in the mean of a larger batch (a part of it:
+    accumulation, or this process's share)."""
     loss, dlogits = softmax_cross_entropy(logits, labels, label_smoothing)
     if mix is not None:
         partner, lam = mix
         loss_b, dlogits_b = softmax_cross_entropy(logits, partner, label_smoothing)
         loss, dlogits = lam * loss + (1.0 - lam) * loss_b, lam * dlogits + (1.0 - lam) * dlogits_b
+    if weight != 1.0:
+        loss, dlogits = loss * weight, dlogits * weight
     return loss, dlogits
 
 
 def gradients(model: Any, images: Any, labels: Any, *, masks: Any = None, label_smoothing: float = 0.0,
               mix: Mix | None = None, weight: float = 1.0) -> tuple[Any, Any]:
     """The core's forward -> loss -> backward, filling ``model.grads``; the loss counts with ``weight`` in the
-    mean of a larger batch (a part of it: accumulation, or this process's share). Returns (weighted loss, logits)."""
+    mean of a larger batch (``cross_entropy``). Returns (weighted loss, logits)."""
     logits = model.forward(images, masks=masks)
-    loss, dlogits = cross_entropy(logits, labels, label_smoothing, mix)
-    if weight != 1.0:
-        loss, dlogits = loss * weight, dlogits * weight
+    loss, dlogits = cross_entropy(logits, labels, label_smoothing, mix, weight)
     model.backward(dlogits)
     return loss, logits
 
@@ -126,9 +127,7 @@ def head_gradients(model: Any, images: Any, labels: Any, *, label_smoothing: flo
     from an evaluation pass (nothing kept for a backward) and only the head's gradients are formed."""
     features = model.features(images)  # (b, C)
     logits, head_cache = dense_forward(features, model.params["head/kernel"], model.params["head/bias"])
-    loss, dlogits = cross_entropy(logits, labels, label_smoothing, mix)
-    if weight != 1.0:
-        loss, dlogits = loss * weight, dlogits * weight
+    loss, dlogits = cross_entropy(logits, labels, label_smoothing, mix, weight)
     grads = model.gradients()
     _, grads["head/kernel"][...], grads["head/bias"][...] = dense_backward(dlogits, head_cache)
     return loss, logits
