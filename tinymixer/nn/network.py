@@ -213,7 +213,7 @@ class Network:
         # buffer receives their sum, which is formed anyway; with one shard it costs one copy of the gradients.
         buffer = self.gradients().buffer
         if len(results) == 1:  # one copy into the buffer, in one call (on a GPU: one kernel, not one per parameter)
-            self.xp.concatenate([results[0][1][name].ravel() for name in self.grads], out=buffer)
+            self.xp.concatenate([results[0][1][name] for name in self.grads], axis=None, out=buffer)  # flattened
             return results[0][0]
         for name, view in self.grads.items():
             self.xp.add(results[0][1][name], results[1][1][name], out=view)  # shard 0 + shard 1 + ...: a fixed order
