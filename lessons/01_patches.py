@@ -15,7 +15,7 @@ import numpy as np
 from lesson_utils import plt, save_figure
 
 from tinymixer.data import normalize, synthetic_shapes
-from tinymixer.nn.layers import patchify, stem_forward, unpatchify
+from tinymixer.nn.conv import patchify, stem_forward, unpatchify
 
 images, labels = synthetic_shapes(4, size=32, seed=3)  # four 32x32 RGB images, uint8
 x = normalize(images)  # to [-1, 1], the official input scaling

@@ -15,7 +15,7 @@ from matplotlib.ticker import MaxNLocator
 import tinymixer as tm
 from tinymixer.data import SHAPE_NAMES, normalize, synthetic_shapes
 from tinymixer.data.permutations import patch_and_pixel_permutation, permute_mixer_params
-from tinymixer.nn.layers import patchify, unpatchify
+from tinymixer.nn.conv import patchify, unpatchify
 from tinymixer.training.evaluate import predict_logits
 from tinymixer.training.train import fit
 

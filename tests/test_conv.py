@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 from helpers import assert_gradients_ok
 
-from tinymixer.nn.gradcheck import check_gradients
-from tinymixer.nn.layers import (
+from tinymixer.nn.conv import (
     _im2col_by_offsets,
     col2im,
     conv2d_backward,
@@ -26,6 +25,7 @@ from tinymixer.nn.layers import (
     stem_forward,
     unpatchify,
 )
+from tinymixer.nn.gradcheck import check_gradients
 
 # (kernel_size, stride, padding): overlapping, strided, non-overlapping, 1x1, and padded non-overlapping windows
 COMBOS = [(3, 1, 1), (3, 2, 1), (2, 2, 0), (1, 1, 0), (3, 2, 0), (2, 2, 1), (4, 3, 2), (5, 1, 0)]
@@ -125,13 +125,13 @@ def test_conv2d_gradients(rng, k, s, p):
 def test_conv2d_gradients_in_several_blocks(rng, k, s, p, monkeypatch):
     """The finite-difference check with the batch cut into several blocks (the backward's windows made again
     block by block; with stride 1 and p <= K-1 dimages as a convolution with the flipped kernel)."""
-    from tinymixer.nn import layers
+    from tinymixer.nn import conv
 
-    monkeypatch.setattr(layers, "CONV_BLOCK_ROWS", 20)
+    monkeypatch.setattr(conv, "CONV_BLOCK_ROWS", 20)
     inputs = dict(images=rng.standard_normal((3, 6, 5, 2)), kernel=rng.standard_normal((k, k, 2, 3)),
                   bias=rng.standard_normal(3))
     out, _ = conv2d_forward(inputs["images"], inputs["kernel"], inputs["bias"], stride=s, padding=p)
-    assert len(layers._conv_blocks(3, out.shape[1:3])) > 1
+    assert len(conv._conv_blocks(3, out.shape[1:3])) > 1
     assert_gradients_ok(check_gradients(partial(conv2d_forward, stride=s, padding=p), conv2d_backward, inputs))
 
 
@@ -179,12 +179,12 @@ def test_conv2d_in_blocks_equals_one_gemm_over_the_batch(rng, k, s, p, monkeypat
     several uneven blocks), its backward making the windows again and, with stride 1, dimages as a convolution
     with the flipped kernel (padding K-1-p; col2im where p > K-1): the same numbers as the GPU path's one GEMM over
     the whole batch and col2im, forward and backward."""
-    from tinymixer.nn import layers
+    from tinymixer.nn import conv
 
-    monkeypatch.setattr(layers, "CONV_BLOCK_ROWS", 40)
+    monkeypatch.setattr(conv, "CONV_BLOCK_ROWS", 40)
     images, kernel, bias = rng.standard_normal((5, 7, 6, 3)), rng.standard_normal((k, k, 3, 4)), rng.standard_normal(4)
     out, cache = conv2d_forward(images, kernel, bias, stride=s, padding=p)
-    assert cache[0] == "blocks" and len(layers._conv_blocks(5, out.shape[1:3])) > 1
+    assert cache[0] == "blocks" and len(conv._conv_blocks(5, out.shape[1:3])) > 1
     columns = im2col(images, k, s, p)  # the one-GEMM path, written out
     whole = columns @ kernel.reshape(-1, 4) + bias
     np.testing.assert_allclose(out, whole, rtol=0, atol=1e-12)

@@ -24,7 +24,7 @@ from tinymixer.data.permutations import (
     permute_images,
     permute_mixer_params,
 )
-from tinymixer.nn.layers import patchify
+from tinymixer.nn.conv import patchify
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 

@@ -50,7 +50,7 @@ def test_features_are_the_pre_logits_the_head_maps_to_the_logits():
 def test_features_by_the_definition():
     """The last LayerNorm of the blocks' output, averaged over the tokens, computed here from the model's parts."""
     from tinymixer.nn.blocks import mixer_block_forward, subtree
-    from tinymixer.nn.layers import stem_forward
+    from tinymixer.nn.conv import stem_forward
 
     model = small_model()
     p = host_params(model)

@@ -12,7 +12,7 @@ import pytest
 
 import tinymixer as tm
 from tinymixer import backend
-from tinymixer.nn import blocks, cnn, layers
+from tinymixer.nn import blocks, cnn, conv, layers
 
 cupy, WHY_NOT = backend._load_cupy()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(cupy is None, reason=f"needs a GPU: {WHY_NOT}")]
@@ -66,14 +66,14 @@ CASES = {
                                    layers.stochastic_depth_backward, dict(x=f32(r, 4, 5, 6), mask=r.random(4) >= 0.25)),
     "layer_norm": lambda r: (layers.layer_norm_forward, layers.layer_norm_backward,
                              dict(x=f32(r, 4, 5, 16), scale=f32(r, 16), bias=f32(r, 16))),
-    "stem": lambda r: (layers.stem_forward, layers.stem_backward,
+    "stem": lambda r: (conv.stem_forward, conv.stem_backward,
                        dict(images=f32(r, 2, 8, 8, 3), kernel=f32(r, 4, 4, 3, 8), bias=f32(r, 8))),
     "mean_pool": lambda r: (layers.mean_pool_forward, layers.mean_pool_backward, dict(x=f32(r, 3, 5, 4))),
     "token_mixing": lambda r: (blocks.token_mixing_forward, blocks.token_mixing_backward,
                                dict(x=f32(r, 2, 16, 8), params=mlp(r, 16, 12))),
     "channel_mixing": lambda r: (blocks.channel_mixing_forward, blocks.channel_mixing_backward,
                                  dict(x=f32(r, 2, 16, 8), params=mlp(r, 8, 12))),
-    "conv2d": lambda r: (partial(layers.conv2d_forward, stride=2, padding=1), layers.conv2d_backward,
+    "conv2d": lambda r: (partial(conv.conv2d_forward, stride=2, padding=1), conv.conv2d_backward,
                          dict(images=f32(r, 2, 7, 6, 3), kernel=f32(r, 3, 3, 3, 8), bias=f32(r, 8))),
     "group_norm": lambda r: (partial(layers.group_norm_forward, groups=4), layers.group_norm_backward,
                              dict(x=f32(r, 2, 5, 4, 8), scale=f32(r, 8), bias=f32(r, 8))),

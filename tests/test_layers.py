@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from helpers import assert_gradients_ok
 
+from tinymixer.nn.conv import patchify, stem_backward, stem_forward, unpatchify
 from tinymixer.nn.gradcheck import check_gradients
 from tinymixer.nn.layers import (
     _gelu_bias_forward,
@@ -20,11 +21,7 @@ from tinymixer.nn.layers import (
     layer_norm_forward,
     mean_pool_backward,
     mean_pool_forward,
-    patchify,
     softmax_cross_entropy,
-    stem_backward,
-    stem_forward,
-    unpatchify,
 )
 from tinymixer.nn.special import erf
 

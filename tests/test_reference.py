@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import tinymixer as tm
-from tinymixer.nn import blocks, cnn, layers
+from tinymixer.nn import blocks, cnn, conv, layers
 from tinymixer.nn import reference as ref
 from tinymixer.nn.gradcheck import check_gradients
 
@@ -109,9 +109,9 @@ def test_mixer_block_equals_the_reference(gelu):
 def test_stem_and_pool_equal_the_reference():
     r = rng(6)
     images = r.standard_normal((2, 8, 12, 3))
-    np.testing.assert_array_equal(layers.patchify(images, 4), ref.patchify(images, 4))
+    np.testing.assert_array_equal(conv.patchify(images, 4), ref.patchify(images, 4))
     np.testing.assert_array_equal(ref.unpatchify(ref.patchify(images, 4), 4, (8, 12)), images)
-    equal_pairs((layers.stem_forward, layers.stem_backward), (ref.stem_forward, ref.stem_backward),
+    equal_pairs((conv.stem_forward, conv.stem_backward), (ref.stem_forward, ref.stem_backward),
                 images, r.standard_normal((4, 4, 3, 5)), r.standard_normal(5))
     equal_pairs((layers.mean_pool_forward, layers.mean_pool_backward),
                 (ref.mean_pool_forward, ref.mean_pool_backward), r.standard_normal((2, 6, 5)))
@@ -131,9 +131,9 @@ def test_softmax_cross_entropy_equals_the_reference(smoothing):
 def test_convolution_equals_the_reference(k, stride, padding):
     r = rng(8)
     images = r.standard_normal((2, 7, 6, 3))
-    np.testing.assert_array_equal(layers.im2col(images, k, stride, padding), ref.im2col(images, k, stride, padding))
-    fast = (lambda x, w: layers.conv2d_forward(x, w, None, stride, padding),
-            lambda dout, cache: layers.conv2d_backward(dout, cache)[:2])  # no bias: its gradient is not used
+    np.testing.assert_array_equal(conv.im2col(images, k, stride, padding), ref.im2col(images, k, stride, padding))
+    fast = (lambda x, w: conv.conv2d_forward(x, w, None, stride, padding),
+            lambda dout, cache: conv.conv2d_backward(dout, cache)[:2])  # no bias: its gradient is not used
     equal_pairs(fast, (lambda x, w: ref.conv_forward(x, w, stride, padding), ref.conv_backward),
                 images, r.standard_normal((k, k, 3, 4)))
 
@@ -304,15 +304,15 @@ def test_public_fast_layers_never_modify_their_inputs():
         (layers.layer_norm_forward, (x3, r.standard_normal(c), r.standard_normal(c))),
         (layers.group_norm_forward, (images, r.standard_normal(4), r.standard_normal(4), 2)),
         (layers.relu_forward, (x3,)),
-        (layers.conv2d_forward, (images, r.standard_normal((3, 3, 4, 5)), None, 1, 1)),
-        (layers.stem_forward, (images, r.standard_normal((2, 2, 4, 5)), r.standard_normal(5))),
+        (conv.conv2d_forward, (images, r.standard_normal((3, 3, 4, 5)), None, 1, 1)),
+        (conv.stem_forward, (images, r.standard_normal((2, 2, 4, 5)), r.standard_normal(5))),
         (layers.mean_pool_forward, (x3,)),
         (blocks.mixer_block_forward, (x3, block_params(r, 4, c, 5, 7))),
     ]
     backwards = {layers.dense_forward: layers.dense_backward, layers.gelu_forward: layers.gelu_backward,
                  layers.layer_norm_forward: layers.layer_norm_backward,
                  layers.group_norm_forward: layers.group_norm_backward, layers.relu_forward: layers.relu_backward,
-                 layers.conv2d_forward: layers.conv2d_backward, layers.stem_forward: layers.stem_backward,
+                 conv.conv2d_forward: conv.conv2d_backward, conv.stem_forward: conv.stem_backward,
                  layers.mean_pool_forward: layers.mean_pool_backward,
                  blocks.mixer_block_forward: blocks.mixer_block_backward}
 

@@ -8,7 +8,7 @@ stored as a gather index over the H*W pixel positions in row-major order::
 Two kinds, as in the paper:
 
 * **patch + pixel** (``patch_and_pixel_permutation``): the image is cut into S = (H/P)(W/P) patches of P x P pixels
-  (row-major over the patch grid, as ``tinymixer.nn.layers.patchify`` does). Patch s of the permuted image is patch
+  (row-major over the patch grid, as ``tinymixer.nn.conv.patchify`` does). Patch s of the permuted image is patch
   ``token_order[s]`` of the original, and inside every patch pixel q is pixel ``pixel_order[q]`` of the original
   patch (q row-major over the P x P pixels)::
 
@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from ..nn.layers import patchify, unpatchify
+from ..nn.conv import patchify, unpatchify
 from ..nn.mixer import permuted_params
 
 

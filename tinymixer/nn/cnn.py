@@ -21,7 +21,7 @@ right for ReLU), GroupNorm scales at 1 and biases at 0, the head at 0 as in the 
 weight standardisation (a convolution kernel normalised per output channel before use), which matters for its
 large-batch transfer setting and would add one more layer to differentiate.
 
-Convolution is ``layers.conv2d_forward``: im2col and a GEMM, the stem's patchify generalised to any stride and
+Convolution is ``conv.conv2d_forward``: im2col and a GEMM, the stem's patchify generalised to any stride and
 padding (on the CPU in cache-sized blocks of images). This module adds what a CNN needs beyond the Mixer's
 layers: GroupNorm, ReLU and the residual block.
 """
@@ -35,10 +35,9 @@ from typing import Any
 import numpy as np
 
 from .blocks import prefixed, subtree
+from .conv import conv2d_backward, conv2d_forward
 from .layers import (  # GroupNorm and ReLU live with the other layers; their names are kept here too
     Array,
-    conv2d_backward,
-    conv2d_forward,
     group_norm_backward,  # noqa: F401 - kept importable from here
     group_norm_forward,  # noqa: F401
     group_norm_relu_backward,

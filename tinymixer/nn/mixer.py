@@ -25,6 +25,7 @@ from .blocks import (
     prefixed,
     subtree,
 )
+from .conv import stem_backward, stem_forward
 from .layers import (
     GELU_FORMS,
     Array,
@@ -32,8 +33,6 @@ from .layers import (
     layer_norm_forward,
     mean_pool_backward,
     mean_pool_forward,
-    stem_backward,
-    stem_forward,
 )
 from .network import Network, count_params, lecun_normal
 
