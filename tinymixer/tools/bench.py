@@ -188,6 +188,13 @@ def measure(config: str, batch_size: int, image_size: int, repeats: int, use_tor
         result[f"{key}_ms"] = _median_ms(values)
         result[f"{key}_spread_ms"] = 1000 * (max(values) - min(values))
     result["samples_ms"] = {key: [1000 * v for v in values] for key, values in samples.items()}
+    if not on_gpu:  # the step's matrix multiplies as they run in it (tools/profile.py): the floor of the ratio
+        from .profile import gemm_ms, profile_step
+
+        result["tinymixer_train_profile_ms"] = profile_step(tm_train, steps=2)
+        result["gemm_alone_ms"] = gemm_ms(result["tinymixer_train_profile_ms"])
+        if use_torch:
+            result["gemm_floor_ratio"] = result["gemm_alone_ms"] / result["pytorch_train_ms"]
     result["tinymixer_train_images_per_s"] = batch_size / (result["tinymixer_train_ms"] / 1000)
     result["tinymixer_train_gflops"] = flops_step / (result["tinymixer_train_ms"] / 1000) / 1e9
     if use_torch:
@@ -429,8 +436,8 @@ def ratio_is_void(result: dict[str, Any], kind: str) -> bool:
 def _format_table(runs: list[dict[str, Any]]) -> str:
     """The results as a table; a timing that failed a stability check has a "!", a ratio resting on one reads
     "unstable" (``assess_stability`` must have run)."""
-    header = ("size", "thr", "train ms", "torch ms", "ratio", "infer ms", "torch ms", "ratio", "img/s", "GFLOP/s",
-              "of GEMM", "peak MB", "torch MB")
+    header = ("size", "thr", "train ms", "torch ms", "ratio", "floor", "infer ms", "torch ms", "ratio", "img/s",
+              "GFLOP/s", "of GEMM", "peak MB", "torch MB")
     lines = [" | ".join(header), " | ".join("-" * len(h) for h in header)]
     for run in runs:
         for r in run["results"]:
@@ -451,6 +458,8 @@ def _format_table(runs: list[dict[str, Any]]) -> str:
             lines.append(" | ".join([
                 r["config"], str(r["threads"]) + ("!" if "gemm_scaling" in unstable else ""),
                 get("tinymixer_train_ms", ".0f"), get("pytorch_train_ms", ".0f"), ratio("train"),
+                "unstable" if r.get("gemm_floor_ratio") is not None and "pytorch_train" in unstable
+                else get("gemm_floor_ratio", ".2f"),
                 get("tinymixer_infer_ms", ".0f"), get("pytorch_infer_ms", ".0f"), ratio("infer"),
                 get("tinymixer_train_images_per_s", ".0f"), get("tinymixer_train_gflops", ".0f"), of_gemm,
                 get("tinymixer_train_peak_mb", ".0f") if "tinymixer_gpu_pool_mb" not in r
@@ -465,6 +474,8 @@ def _legend(repeats: int) -> str:
     return "\n".join([
         f"ratio = tinymixer time / PyTorch time (below 1: tinymixer is faster); times are medians of {repeats} "
         "interleaved runs",
+        "floor = the step's matrix multiplies alone (their own time inside a tinymixer step, tools/profile.py; the "
+        "busiest thread's) / PyTorch's step: no step of the same arithmetic on this BLAS library gets a lower ratio",
         "GFLOP/s = the model's matrix-multiply FLOPs in one training step (3x the forward's) / tinymixer's median "
         "step time",
         "of GEMM = that rate as a share of this machine's float32 GEMM rate on as many threads (best of 5 2048^3 "

@@ -1,0 +1,50 @@
+"""The profiler (tools/profile.py): exclusive times that add up to the step, every row where it belongs, and the
+layers put back afterwards. What it measures is never asserted (timing is not a test); how it counts is."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from tinymixer.nn import blocks, conv, layers
+from tinymixer.tools import profile
+
+
+def test_times_are_exclusive_and_per_thread(monkeypatch):
+    clock = itertools.count()  # a fake clock: each reading one second later
+    monkeypatch.setattr(profile.time, "perf_counter", lambda: float(next(clock)))
+    timers = profile._Timers()
+    inner = timers.wrap("inner", lambda: profile.time.perf_counter())  # start 2, own reading 3, end 4: 2 s
+    outer = timers.wrap("outer", lambda: inner() + profile.time.perf_counter())  # start 1 ... reading 5, end 6
+    outer()
+    assert timers.busiest() == {"inner": 2.0, "outer": 3.0}  # outer's 5 s less inner's 2
+
+
+def test_a_mixer_step_profiled_row_by_row_and_the_layers_put_back():
+    originals = (layers.dense_forward, blocks.dense_forward, blocks.layer_norm_forward, conv.im2col)
+    step = profile.training_step("micro/4", batch_size=4, image_size=16)
+    rows = profile.profile_step(step, steps=1)
+    assert (layers.dense_forward, blocks.dense_forward, blocks.layer_norm_forward, conv.im2col) == originals
+    for row in (*profile.GEMM_ROWS, "GELU forward", "GELU backward", "LayerNorm forward", "LayerNorm backward",
+                "optimiser and clipping", "loss, mean pool", "windows (im2col)"):  # the stem's patches: im2col
+        assert rows[row] > 0, row
+    assert "GroupNorm (+ ReLU) forward" not in rows  # only what ran
+    assert sum(v for k, v in rows.items() if k != "step") == pytest.approx(rows["step"])
+    assert 0 < profile.gemm_ms(rows) < rows["step"]
+
+
+def test_a_cnn_step_counts_its_windows_apart_from_its_matrix_multiplies():
+    rows = profile.profile_step(profile.training_step("cnn-micro", batch_size=2, image_size=8), steps=1)
+    for row in (*profile.GEMM_ROWS, "windows (im2col)", "GroupNorm (+ ReLU) forward", "GroupNorm (+ ReLU) backward"):
+        assert rows[row] > 0, row
+    assert "GELU forward" not in rows and "LayerNorm forward" not in rows
+
+
+def test_command_line(capsys):
+    assert profile.main(["--configs", "micro/4", "--batch-size", "2", "--image-size", "16", "--steps", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "micro/4, batch 2, 1 thread(s)" in out and "| **GEMMs alone** |" in out and "| GELU forward |" in out
+    with pytest.raises(SystemExit) as stop:
+        profile.main(["--configs", "nope"])
+    assert stop.value.code == 2

@@ -1,0 +1,192 @@
+"""Where a training step's time goes, operation by operation, and what its matrix multiplies alone cost.
+
+    python -m tinymixer.tools.profile                                  # tiny/4 and cnn-micro, batch 128, one core
+    python -m tinymixer.tools.profile --configs small/4 --threads 2
+
+Every layer of tinymixer is a plain function looked up by name when it is called, so the profiler wraps each
+leaf operation below with a timer, in every tinymixer module that holds it, runs a few training steps (SGD with
+momentum, clipping at 1, as the benchmark's), and puts the functions back. Times are **exclusive**: a function's
+own time, less that of the profiled functions it calls (so a convolution's windows, ``im2col``, are counted apart
+from its matrix multiplies). With several threads each shard's thread runs its own timers at once; the table shows
+the busiest thread's (the most profiled time), and "the rest" is the step less that thread's rows.
+
+The GEMM rows (the dense layers' and the convolutions' own time: matrix multiplies and their bias sums, which
+are BLAS matrix-vector products too) are the step's **matrix multiplies as they run inside it**, operands cold
+from memory. No implementation of the same arithmetic on the same BLAS library runs faster than them, so
+``GEMMs alone / PyTorch's step`` is the floor of the benchmark's ratio (``tools/bench.py`` prints it).
+CPU only (NumPy): on a GPU the calls are asynchronous and the timers would measure launches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+# The leaf operations, by the module that defines them, and the row of the table each one's time goes to.
+GEMM_ROWS = ("GEMMs, forward", "GEMMs, backward")
+OPERATIONS: dict[str, dict[str, str]] = {
+    "tinymixer.nn.layers": {
+        "dense_forward": GEMM_ROWS[0], "dense_backward": GEMM_ROWS[1],
+        "gelu_forward": "GELU forward", "_gelu_bias_forward": "GELU forward", "gelu_backward": "GELU backward",
+        "layer_norm_forward": "LayerNorm forward", "layer_norm_backward": "LayerNorm backward",
+        "group_norm_forward": "GroupNorm (+ ReLU) forward", "group_norm_relu_forward": "GroupNorm (+ ReLU) forward",
+        "relu_forward": "GroupNorm (+ ReLU) forward",
+        "group_norm_backward": "GroupNorm (+ ReLU) backward",
+        "group_norm_relu_backward": "GroupNorm (+ ReLU) backward", "relu_backward": "GroupNorm (+ ReLU) backward",
+        "dropout_forward": "dropout, stochastic depth", "dropout_backward": "dropout, stochastic depth",
+        "stochastic_depth_forward": "dropout, stochastic depth",
+        "stochastic_depth_backward": "dropout, stochastic depth",
+        "mean_pool_forward": "loss, mean pool", "mean_pool_backward": "loss, mean pool",
+        "softmax_cross_entropy": "loss, mean pool",
+    },
+    "tinymixer.nn.conv": {
+        "conv2d_forward": GEMM_ROWS[0], "conv2d_backward": GEMM_ROWS[1],  # their own time: the GEMMs
+        "im2col": "windows (im2col)", "col2im": "windows' gradients (col2im)",
+    },
+    "tinymixer.training.train": {"update": "optimiser and clipping"},
+}
+REST = "the rest (residual sums, copies, the gradient buffer, Python)"
+
+
+class _Timers:
+    """Exclusive seconds per row, per thread: each thread keeps a stack of its open calls' child time."""
+
+    def __init__(self) -> None:
+        self.spent: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        self.local = threading.local()
+
+    def wrap(self, row: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            stack = self.local.__dict__.setdefault("stack", [])
+            stack.append(0.0)  # time spent in profiled calls made from this one
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                elapsed = time.perf_counter() - start
+                children = stack.pop()
+                self.spent[threading.get_ident()][row] += elapsed - children
+                if stack:
+                    stack[-1] += elapsed
+
+        timed.__wrapped__ = function  # type: ignore[attr-defined]
+        return timed
+
+    def busiest(self) -> dict[str, float]:
+        """The rows of the thread with the most profiled time."""
+        if not self.spent:
+            return {}
+        return dict(max(self.spent.values(), key=lambda rows: sum(rows.values())))
+
+
+@contextmanager
+def _wrapped(timers: _Timers) -> Iterator[None]:
+    """Every profiled function replaced by its timed version in every loaded tinymixer module, then restored."""
+    import importlib
+
+    originals = {}
+    for module_name, functions in OPERATIONS.items():
+        module = importlib.import_module(module_name)
+        for name, row in functions.items():
+            originals[id(getattr(module, name))] = (getattr(module, name), row)
+    replaced = []
+    try:
+        for module in [m for n, m in list(sys.modules.items()) if n.startswith("tinymixer") and m is not None]:
+            for name, value in list(vars(module).items()):
+                if callable(value) and id(value) in originals and originals[id(value)][0] is value:
+                    function, row = originals[id(value)]
+                    setattr(module, name, timers.wrap(row, function))
+                    replaced.append((module, name, function))
+        yield
+    finally:
+        for module, name, function in replaced:
+            setattr(module, name, function)
+
+
+def profile_step(step: Callable[[], Any], steps: int = 3) -> dict[str, float]:
+    """Milliseconds per step of each row (the busiest thread's; the rows sum to the step), after one warm-up
+    step. ``step()`` runs one training step on NumPy arrays."""
+    timers = _Timers()
+    with _wrapped(timers):
+        step()  # warm-up: first-call allocations, the gradient buffer
+        timers.spent.clear()
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        total = time.perf_counter() - start
+    rows = {row: 1000 * seconds / steps for row, seconds in timers.busiest().items()}
+    rows[REST] = 1000 * total / steps - sum(rows.values())
+    rows["step"] = 1000 * total / steps
+    return rows
+
+
+def gemm_ms(rows: dict[str, float]) -> float:
+    """The GEMM rows' sum: the step's matrix multiplies, as they run in it."""
+    return sum(rows.get(row, 0.0) for row in GEMM_ROWS)
+
+
+def training_step(config: str, batch_size: int = 128, image_size: int = 32, seed: int = 0) -> Callable[[], Any]:
+    """One training step of ``config`` (SGD with momentum 0.9, clipping at 1: the benchmark's) as a function."""
+    import numpy as np
+
+    import tinymixer as tm
+    from tinymixer.nn.architectures import make_model
+    from tinymixer.training.train import train_step
+
+    model = make_model(config, num_classes=10, image_size=image_size, seed=seed)
+    if model.xp is not np:
+        raise SystemExit("the profiler times NumPy steps (on a GPU its timers would measure kernel launches): "
+                         "run it with --backend numpy or TINYMIXER_BACKEND=numpy")
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(-1, 1, (batch_size, image_size, image_size, 3)).astype(np.float32)
+    labels = rng.integers(0, 10, batch_size)
+    optimizer = tm.SGD(momentum=0.9)
+    return lambda: train_step(model, optimizer, images, labels, lr=1e-3, clip=1.0)
+
+
+def format_rows(config: str, rows: dict[str, float]) -> str:
+    step = rows["step"]
+    lines = [f"{config}: {step:.0f} ms per step", "| operation | ms | share |", "|---|---|---|"]
+    for row, ms in sorted(((r, v) for r, v in rows.items() if r != "step"), key=lambda kv: -kv[1]):
+        lines.append(f"| {row} | {ms:.0f} | {100 * ms / step:.0f}% |")
+    lines.append(f"| **GEMMs alone** | {gemm_ms(rows):.0f} | {100 * gemm_ms(rows) / step:.0f}% |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..util.host import tune_host
+
+    tune_host()
+    from ..nn.architectures import MODEL_NAMES
+
+    parser = argparse.ArgumentParser(prog="python -m tinymixer.tools.profile", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--configs", nargs="+", default=["tiny/4", "cnn-micro"], choices=MODEL_NAMES,
+                        metavar="SIZE", help=f"model sizes to profile, of: {', '.join(MODEL_NAMES)}")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1, help="threads (shards, BLAS) of the step")
+    parser.add_argument("--steps", type=int, default=3, help="profiled steps, after one warm-up step")
+    args = parser.parse_args(argv)
+    if args.threads < 1 or args.steps < 1 or args.batch_size < 1:
+        parser.error("--threads, --steps and --batch-size must be at least 1")
+    import os
+
+    os.environ["TINYMIXER_THREADS"] = str(args.threads)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(args.threads):
+        for config in args.configs:
+            rows = profile_step(training_step(config, args.batch_size, args.image_size), args.steps)
+            print(format_rows(f"{config}, batch {args.batch_size}, {args.threads} thread(s)", rows) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
