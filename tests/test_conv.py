@@ -127,11 +127,11 @@ def test_conv2d_gradients_in_several_blocks(rng, k, s, p, monkeypatch):
     block by block; with stride 1 and p <= K-1 dimages as a convolution with the flipped kernel)."""
     from tinymixer.nn import conv
 
-    monkeypatch.setattr(conv, "CONV_BLOCK_ROWS", 20)
+    h_out, w_out = conv._checked_window((3, 6, 5, 2), k, s, p)
+    monkeypatch.setattr(conv, "CONV_BLOCK_BYTES", h_out * w_out * k * k * 2 * 8)  # one image's float64 windows
     inputs = dict(images=rng.standard_normal((3, 6, 5, 2)), kernel=rng.standard_normal((k, k, 2, 3)),
                   bias=rng.standard_normal(3))
-    out, _ = conv2d_forward(inputs["images"], inputs["kernel"], inputs["bias"], stride=s, padding=p)
-    assert len(conv._conv_blocks(3, out.shape[1:3])) > 1
+    assert len(conv._conv_blocks(3, (h_out, w_out), k * k * 2 * 8)) == 3
     assert_gradients_ok(check_gradients(partial(conv2d_forward, stride=s, padding=p), conv2d_backward, inputs))
 
 
@@ -181,10 +181,11 @@ def test_conv2d_in_blocks_equals_one_gemm_over_the_batch(rng, k, s, p, monkeypat
     the whole batch and col2im, forward and backward."""
     from tinymixer.nn import conv
 
-    monkeypatch.setattr(conv, "CONV_BLOCK_ROWS", 40)
+    h_out, w_out = conv._checked_window((5, 7, 6, 3), k, s, p)
+    monkeypatch.setattr(conv, "CONV_BLOCK_BYTES", 2 * h_out * w_out * k * k * 4 * 8)  # 2 images' widest windows
     images, kernel, bias = rng.standard_normal((5, 7, 6, 3)), rng.standard_normal((k, k, 3, 4)), rng.standard_normal(4)
     out, cache = conv2d_forward(images, kernel, bias, stride=s, padding=p)
-    assert cache[0] == "blocks" and len(conv._conv_blocks(5, out.shape[1:3])) > 1
+    assert cache[0] == "blocks" and len(conv._conv_blocks(5, (h_out, w_out), k * k * 3 * 8)) == 3  # 2, 2, 1 images
     columns = im2col(images, k, s, p)  # the one-GEMM path, written out
     whole = columns @ kernel.reshape(-1, 4) + bias
     np.testing.assert_allclose(out, whole, rtol=0, atol=1e-12)

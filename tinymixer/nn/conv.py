@@ -5,7 +5,7 @@
 - ``patchify`` / ``unpatchify``: im2col's non-overlapping case (kernel P, stride P, padding 0), the Mixer's patches;
 - ``stem_forward`` / ``stem_backward``: patches, then one dense layer (the paper's per-patch fully-connected layer);
 - ``conv2d_forward`` / ``conv2d_backward``: im2col, then one matrix multiply -- on the CPU in cache-sized blocks of
-  images, the windows made again in the backward (``CONV_BLOCK_ROWS``).
+  images, the windows made again in the backward (``CONV_BLOCK_BYTES``).
 
 Same conventions as ``layers.py`` (``forward -> (out, cache)``, ``backward(dout, cache) -> gradients``); the plain
 versions are in ``reference.py`` (``tests/test_reference.py`` holds the two equal).
@@ -199,7 +199,7 @@ def conv2d_forward(images: Array, kernel: Array, bias: Array | None, stride: int
 
     Trick (on the CPU): the windows of a whole batch are K*K times its pixels -- 75 MB for 128 images of 32x32x16
     with a 3x3 kernel -- and a GEMM that reads them from memory is bound by that memory, not by arithmetic. So
-    the images go in blocks of about ``CONV_BLOCK_ROWS`` output positions: each block's windows are made and
+    the images go in blocks whose windows are about ``CONV_BLOCK_BYTES``: each block's windows are made and
     multiplied while they are still in the CPU's cache, and the cache keeps the images (K*K times smaller than
     the windows), whose windows the backward makes again, block by block. The same numbers as one GEMM, to
     rounding. (On a GPU one GEMM over the whole batch is better: one kernel, memory fast.) As with
@@ -242,12 +242,19 @@ def conv2d_backward(dout: Array, cache: tuple) -> tuple[Array, Array, Array]:
 # cnn-micro's and cnn-tiny's stages, forward): 4096, 8192 and 16384 against the whole batch at once -- 32x32x16:
 # 15.7, 14.4, 13.7 vs 25.5 ms; 16x16x32: 8.6, 8.1, 10.2 vs 12.3; 32x32x40: 47.1, 44.6, 52.7 vs 82.4; 16x16x80:
 # 31.7, 37.2, 45.8 vs 45.8; 8x8x64 and 8x8x160 alike within 10%.
-CONV_BLOCK_ROWS = 8192
+#
+# Remeasured as the forward and backward of one convolution (1 thread, batch 128), blocks of 1024 to 8192 output
+# positions: the best blocks hold 2-6 MB of windows whatever the width (32x32x16: 52-57 ms, flat; 16x16x32: 31.0 at
+# 2.2-4.5 MB against 40.5 at 9 MB; 8x8x64: 19.7 at 4.5 MB against 27.0 at 18 MB; 32x32x40: 154.6 at 5.6 MB against
+# 181.3 at 11.2; 16x16x80: 111.7 at 5.6 MB against 161.1 at 22.5; 8x8x160: 96.2 at 5.6 MB against 113.6 at 45):
+# so a block is sized by the bytes of its windows, not by its positions.
+CONV_BLOCK_BYTES = 5 * 2**20
 
 
-def _conv_blocks(batch: int, out_hw: tuple[int, int]) -> list[slice]:
-    """Consecutive images, about CONV_BLOCK_ROWS output positions a block (at least one image)."""
-    per = max(1, CONV_BLOCK_ROWS // (out_hw[0] * out_hw[1]))
+def _conv_blocks(batch: int, out_hw: tuple[int, int], window_bytes: int) -> list[slice]:
+    """Consecutive images, about CONV_BLOCK_BYTES of windows a block (at least one image); ``window_bytes``: the
+    bytes of one output position's window (K*K*C*itemsize)."""
+    per = max(1, CONV_BLOCK_BYTES // (out_hw[0] * out_hw[1] * window_bytes))
     return [slice(start, min(start + per, batch)) for start in range(0, batch, per)]
 
 
@@ -257,7 +264,7 @@ def _conv2d_forward_in_blocks(images: np.ndarray, kernel: np.ndarray, bias: np.n
     h_out, w_out = _checked_window(images.shape, k, stride, padding)
     kernel2 = kernel.reshape(k * k * c_in, c_out)  # (K*K*C_in, C_out)
     out = np.empty((images.shape[0], h_out, w_out, c_out), dtype=np.result_type(images, kernel))
-    for block in _conv_blocks(images.shape[0], (h_out, w_out)):
+    for block in _conv_blocks(images.shape[0], (h_out, w_out), k * k * c_in * out.itemsize):
         columns = im2col(images[block], k, stride, padding)  # 1. (n, H_out, W_out, K*K*C_in), in the cache
         np.matmul(columns.reshape(-1, k * k * c_in), kernel2, out=out[block].reshape(-1, c_out))  # 2.
     if bias is not None:
@@ -277,7 +284,8 @@ def _conv2d_backward_in_blocks(dout: np.ndarray, cache: tuple) -> tuple[np.ndarr
     as_convolution = stride == 1 and padding <= k - 1
     if as_convolution:  # (K*K*C_out, C_in): the kernel flipped in both spatial axes, its channel axes swapped
         flipped = np.ascontiguousarray(kernel[::-1, ::-1].transpose(0, 1, 3, 2)).reshape(k * k * c_out, c_in)
-    for block in _conv_blocks(images.shape[0], dout.shape[1:3]):
+    window_bytes = k * k * max(c_in, c_out if as_convolution else 0) * dimages.itemsize  # the wider of two windows
+    for block in _conv_blocks(images.shape[0], dout.shape[1:3], window_bytes):
         columns = im2col(images[block], k, stride, padding)  # 1. again: (n, H_out, W_out, K*K*C_in)
         dout2 = dout[block].reshape(-1, c_out)  # (n H_out W_out, C_out)
         dkernel += columns.reshape(-1, k * k * c_in).T @ dout2  # undoes 2.: the blocks' sum, in block order
