@@ -191,8 +191,9 @@ def measure(config: str, batch_size: int, image_size: int, repeats: int, use_tor
     if not on_gpu:  # the step's matrix multiplies as they run in it (tools/profile.py): the floor of the ratio
         from .profile import gemm_ms, profile_step
 
-        result["tinymixer_train_profile_ms"] = profile_step(tm_train, steps=2)
-        result["gemm_alone_ms"] = gemm_ms(result["tinymixer_train_profile_ms"])
+        profile = result["tinymixer_train_profile_ms"] = profile_step(tm_train, steps=3)
+        result["gemm_share"] = gemm_ms(profile) / profile["step"]  # a share: the profiled steps' pace cancels out
+        result["gemm_alone_ms"] = result["gemm_share"] * result["tinymixer_train_ms"]
         if use_torch:
             result["gemm_floor_ratio"] = result["gemm_alone_ms"] / result["pytorch_train_ms"]
     result["tinymixer_train_images_per_s"] = batch_size / (result["tinymixer_train_ms"] / 1000)
@@ -458,7 +459,7 @@ def _format_table(runs: list[dict[str, Any]]) -> str:
             lines.append(" | ".join([
                 r["config"], str(r["threads"]) + ("!" if "gemm_scaling" in unstable else ""),
                 get("tinymixer_train_ms", ".0f"), get("pytorch_train_ms", ".0f"), ratio("train"),
-                "unstable" if r.get("gemm_floor_ratio") is not None and "pytorch_train" in unstable
+                "unstable" if r.get("gemm_floor_ratio") is not None and ratio_is_void(r, "train")
                 else get("gemm_floor_ratio", ".2f"),
                 get("tinymixer_infer_ms", ".0f"), get("pytorch_infer_ms", ".0f"), ratio("infer"),
                 get("tinymixer_train_images_per_s", ".0f"), get("tinymixer_train_gflops", ".0f"), of_gemm,
@@ -474,8 +475,8 @@ def _legend(repeats: int) -> str:
     return "\n".join([
         f"ratio = tinymixer time / PyTorch time (below 1: tinymixer is faster); times are medians of {repeats} "
         "interleaved runs",
-        "floor = the step's matrix multiplies alone (their own time inside a tinymixer step, tools/profile.py; the "
-        "busiest thread's) / PyTorch's step: no step of the same arithmetic on this BLAS library gets a lower ratio",
+        "floor = the step's matrix multiplies alone (their share of a profiled tinymixer step, tools/profile.py, the "
+        "busiest thread's, times the step) / PyTorch's step: no step of this arithmetic on this BLAS does better",
         "GFLOP/s = the model's matrix-multiply FLOPs in one training step (3x the forward's) / tinymixer's median "
         "step time",
         "of GEMM = that rate as a share of this machine's float32 GEMM rate on as many threads (best of 5 2048^3 "
