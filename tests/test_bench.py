@@ -18,7 +18,7 @@ def test_measure_checks_pytorch_computes_the_same_network():
     for key in ["tinymixer_train_ms", "pytorch_train_ms", "tinymixer_infer_ms", "pytorch_infer_ms", "train_ratio",
                 "gemm_alone_ms", "gemm_floor_ratio"]:
         assert result[key] > 0
-    assert result["gemm_alone_ms"] < result["tinymixer_train_profile_ms"]["step"]  # a part of the step
+    assert 0 < result["gemm_share"] < 1  # a part of the step
 
 
 @pytest.mark.slow
