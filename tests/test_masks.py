@@ -110,6 +110,45 @@ def test_the_device_computes_the_hosts_bits_in_one_kernel():
 
 @pytest.mark.gpu
 @on_device
+def test_dropout_and_stochastic_depth_compute_a_keepmasks_bits_inside_their_kernel():
+    """On the device a KeepMask is never made as an array: dropout and stochastic depth (forward with and without
+    the residual sum, backward) compute its bits in the kernel that applies them, with the same numbers as the
+    host's mask applied by hand, for a part of the batch (a shard's rows) too."""
+    from tinymixer.nn.layers import (
+        dropout_backward,
+        dropout_forward,
+        stochastic_depth_backward,
+        stochastic_depth_forward,
+    )
+
+    r = np.random.default_rng(3)
+    x, residual = r.standard_normal((2, 12, 5, 6)).astype(np.float32)  # (B, S, C) each, B = 12
+    drop, depth = KeepMask.draw(r, (24, 5, 6), 0.3)[12:], KeepMask.draw(r, (24,), 0.25)[12:]  # the second half
+    dx, dres = cupy.asarray(x), cupy.asarray(residual)
+    scale_drop, scale_depth = np.float32(1 / 0.7), np.float32(1 / 0.75)
+    counts = getattr(cupy, "standin", None)
+    dropout_forward(dx, 0.3, drop)  # the first time: the counters of images and positions are made, and kept
+    if counts is not None:
+        counts.COUNTS.reset()
+    out, cache = dropout_forward(dx, 0.3, drop)
+    if counts is not None:  # one kernel: no mask kernel before it, nothing kept but the rule
+        assert [n for (n, _), k in counts.COUNTS.launches.items() if k] == ["fuse:hashed_scale_fused"]
+    assert cache[0] is drop
+    np.testing.assert_array_equal(cupy.asnumpy(out), x * drop.array(np) * scale_drop)
+    np.testing.assert_array_equal(cupy.asnumpy(dropout_backward(dres, cache)), residual * drop.array(np) * scale_drop)
+    kept = depth.array(np)[:, None, None]
+    for with_residual in (False, True):
+        out, cache = stochastic_depth_forward(dx, 0.25, depth, residual=dres if with_residual else None)
+        expected = x * kept * scale_depth + (residual if with_residual else 0)
+        np.testing.assert_array_equal(cupy.asnumpy(out), expected)
+        np.testing.assert_array_equal(cupy.asnumpy(stochastic_depth_backward(dres, cache)),
+                                      residual * kept * scale_depth)
+    given = cupy.asarray(drop.array(np))  # a mask given as an array still works
+    np.testing.assert_array_equal(cupy.asnumpy(dropout_forward(dx, 0.3, given)[0]), x * drop.array(np) * scale_drop)
+
+
+@pytest.mark.gpu
+@on_device
 def test_a_function_cupy_cannot_fuse_runs_unfused_after_a_warning():
     if not hasattr(cupy, "standin"):
         pytest.skip("the stand-in refuses a routine inside a fused function; real CuPy might compile it")

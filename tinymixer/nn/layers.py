@@ -31,7 +31,7 @@ import numpy as np
 
 from ..backend import array_module, fused
 from ..chunks import for_row_blocks, rows, scratch
-from .masks import as_array
+from .masks import KeepMask, as_array, kept
 from .special import erf
 
 Array = Any  # numpy.ndarray or cupy.ndarray
@@ -280,18 +280,18 @@ def dropout_forward(x: Array, rate: float, mask: Array, out: Array | None = None
     """Inverted dropout, elementwise:  ``out = x * mask / (1 - rate)``.
 
     Inputs: x (any shape), ``rate`` in [0, 1), ``mask`` of x's shape, True (or 1) where an element is kept, drawn
-    with probability 1 - rate (an array, or a ``masks.KeepMask`` computed here). Scaling the kept elements by
-    1 / (1 - rate) keeps the expectation, ``E[out] = x``, so that an evaluation pass (no dropout) needs no
-    rescaling. ``out``: where to write the result (``out=x`` reuses x's memory). Returns out (x's shape) and the
-    cache (mask, 1 / (1 - rate)).
+    with probability 1 - rate (an array, or a ``masks.KeepMask`` computed here; on a GPU inside the kernel).
+    Scaling the kept elements by 1 / (1 - rate) keeps the expectation, ``E[out] = x``, so that an evaluation pass
+    (no dropout) needs no rescaling. ``out``: where to write the result (``out=x`` reuses x's memory). Returns out
+    (x's shape) and the cache (mask, 1 / (1 - rate)).
     """
     xp = array_module(x)
-    mask = as_array(mask, xp)  # a KeepMask computed here, on x's device
-    if mask.shape != x.shape:
+    if tuple(mask.shape) != x.shape:
         raise ValueError(f"a dropout mask must have the shape of its input {tuple(x.shape)}, got {tuple(mask.shape)}")
     scale = 1.0 / (1.0 - rate)
-    if xp is not np:  # a GPU: one fused kernel
-        return _into(out, x, _masked_scale_fused(x, mask, x.dtype.type(scale))), (mask, scale)
+    if xp is not np:  # a GPU: one fused kernel, which computes a KeepMask's bits itself (none kept in memory)
+        return _into(out, x, _dropped(x, mask, x.dtype.type(scale))), (mask, scale)
+    mask = as_array(mask, xp)  # a KeepMask computed here, on x's device
     out = xp.empty(x.shape, x.dtype) if out is None else _checked_out(out, x)
     for_row_blocks(partial(_masked_scale_block, scale=scale), rows(x), rows(mask), rows(out))
     return out, (mask, scale)
@@ -303,7 +303,7 @@ def dropout_backward(dout: Array, cache: tuple, out: Array | None = None) -> Arr
     mask, scale = cache
     xp = array_module(dout)
     if xp is not np:
-        return _into(out, dout, _masked_scale_fused(dout, mask, dout.dtype.type(scale)))
+        return _into(out, dout, _dropped(dout, mask, dout.dtype.type(scale)))
     dx = xp.empty(dout.shape, dout.dtype) if out is None else _checked_out(out, dout)
     for_row_blocks(partial(_masked_scale_block, scale=scale), rows(dout), rows(mask), rows(dx))
     return dx
@@ -317,8 +317,35 @@ def _masked_scale_block(x: Array, mask: Array, out: Array, scale: float) -> None
 
 @fused
 def _masked_scale_fused(xp: Any, x: Array, mask: Array, scale: Any) -> Array:
-    """x * mask * scale in one kernel (the device's dropout, forward and backward)."""
+    """x * mask * scale in one kernel (the device's dropout, forward and backward, with a mask given as an array)."""
     return x * mask * scale
+
+
+@fused
+def _hashed_scale_fused(xp: Any, x: Array, image: Array, position: Array, n: Any, k1: Any, k2: Any, threshold: Any,
+                        scale: Any) -> Array:
+    """x * keep * scale with a KeepMask's bits computed in the same kernel (``masks.kept``)."""
+    return x * kept(image, position, n, k1, k2, threshold) * scale
+
+
+@fused
+def _hashed_scale_add_fused(xp: Any, x: Array, image: Array, position: Array, n: Any, k1: Any, k2: Any,
+                            threshold: Any, scale: Any, residual: Array) -> Array:
+    """residual + x * keep * scale, the KeepMask's bits computed in the kernel (stochastic depth's residual sum)."""
+    return residual + x * kept(image, position, n, k1, k2, threshold) * scale
+
+
+def _dropped(x: Array, mask: Any, scale: Any, residual: Array | None = None) -> Array:
+    """On a GPU: (residual +) x * mask * scale in one kernel, the mask (x's leading axes) an array or a KeepMask
+    whose bits the kernel computes from its rule: no mask made, stored or read from memory."""
+    if isinstance(mask, KeepMask):
+        rule = mask.rule(array_module(x), x.ndim)
+        if residual is None:
+            return _hashed_scale_fused(x, *rule, scale)
+        return _hashed_scale_add_fused(x, *rule, scale, residual)
+    mask = mask.reshape(*mask.shape, *(1,) * (x.ndim - mask.ndim))  # stochastic depth's (B,): (B, 1, ..., 1)
+    return _masked_scale_fused(x, mask, scale) if residual is None else _masked_scale_add_fused(x, mask, scale,
+                                                                                                residual)
 
 
 def stochastic_depth_forward(x: Array, rate: float, mask: Array, out: Array | None = None,
@@ -332,20 +359,16 @@ def stochastic_depth_forward(x: Array, rate: float, mask: Array, out: Array | No
     write the result (``out=x`` reuses x's memory). ``residual`` (x's shape): when given, it is added, so that
     ``out = residual + x * mask / (1 - rate)`` is the residual sum itself (on a GPU one fused kernel, where the
     product and the sum were two). Returns out and the cache (the mask shaped (B, 1, ..., 1) in x's dtype, and
-    1 / (1 - rate)).
+    1 / (1 - rate); on a GPU the mask as given: a KeepMask's bits are computed again by the backward's kernel).
     """
     xp = array_module(x)
-    mask = as_array(mask, xp)  # a KeepMask computed here, on x's device
-    if mask.shape != x.shape[:1]:
+    if tuple(mask.shape) != x.shape[:1]:
         raise ValueError(f"a stochastic-depth mask has one entry per example, shape ({x.shape[0]},); got "
                          f"{tuple(mask.shape)}")
     scale = x.dtype.type(1.0 / (1.0 - rate))
-    if xp is not np:  # a GPU: the factor, the product and the residual sum in one fused kernel
-        kept = mask.reshape(-1, *(1,) * (x.ndim - 1))  # (B, 1, ..., 1) bool, a view
-        if residual is None:
-            return _into(out, x, _masked_scale_fused(x, kept, scale)), (kept, scale)
-        return _into(out, x, _masked_scale_add_fused(x, kept, scale, residual)), (kept, scale)
-    kept = mask.astype(x.dtype).reshape(-1, *(1,) * (x.ndim - 1))  # (B, 1, ..., 1): 0 or 1
+    if xp is not np:  # a GPU: the mask's bits, the product and the residual sum in one fused kernel
+        return _into(out, x, _dropped(x, mask, scale, residual)), (mask, scale)
+    kept = as_array(mask, xp).astype(x.dtype).reshape(-1, *(1,) * (x.ndim - 1))  # (B, 1, ..., 1): 0 or 1
     if residual is not None and out is not None and np.may_share_memory(out, residual):
         out[...] = x * (kept * scale) + residual  # out would overwrite the residual before it is added
         return out, (kept, scale)
@@ -359,9 +382,9 @@ def stochastic_depth_backward(dout: Array, cache: tuple) -> Array:
     """dx[b] = dout[b] * mask[b] / (1 - rate): a dropped example's branch gets no gradient (a ``residual`` of the
     forward gets dout unchanged: the caller adds that path). A new array: the caller still needs dout for the
     residual path. Returns dx (dout's shape)."""
-    kept, scale = cache
+    kept, scale = cache  # on a GPU: the mask as given, (B,) or a KeepMask
     if array_module(dout) is not np:
-        return _masked_scale_fused(dout, kept, scale)
+        return _dropped(dout, kept, scale)
     return dout * (kept * scale)  # (B, ...)
 
 

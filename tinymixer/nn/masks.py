@@ -49,25 +49,31 @@ def lowbias32(x: Any) -> Any:
     return x ^ (x >> _S16)
 
 
-@fused
-def _keep(xp: Any, image: Any, position: Any, n: Any, k1: Any, k2: Any, threshold: Any) -> Any:
-    """keep = h(h(image * n + position + k1) ^ k2) >= threshold: image (B, 1), position (1, n), uint32 -> (B, n)."""
+def kept(image: Any, position: Any, n: Any, k1: Any, k2: Any, threshold: Any) -> Any:
+    """keep = h(h(image * n + position + k1) ^ k2) >= threshold, on uint32 operands that broadcast (image: the
+    images' numbers, position: the elements' within an image). Operators only, so that it runs inside any fused
+    kernel: a GPU's dropout computes its mask in the kernel that applies it (``KeepMask.rule``)."""
     return lowbias32(lowbias32(image * n + position + k1) ^ k2) >= threshold
 
 
-_counters: dict[tuple[Any, int, int, int], Any] = {}  # (xp, start, stop, axis) -> a uint32 arange, made once
+@fused
+def _keep(xp: Any, image: Any, position: Any, n: Any, k1: Any, k2: Any, threshold: Any) -> Any:
+    """``kept`` as one kernel: image (B, 1), position (1, n), uint32 -> (B, n) bool."""
+    return kept(image, position, n, k1, k2, threshold)
 
 
-def _counter(xp: Any, start: int, stop: int, axis: int) -> Any:
-    """``arange(start, stop)`` as uint32, a column (axis 0) or a row (axis 1), kept for the next step's masks (the
-    same shards, shares and shapes come back every step: no kernel spent on making them again)."""
-    key = (xp, start, stop, axis)
+_counters: dict[tuple[Any, int, int, tuple[int, ...]], Any] = {}  # (xp, start, stop, shape) -> a uint32 arange
+
+
+def _counter(xp: Any, start: int, stop: int, shape: tuple[int, ...]) -> Any:
+    """``arange(start, stop)`` as uint32 in ``shape`` (a column (-1, 1), a row (1, -1), ...), kept for the next
+    step's masks (the same shards, shares and shapes come back every step: no kernel spent on making them again)."""
+    key = (xp, start, stop, shape)
     counter = _counters.get(key)
     if counter is None:
         if len(_counters) > 256:  # many shapes seen (a notebook trying sizes): start again
             _counters.clear()
-        counter = xp.arange(start, stop, dtype=np.uint32).reshape((-1, 1) if axis == 0 else (1, -1))
-        _counters[key] = counter
+        counter = _counters[key] = xp.arange(start, stop, dtype=np.uint32).reshape(shape)
     return counter
 
 
@@ -124,8 +130,8 @@ class KeepMask:
             return xp.ones(self.shape, dtype=bool)
         threshold = np.uint32(round(self.rate * _LIMIT))
         k1, k2 = np.uint32(self.keys[0]), np.uint32(self.keys[1])
-        image = _counter(xp, self.first, self.first + images, axis=0)  # (B, 1)
-        position = _counter(xp, 0, n, axis=1)  # (1, n)
+        image = _counter(xp, self.first, self.first + images, (-1, 1))  # (B, 1)
+        position = _counter(xp, 0, n, (1, -1))  # (1, n)
         if xp is not np:
             return _keep(image, position, np.uint32(n), k1, k2, threshold).reshape(self.shape)
         out = np.empty((images, n), dtype=bool)
@@ -135,6 +141,20 @@ class KeepMask:
 
         for_row_blocks(block, image, out)
         return out.reshape(self.shape)
+
+
+    def rule(self, xp: Any, ndim: int) -> tuple[Any, ...]:
+        """The operands of ``kept`` for this mask, shaped to broadcast against an array of ``ndim`` axes whose
+        leading axes are the mask's (dropout: the mask's own shape; stochastic depth: (B,) against (B, ...)):
+        (image (B, 1, ..., 1), position (1, *shape[1:], 1, ...), n, k1, k2, threshold). A fused kernel that takes
+        them computes the mask where it uses it: on a GPU no mask is made or kept in memory."""
+        if ndim < self.ndim:
+            raise ValueError(f"a mask of shape {self.shape} cannot apply to an array of {ndim} axes")
+        n = math.prod(self.shape[1:])
+        image = _counter(xp, self.first, self.first + self.shape[0], (-1, *(1,) * (ndim - 1)))
+        position = _counter(xp, 0, n, (1, *self.shape[1:], *(1,) * (ndim - self.ndim)))
+        return (image, position, np.uint32(n), np.uint32(self.keys[0]), np.uint32(self.keys[1]),
+                np.uint32(round(self.rate * _LIMIT)))
 
 
 def as_array(mask: Any, xp: Any) -> Any:
