@@ -43,15 +43,16 @@ Array = Any  # numpy.ndarray or cupy.ndarray
 _constants: dict[tuple, Array] = {}  # (xp, n, value, dtype) -> a read-only vector, made once
 
 
-def constant_vector(xp: Any, n: int, value: float, dtype: Any) -> Array:
+def constant_vector(xp: Any, n: int, value: float, dtype: Any, column: bool = False) -> Array:
     """A vector of n equal values (ones for row sums, 1/C for means as matrix-vector products), made once per
-    size and dtype and kept: on a GPU each one made anew is a kernel. Only ever read (an operand of a GEMV)."""
-    key = (xp, n, float(value), np.dtype(dtype).str)
+    size and dtype and kept: on a GPU each one made anew is a kernel. Only ever read (an operand of a GEMV).
+    ``column``: shaped (n, 1), so that ``x @ it`` keeps a trailing axis of 1 (x (..., n) -> (..., 1))."""
+    key = (xp, n, float(value), np.dtype(dtype).str, column)
     vector = _constants.get(key)
     if vector is None:
         if len(_constants) > 256:  # many shapes seen (a notebook trying sizes): start again
             _constants.clear()
-        vector = _constants[key] = xp.full(n, value, dtype=dtype)
+        vector = _constants[key] = xp.full((n, 1) if column else n, value, dtype=dtype)
     return vector
 
 
@@ -242,7 +243,10 @@ def gelu_backward(dout: Array, cache: tuple, out: Array | None = None) -> Array:
     (dgelu,) = cache
     if dgelu is None:
         raise RuntimeError("gelu_backward needs the cache of gelu_forward(..., train=True)")
-    dx = array_module(dgelu).empty(dgelu.shape, dgelu.dtype) if out is None else _checked_out(out, dgelu)
+    xp = array_module(dgelu)
+    if xp is not np:  # a GPU: one kernel over the whole array
+        return xp.multiply(dout, dgelu, out=None if out is None else _checked_out(out, dgelu))
+    dx = xp.empty(dgelu.shape, dgelu.dtype) if out is None else _checked_out(out, dgelu)
     for_row_blocks(_multiply_block, rows(dout), rows(dgelu), rows(dx))
     return dx
 
@@ -410,9 +414,10 @@ def layer_norm_forward(x: Array, scale: Array, bias: Array, eps: float = LAYER_N
     matrix-vector products with a vector of 1/C (one BLAS call each, faster than a NumPy reduction).
     """
     xp = array_module(x)
-    mean_weights = constant_vector(xp, x.shape[-1], 1.0 / x.shape[-1], x.dtype)
     if xp is not np:  # a GPU: the means as matrix-vector products, the elementwise steps as fused kernels
+        mean_weights = constant_vector(xp, x.shape[-1], 1.0 / x.shape[-1], x.dtype, column=True)  # (C, 1)
         return _layer_norm_forward_on_device(x, scale, bias, eps, train, mean_weights)
+    mean_weights = constant_vector(xp, x.shape[-1], 1.0 / x.shape[-1], x.dtype)
     out = xp.empty(x.shape, x.dtype)
     xhat = xp.empty(x.shape, x.dtype) if train else out
     rstd = xp.empty((*x.shape[:-1], 1), x.dtype)
@@ -462,10 +467,10 @@ def _normalised_and_xhat_fused(xp: Any, x: Array, mean: Array, rstd: Array, scal
 def _layer_norm_forward_on_device(x: Array, scale: Array, bias: Array, eps: float, train: bool,
                                   mean_weights: Array) -> tuple[Array, tuple | None]:
     """LayerNorm on CuPy arrays, the same steps as the row-block kernel: 2 matrix-vector products and 3 fused
-    kernels (xhat and out written by one), instead of some 10 launches."""
-    mean = (x @ mean_weights)[..., None]  # (..., 1)
-    var = _centred_squares_fused(x, mean) @ mean_weights  # (...,), biased
-    rstd = _reciprocal_std_fused(var[..., None], x.dtype.type(eps))  # (..., 1)
+    kernels (xhat and out written by one), instead of some 10 launches. mean_weights: (C, 1) of 1/C."""
+    mean = x @ mean_weights  # (..., 1)
+    var = _centred_squares_fused(x, mean) @ mean_weights  # (..., 1), biased
+    rstd = _reciprocal_std_fused(var, x.dtype.type(eps))  # (..., 1)
     if not train:  # xhat never stored
         return _normalised_fused(x, mean, rstd, scale, bias), None
     out, xhat = _normalised_and_xhat_fused(x, mean, rstd, scale, bias)  # (..., C) each
@@ -488,13 +493,14 @@ def _layer_norm_dx_add_fused(xp: Any, dout: Array, xhat: Array, rstd: Array, sca
 
 def _layer_norm_backward_on_device(dout: Array, xhat: Array, rstd: Array, scale: Array, out: Array | None,
                                    residual: Array | None = None) -> tuple[Array, Array, Array]:
-    """The backward on CuPy arrays: the four sums as matrix-vector products, dx in one fused kernel."""
-    xp = array_module(xhat)
+    """The backward on CuPy arrays: the two sums over C as matrix-vector products, the two over the leading axes
+    as reductions, dx in one fused kernel."""
     c = xhat.shape[-1]
     dout_xhat = dout * xhat  # (..., C)
-    sum_d, sum_d_xhat = (dout @ scale)[..., None], (dout_xhat @ scale)[..., None]  # (..., 1): C mean(d), C mean(d xhat)
-    ones = constant_vector(xp, dout.size // c, 1.0, dout.dtype)
-    dscale, dbias = ones @ rows(dout_xhat), ones @ rows(dout)  # (C,): sums over all leading axes
+    scale_column = scale.reshape(c, 1)  # (C, 1)
+    sum_d, sum_d_xhat = dout @ scale_column, dout_xhat @ scale_column  # (..., 1): C mean(d), C mean(d xhat)
+    leading = tuple(range(dout.ndim - 1))  # one reduction kernel each over all leading axes (no 2-D view needed)
+    dscale, dbias = dout_xhat.sum(axis=leading), dout.sum(axis=leading)  # (C,)
     inv_c = xhat.dtype.type(1.0 / c)
     if residual is None:
         dx = _layer_norm_dx_fused(dout, xhat, rstd, scale, sum_d, sum_d_xhat, inv_c)
