@@ -202,6 +202,11 @@ save_figure(fig, "12_time_per_component")
 # one shard per core, each going through the whole network on its own thread (`chunks.for_shards`): the table's
 # last row against the row above it.
 #
+# The library's own version of this profiler, with exclusive times (a function's time less that of the profiled
+# functions it calls), every leaf layer of both families and the shards' threads, is a program:
+# `python -m tinymixer.tools.profile --configs tiny/4 cnn-micro`. The benchmark uses it for its "floor" column: the
+# matrix multiplies alone over PyTorch's whole step.
+#
 # ## Which BLAS does the matrix multiplies?
 # Two thirds of the step is the BLAS library's, so which library NumPy loaded matters as much as anything in this
 # repository. NumPy's wheels bring OpenBLAS; PyTorch's bring Intel's MKL. On the development machine, the same
