@@ -73,6 +73,32 @@ def test_copies_and_calls_are_counted_with_their_caller():
     assert all(where.startswith(__file__) for _, where in counts.calls)
 
 
+@standin_only
+@pytest.mark.parametrize(("a_shape", "b_shape", "how", "launches"), [
+    ((8, 4), (4, 3), "plain", 1),  # 2-D: dot, one cuBLAS call
+    ((8, 4), (3, 4), "b transposed", 1),  # a transposed 2-D operand goes to cuBLAS as it is
+    ((5, 8, 4), (5, 4, 3), "plain", 1),  # a stack times a stack: one strided-batched GEMM
+    ((5, 8, 4), (5, 3, 4), "b transposed", 2),  # a non-contiguous operand above 2-D is copied first
+    ((5, 8, 4), (4, 3), "plain", 4),  # a matrix broadcast over a stack: 3 pointer-array kernels + gemmBatched
+    ((5, 8, 4), (4, 1), "plain", 4),  # the same for a matrix-vector product on an N-d array
+    ((3, 4), (5, 4, 2), "a stacked", 2),  # the matrix as an explicit stack (broadcast_to): one copy + one GEMM
+])
+def test_matmul_counts_the_kernels_cupy_launches_besides_its_gemm(a_shape, b_shape, how, launches):
+    """CuPy 14's matmul (cupy/_core/_routines_linalg.pyx) above 2-D copies non-contiguous operands and, when it
+    broadcasts an operand over the stack, builds arrays of pointers: the stand-in counts those kernels too."""
+    r = np.random.default_rng(0)
+    a, b = (cupy.asarray(r.standard_normal(s).astype(np.float32)) for s in (a_shape, b_shape))
+    if how == "b transposed":
+        b = b.swapaxes(-1, -2)
+    if how == "a stacked":
+        a = cupy.broadcast_to(a, (b_shape[0], *a_shape))
+    counts = cupy.standin.COUNTS
+    counts.reset()
+    product = cupy.matmul(a, b)
+    assert counts.snapshot()["launches"] == launches, dict(counts.launches)
+    np.testing.assert_allclose(cupy.asnumpy(product), np.matmul(cupy.asnumpy(a), cupy.asnumpy(b)), rtol=1e-6)
+
+
 def test_the_snapshot_is_the_installed_cupys():
     """Regenerated from the real CuPy (it imports without a GPU) and compared: with the Python of $CUPY_PYTHON
     (.ci/run makes a small environment with CuPy for this), else this one if it has the real CuPy."""

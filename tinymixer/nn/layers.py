@@ -82,10 +82,19 @@ def dense_forward(x: Array, w: Array, b: Array | None, axis: int = -1) -> tuple[
         if b is not None:
             out += b
         return out.reshape(*x.shape[:-1], d_out), (x2, w, axis, x.shape)
-    out = array_module(x).matmul(w.T, x)  # (..., D_out, C): one GEMM per leading index
+    out = array_module(x).matmul(_stacked(w.T, x), x)  # (..., D_out, C): one GEMM per leading index
     if b is not None:
         out += b[:, None]
     return out, (x, w, axis, x.shape)
+
+
+def _stacked(w: Array, like: Array) -> Array:
+    """The matrix w as a stack over ``like``'s leading axes, for a stacked matmul. On NumPy w itself (matmul
+    broadcasts it for free). On a GPU an explicit stack: CuPy's matmul broadcasts a 2-D operand over a stack by
+    building three arrays of pointers and running B small GEMMs one by one (4 kernels); a stacked operand is one
+    copy (w is small) and one strided-batched GEMM (2 kernels)."""
+    xp = array_module(w)
+    return w if xp is np else xp.broadcast_to(w, (*like.shape[:-2], *w.shape))
 
 
 def dense_backward(dout: Array, cache: tuple) -> tuple[Array, Array, Array]:
@@ -104,7 +113,7 @@ def dense_backward(dout: Array, cache: tuple) -> tuple[Array, Array, Array]:
         ones = constant_vector(xp, dout2.shape[0], 1.0, dout.dtype)
         db = ones @ dout2  # (D_out,): the row sum as one BLAS call (2-3x a .sum(0))
         return dx, dw, db
-    dx = xp.matmul(w, dout)  # (..., D_in, C)
+    dx = xp.matmul(_stacked(w, dout), dout)  # (..., D_in, C)
     per_item = xp.matmul(x, dout.swapaxes(-1, -2))  # (..., D_in, D_out): one small GEMM per leading index
     if xp is not np:  # a GPU: two reduction kernels, no views (on the CPU the GEMVs below are faster)
         leading = tuple(range(dout.ndim - 2))
@@ -470,14 +479,16 @@ def _normalised_and_xhat_fused(xp: Any, x: Array, mean: Array, rstd: Array, scal
 def _layer_norm_forward_on_device(x: Array, scale: Array, bias: Array, eps: float, train: bool,
                                   mean_weights: Array) -> tuple[Array, tuple | None]:
     """LayerNorm on CuPy arrays, the same steps as the row-block kernel: 2 matrix-vector products and 3 fused
-    kernels (xhat and out written by one), instead of some 10 launches. mean_weights: (C, 1) of 1/C."""
-    mean = x @ mean_weights  # (..., 1)
-    var = _centred_squares_fused(x, mean) @ mean_weights  # (..., 1), biased
-    rstd = _reciprocal_std_fused(var, x.dtype.type(eps))  # (..., 1)
+    kernels (xhat and out written by one), instead of some 10 launches. mean_weights: (C, 1) of 1/C. On 2-D
+    views: CuPy multiplies an N-d array by a matrix as a batch of small GEMMs (4 kernels), a 2-D one in one."""
+    x2 = rows(x)  # (N, C)
+    mean = x2 @ mean_weights  # (N, 1)
+    var = _centred_squares_fused(x2, mean) @ mean_weights  # (N, 1), biased
+    rstd = _reciprocal_std_fused(var, x.dtype.type(eps))  # (N, 1)
     if not train:  # xhat never stored
-        return _normalised_fused(x, mean, rstd, scale, bias), None
-    out, xhat = _normalised_and_xhat_fused(x, mean, rstd, scale, bias)  # (..., C) each
-    return out, (xhat, rstd, scale)
+        return _normalised_fused(x2, mean, rstd, scale, bias).reshape(x.shape), None
+    out, xhat = _normalised_and_xhat_fused(x2, mean, rstd, scale, bias)  # (N, C) each
+    return out.reshape(x.shape), (xhat.reshape(x.shape), rstd.reshape(*x.shape[:-1], 1), scale)
 
 
 @fused
@@ -496,20 +507,20 @@ def _layer_norm_dx_add_fused(xp: Any, dout: Array, xhat: Array, rstd: Array, sca
 
 def _layer_norm_backward_on_device(dout: Array, xhat: Array, rstd: Array, scale: Array, out: Array | None,
                                    residual: Array | None = None) -> tuple[Array, Array, Array]:
-    """The backward on CuPy arrays: the two sums over C as matrix-vector products, the two over the leading axes
-    as reductions, dx in one fused kernel."""
+    """The backward on CuPy arrays: the two sums over C as matrix-vector products, the two over the rows as
+    reductions, dx in one fused kernel."""
     c = xhat.shape[-1]
-    dout_xhat = dout * xhat  # (..., C)
+    dout2, xhat2, rstd2 = rows(dout), rows(xhat), rows(rstd)  # (N, C), (N, C), (N, 1): 2-D GEMMs, as forward
+    dout_xhat = dout2 * xhat2  # (N, C)
     scale_column = scale.reshape(c, 1)  # (C, 1)
-    sum_d, sum_d_xhat = dout @ scale_column, dout_xhat @ scale_column  # (..., 1): C mean(d), C mean(d xhat)
-    leading = tuple(range(dout.ndim - 1))  # one reduction kernel each over all leading axes (no 2-D view needed)
-    dscale, dbias = dout_xhat.sum(axis=leading), dout.sum(axis=leading)  # (C,)
+    sum_d, sum_d_xhat = dout2 @ scale_column, dout_xhat @ scale_column  # (N, 1): C mean(d), C mean(d xhat)
+    dscale, dbias = dout_xhat.sum(axis=0), dout2.sum(axis=0)  # (C,)
     inv_c = xhat.dtype.type(1.0 / c)
     if residual is None:
-        dx = _layer_norm_dx_fused(dout, xhat, rstd, scale, sum_d, sum_d_xhat, inv_c)
+        dx = _layer_norm_dx_fused(dout2, xhat2, rstd2, scale, sum_d, sum_d_xhat, inv_c)
     else:
-        dx = _layer_norm_dx_add_fused(dout, xhat, rstd, scale, sum_d, sum_d_xhat, inv_c, residual)
-    return _into(out, dout, dx), dscale, dbias
+        dx = _layer_norm_dx_add_fused(dout2, xhat2, rstd2, scale, sum_d, sum_d_xhat, inv_c, rows(residual))
+    return _into(out, dout, dx.reshape(xhat.shape)), dscale, dbias
 
 
 def layer_norm_backward(dout: Array, cache: tuple, out: Array | None = None, residual: Array | None = None

@@ -138,9 +138,31 @@ def _call(name: str, spec: dict | None, target: Any, args: tuple, kwargs: dict) 
     result = target(*plain_args, **plain_kwargs)
     if not _FUSING and name not in _ALLOCATIONS and (out is not None or not _is_view(result, plain_args)):
         COUNTS.launches[(name, where)] += 1
+    if name == "matmul" and not _FUSING:  # what CuPy's matmul launches besides its GEMM
+        hidden = _matmul_hidden_launches(*plain_args[:2])
+        if hidden:
+            COUNTS.launches[("matmul: CuPy's copies and pointer arrays", where)] += hidden
     if isinstance(out, ndarray):
         return out
     return _wrap(result)
+
+
+def _matmul_hidden_launches(a: numpy.ndarray, b: numpy.ndarray) -> int:
+    """The kernels CuPy 14's ``matmul`` (``cupy/_core/_routines_linalg.pyx``) launches besides the GEMM itself:
+    with 2-D operands none (``dot``: cuBLAS takes a transposed operand as it is); above 2-D, a contiguous copy of
+    each operand that is not C-contiguous, and, when an operand's batch axes are broadcast (an N-d array times a
+    2-D or 1-D one, or batch axes of 1 against more), three elementwise kernels building pointer arrays for a
+    ``gemmBatched`` of small GEMMs. The stand-in counts them as launches, as a GPU would run them."""
+    a, b = numpy.asarray(a), numpy.asarray(b)
+    if _builtins.max(a.ndim, b.ndim) <= 2:
+        return 0
+    copies = _builtins.sum(1 for x in (a, b) if x.ndim > 1 and not x.flags.c_contiguous)
+    batch_a = a.shape[:-2] if a.ndim > 2 else ()
+    batch_b = b.shape[:-2] if b.ndim > 2 else ()
+    ndim = _builtins.max(len(batch_a), len(batch_b))
+    batch_a, batch_b = (1,) * (ndim - len(batch_a)) + batch_a, (1,) * (ndim - len(batch_b)) + batch_b
+    broadcast = _builtins.any((x == 1 and y > 1) or (y == 1 and x > 1) for x, y in zip(batch_a, batch_b, strict=True))
+    return copies + (3 if broadcast else 0)
 
 
 def _is_view(result: Any, inputs: tuple) -> bool:
