@@ -131,7 +131,7 @@ def test_conv2d_gradients_in_several_blocks(rng, k, s, p, monkeypatch):
     monkeypatch.setattr(conv, "CONV_BLOCK_BYTES", h_out * w_out * k * k * 2 * 8)  # one image's float64 windows
     inputs = dict(images=rng.standard_normal((3, 6, 5, 2)), kernel=rng.standard_normal((k, k, 2, 3)),
                   bias=rng.standard_normal(3))
-    assert len(conv._conv_blocks(3, (h_out, w_out), k * k * 2 * 8)) == 3
+    assert len(conv._conv_blocks(3, h_out * w_out * k * k * 2 * 8)) == 3
     assert_gradients_ok(check_gradients(partial(conv2d_forward, stride=s, padding=p), conv2d_backward, inputs))
 
 
@@ -152,6 +152,7 @@ def test_conv2d_gradient_check_has_teeth(rng):
     ((1, 4, 8, 3), (7, 7, 3, 2), (2,), dict(padding=1), "larger than the padded image"),
     ((1, 6, 6, 3), (3, 3, 2, 4), (4,), dict(), "C_in=2"),
     ((1, 6, 6, 3), (3, 2, 3, 4), (4,), dict(), r"\(K, K, C_in, C_out\)"),
+    ((1, 6, 6, 0), (3, 3, 0, 4), (4,), dict(), "each at least 1"),  # no channels: said, not a ZeroDivisionError
     ((6, 6, 3), (3, 3, 3, 4), (4,), dict(), "C_in=3"),
     ((1, 6, 6, 3), (3, 3, 3, 4), (3,), dict(), "bias"),
     ((1, 6, 6, 3), (3, 3, 3, 4), (4,), dict(stride=0), "stride"),
@@ -185,7 +186,7 @@ def test_conv2d_in_blocks_equals_one_gemm_over_the_batch(rng, k, s, p, monkeypat
     monkeypatch.setattr(conv, "CONV_BLOCK_BYTES", 2 * h_out * w_out * k * k * 4 * 8)  # 2 images' widest windows
     images, kernel, bias = rng.standard_normal((5, 7, 6, 3)), rng.standard_normal((k, k, 3, 4)), rng.standard_normal(4)
     out, cache = conv2d_forward(images, kernel, bias, stride=s, padding=p)
-    assert cache[0] == "blocks" and len(conv._conv_blocks(5, (h_out, w_out), k * k * 3 * 8)) == 3  # 2, 2, 1 images
+    assert cache[0] == "blocks" and len(conv._conv_blocks(5, h_out * w_out * k * k * 3 * 8)) == 3  # 2, 2, 1 images
     columns = im2col(images, k, s, p)  # the one-GEMM path, written out
     whole = columns @ kernel.reshape(-1, 4) + bias
     np.testing.assert_allclose(out, whole, rtol=0, atol=1e-12)

@@ -34,6 +34,20 @@ def test_a_mixer_step_profiled_row_by_row_and_the_layers_put_back():
     assert 0 < profile.gemm_ms(rows) < rows["step"]
 
 
+def test_a_name_picked_up_while_profiling_is_put_back_and_profiles_do_not_nest():
+    import tinymixer as tm
+
+    vars(tm).pop("softmax_cross_entropy", None)  # not looked up yet: the facade keeps what it finds on first use
+    step = profile.training_step("micro/4", batch_size=2, image_size=16)
+    rows = profile.profile_step(lambda: (step(), tm.softmax_cross_entropy), steps=1)  # first looked up meanwhile
+    assert rows["loss, mean pool"] > 0
+    assert tm.softmax_cross_entropy is layers.softmax_cross_entropy  # the function, not its timer
+    with pytest.raises(RuntimeError, match="do not nest"):
+        profile.profile_step(lambda: profile.profile_step(step, steps=1), steps=1)
+    assert blocks.dense_forward is layers.dense_forward  # restored after the refusal too
+    assert profile.profile_step(step, steps=1)["step"] > 0  # and the next profile runs
+
+
 def test_a_cnn_step_counts_its_windows_apart_from_its_matrix_multiplies():
     rows = profile.profile_step(profile.training_step("cnn-micro", batch_size=2, image_size=8), steps=1)
     for row in (*profile.GEMM_ROWS, "windows (im2col)", "GroupNorm (+ ReLU) forward", "GroupNorm (+ ReLU) backward"):

@@ -206,8 +206,8 @@ def conv2d_forward(images: Array, kernel: Array, bias: Array | None, stride: int
     ``dense_forward``, the cache holds the input itself: change it in place before the backward and the gradients
     are those of the changed input.
     """
-    if kernel.ndim != 4 or kernel.shape[0] != kernel.shape[1]:
-        raise ValueError(f"kernel must be (K, K, C_in, C_out), got shape {tuple(kernel.shape)}")
+    if kernel.ndim != 4 or kernel.shape[0] != kernel.shape[1] or 0 in kernel.shape:
+        raise ValueError(f"kernel must be (K, K, C_in, C_out), each at least 1, got shape {tuple(kernel.shape)}")
     k, _, c_in, c_out = kernel.shape
     if images.ndim != 4 or images.shape[-1] != c_in:
         raise ValueError(f"images must be (B, H, W, C_in={c_in}) for a kernel {tuple(kernel.shape)}, "
@@ -251,10 +251,10 @@ def conv2d_backward(dout: Array, cache: tuple) -> tuple[Array, Array, Array]:
 CONV_BLOCK_BYTES = 5 * 2**20
 
 
-def _conv_blocks(batch: int, out_hw: tuple[int, int], window_bytes: int) -> list[slice]:
-    """Consecutive images, about CONV_BLOCK_BYTES of windows a block (at least one image); ``window_bytes``: the
-    bytes of one output position's window (K*K*C*itemsize)."""
-    per = max(1, CONV_BLOCK_BYTES // (out_hw[0] * out_hw[1] * window_bytes))
+def _conv_blocks(batch: int, image_bytes: int) -> list[slice]:
+    """Consecutive images, about CONV_BLOCK_BYTES of windows a block (at least one image); ``image_bytes``: the
+    bytes of one image's windows (positions x K*K*C x itemsize)."""
+    per = max(1, CONV_BLOCK_BYTES // max(1, image_bytes))
     return [slice(start, min(start + per, batch)) for start in range(0, batch, per)]
 
 
@@ -264,7 +264,7 @@ def _conv2d_forward_in_blocks(images: np.ndarray, kernel: np.ndarray, bias: np.n
     h_out, w_out = _checked_window(images.shape, k, stride, padding)
     kernel2 = kernel.reshape(k * k * c_in, c_out)  # (K*K*C_in, C_out)
     out = np.empty((images.shape[0], h_out, w_out, c_out), dtype=np.result_type(images, kernel))
-    for block in _conv_blocks(images.shape[0], (h_out, w_out), k * k * c_in * out.itemsize):
+    for block in _conv_blocks(images.shape[0], h_out * w_out * k * k * c_in * out.itemsize):
         columns = im2col(images[block], k, stride, padding)  # 1. (n, H_out, W_out, K*K*C_in), in the cache
         np.matmul(columns.reshape(-1, k * k * c_in), kernel2, out=out[block].reshape(-1, c_out))  # 2.
     if bias is not None:
@@ -284,8 +284,9 @@ def _conv2d_backward_in_blocks(dout: np.ndarray, cache: tuple) -> tuple[np.ndarr
     as_convolution = stride == 1 and padding <= k - 1
     if as_convolution:  # (K*K*C_out, C_in): the kernel flipped in both spatial axes, its channel axes swapped
         flipped = np.ascontiguousarray(kernel[::-1, ::-1].transpose(0, 1, 3, 2)).reshape(k * k * c_out, c_in)
-    window_bytes = k * k * max(c_in, c_out if as_convolution else 0) * dimages.itemsize  # the wider of two windows
-    for block in _conv_blocks(images.shape[0], dout.shape[1:3], window_bytes):
+    columns_bytes = dout.shape[1] * dout.shape[2] * k * k * c_in  # an image's windows of the input (for dkernel)
+    dout_bytes = images.shape[1] * images.shape[2] * k * k * c_out if as_convolution else 0  # of dout (for dimages)
+    for block in _conv_blocks(images.shape[0], max(columns_bytes, dout_bytes) * dimages.itemsize):
         columns = im2col(images[block], k, stride, padding)  # 1. again: (n, H_out, W_out, K*K*C_in)
         dout2 = dout[block].reshape(-1, c_out)  # (n H_out W_out, C_out)
         dkernel += columns.reshape(-1, k * k * c_in).T @ dout2  # undoes 2.: the blocks' sum, in block order

@@ -102,6 +102,11 @@ class KeepMask:
         return cls((k1, k2), float(rate), tuple(int(d) for d in shape))
 
     @property
+    def threshold(self) -> np.uint32:
+        """t = round(rate * 2^32), at most 2^32 - 1 (a rate within 2^-33 of 1 would round to 2^32, past uint32)."""
+        return np.uint32(min(round(self.rate * _LIMIT), _LIMIT - 1))
+
+    @property
     def ndim(self) -> int:
         return len(self.shape)
 
@@ -128,7 +133,7 @@ class KeepMask:
         images, n = self.shape[0], math.prod(self.shape[1:])
         if images == 0 or n == 0:
             return xp.ones(self.shape, dtype=bool)
-        threshold = np.uint32(round(self.rate * _LIMIT))
+        threshold = self.threshold
         k1, k2 = np.uint32(self.keys[0]), np.uint32(self.keys[1])
         image = _counter(xp, self.first, self.first + images, (-1, 1))  # (B, 1)
         position = _counter(xp, 0, n, (1, -1))  # (1, n)
@@ -154,7 +159,7 @@ class KeepMask:
         image = _counter(xp, self.first, self.first + self.shape[0], (-1, *(1,) * (ndim - 1)))
         position = _counter(xp, 0, n, (1, *self.shape[1:], *(1,) * (ndim - self.ndim)))
         return (image, position, np.uint32(n), np.uint32(self.keys[0]), np.uint32(self.keys[1]),
-                np.uint32(round(self.rate * _LIMIT)))
+                self.threshold)
 
 
 def as_array(mask: Any, xp: Any) -> Any:

@@ -11,9 +11,10 @@ from its matrix multiplies). With several threads each shard's thread runs its o
 the busiest thread's (the most profiled time), and "the rest" is the step less that thread's rows.
 
 The GEMM rows (the dense layers' and the convolutions' own time: matrix multiplies and their bias sums, which
-are BLAS matrix-vector products too) are the step's **matrix multiplies as they run inside it**, operands cold
-from memory. No implementation of the same arithmetic on the same BLAS library runs faster than them, so
-``GEMMs alone / PyTorch's step`` is the floor of the benchmark's ratio (``tools/bench.py`` prints it).
+are BLAS matrix-vector products too, and the few small reshapes, sums and allocations around them) are the
+step's **matrix multiplies as they run inside it**, operands cold from memory. No implementation of the same
+arithmetic on the same BLAS library runs much faster than them, so ``GEMMs alone / PyTorch's step`` is the floor
+of the benchmark's ratio, to within a few percent (``tools/bench.py`` prints it).
 CPU only (NumPy): on a GPU the calls are asynchronous and the timers would measure launches.
 """
 
@@ -23,6 +24,7 @@ import argparse
 import sys
 import threading
 import time
+import types
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -76,6 +78,7 @@ class _Timers:
                     stack[-1] += elapsed
 
         timed.__wrapped__ = function  # type: ignore[attr-defined]
+        timed._profiler_timer = True  # type: ignore[attr-defined]
         return timed
 
     def busiest(self) -> dict[str, float]:
@@ -85,19 +88,26 @@ class _Timers:
         return dict(max(self.spent.values(), key=lambda rows: sum(rows.values())))
 
 
+_active = threading.Lock()  # one profile at a time: a second one's wrappers would hide the first's
+
+
 @contextmanager
 def _wrapped(timers: _Timers) -> Iterator[None]:
-    """Every profiled function replaced by its timed version in every loaded tinymixer module, then restored."""
+    """Every profiled function replaced by its timed version in every loaded tinymixer module, then restored --
+    also where a module picked up a timed version while profiling (the ``tinymixer`` facade keeps the names it
+    looks up, a module first imported meanwhile binds what it imports)."""
     import importlib
 
-    originals = {}
-    for module_name, functions in OPERATIONS.items():
-        module = importlib.import_module(module_name)
-        for name, row in functions.items():
-            originals[id(getattr(module, name))] = (getattr(module, name), row)
+    if not _active.acquire(blocking=False):
+        raise RuntimeError("profile_step is already running (in this or another thread): profiles do not nest")
     replaced = []
     try:
-        for module in [m for n, m in list(sys.modules.items()) if n.startswith("tinymixer") and m is not None]:
+        originals = {}
+        for module_name, functions in OPERATIONS.items():
+            module = importlib.import_module(module_name)
+            for name, row in functions.items():
+                originals[id(getattr(module, name))] = (getattr(module, name), row)
+        for module in _tinymixer_modules():
             for name, value in list(vars(module).items()):
                 if callable(value) and id(value) in originals and originals[id(value)][0] is value:
                     function, row = originals[id(value)]
@@ -107,6 +117,15 @@ def _wrapped(timers: _Timers) -> Iterator[None]:
     finally:
         for module, name, function in replaced:
             setattr(module, name, function)
+        for module in _tinymixer_modules():
+            for name, value in list(vars(module).items()):
+                if isinstance(value, types.FunctionType) and getattr(value, "_profiler_timer", False):
+                    setattr(module, name, value.__wrapped__)  # picked up while profiling: the function itself
+        _active.release()
+
+
+def _tinymixer_modules() -> list[Any]:
+    return [m for n, m in list(sys.modules.items()) if n.startswith("tinymixer") and m is not None]
 
 
 def profile_step(step: Callable[[], Any], steps: int = 3) -> dict[str, float]:
