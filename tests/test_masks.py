@@ -81,6 +81,8 @@ def test_bad_rates_and_shapes_are_refused():
     with pytest.raises(ValueError, match="2\\^32 elements"):
         KeepMask.draw(np.random.default_rng(0), (1 << 16, 1 << 16), 0.1)
     assert KeepMask((1, 2), 0.5, (0, 5)).array().shape == (0, 5)
+    with pytest.raises(ValueError, match="cannot apply to an array of 1 axes"):
+        KeepMask((1, 2), 0.5, (3, 4)).rule(np, 1)  # a (3, 4) mask on a 1-D array
     nearly_one = KeepMask.draw(np.random.default_rng(0), (4, 5), 1 - 2.0**-40)  # rounds to 2^32 without the clamp
     assert nearly_one.threshold == np.uint32(2**32 - 1) and nearly_one.array().sum() <= 1
 

@@ -62,3 +62,17 @@ def test_command_line(capsys):
     with pytest.raises(SystemExit) as stop:
         profile.main(["--configs", "nope"])
     assert stop.value.code == 2
+
+
+@pytest.mark.gpu
+def test_the_profiler_refuses_a_gpu_step():
+    from tinymixer import backend
+
+    if backend._load_cupy()[0] is None:
+        pytest.skip("needs CuPy (a GPU, or --cupy-standin)")
+    backend.set_backend("cupy")
+    try:
+        with pytest.raises(SystemExit, match="NumPy steps"):
+            profile.training_step("micro/4", batch_size=2, image_size=16)
+    finally:
+        backend.set_backend("numpy")

@@ -359,7 +359,8 @@ def _dropped(x: Array, mask: Any, scale: Any, residual: Array | None = None) -> 
         if residual is None:
             return _hashed_scale_fused(x, *rule, scale)
         return _hashed_scale_add_fused(x, *rule, scale, residual)
-    mask = mask.reshape(*mask.shape, *(1,) * (x.ndim - mask.ndim))  # stochastic depth's (B,): (B, 1, ..., 1)
+    if mask.ndim < x.ndim:  # stochastic depth's (B,): (B, 1, ..., 1)
+        mask = mask.reshape(*mask.shape, *(1,) * (x.ndim - mask.ndim))
     return _masked_scale_fused(x, mask, scale) if residual is None else _masked_scale_add_fused(x, mask, scale,
                                                                                                 residual)
 

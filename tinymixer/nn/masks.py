@@ -58,7 +58,7 @@ def kept(image: Any, position: Any, n: Any, k1: Any, k2: Any, threshold: Any) ->
 
 @fused
 def _keep(xp: Any, image: Any, position: Any, n: Any, k1: Any, k2: Any, threshold: Any) -> Any:
-    """``kept`` as one kernel: image (B, 1), position (1, n), uint32 -> (B, n) bool."""
+    """``kept`` as one kernel: image (B, 1, ...), position (1, ...), uint32 -> their broadcast shape, bool."""
     return kept(image, position, n, k1, k2, threshold)
 
 
@@ -133,12 +133,12 @@ class KeepMask:
         images, n = self.shape[0], math.prod(self.shape[1:])
         if images == 0 or n == 0:
             return xp.ones(self.shape, dtype=bool)
+        if xp is not np:  # the rule's operands broadcast to the mask's own shape: one kernel, no reshape
+            return _keep(*self.rule(xp, self.ndim))
         threshold = self.threshold
         k1, k2 = np.uint32(self.keys[0]), np.uint32(self.keys[1])
         image = _counter(xp, self.first, self.first + images, (-1, 1))  # (B, 1)
         position = _counter(xp, 0, n, (1, -1))  # (1, n)
-        if xp is not np:
-            return _keep(image, position, np.uint32(n), k1, k2, threshold).reshape(self.shape)
         out = np.empty((images, n), dtype=bool)
 
         def block(image_rows: np.ndarray, out_rows: np.ndarray) -> None:
