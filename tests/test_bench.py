@@ -16,9 +16,9 @@ def test_measure_checks_pytorch_computes_the_same_network():
     result = bench.measure("micro/4", batch_size=8, image_size=16, repeats=1, use_torch=True)
     assert result["logits_max_abs_difference"] < 1e-4  # the same weights give the same logits
     for key in ["tinymixer_train_ms", "pytorch_train_ms", "tinymixer_infer_ms", "pytorch_infer_ms", "train_ratio",
-                "gemm_alone_ms", "gemm_floor_ratio"]:
+                "gemm_alone_ms", "gemm_floor_ratio", "fused_step_ms", "fused_floor_ratio"]:
         assert result[key] > 0
-    assert 0 < result["gemm_share"] < 1  # a part of the step
+    assert 0 < result["gemm_share"] < result["fused_share"] < 1  # parts of the step: the GEMMs, then with passes
 
 
 @pytest.mark.slow
@@ -71,7 +71,7 @@ def fake_run(threads, gemm, **samples):
     """One worker's output as ``bench.worker`` returns it, with the given samples (ms) for micro/4."""
     samples = {q: samples.get(q, STEADY) for q in bench.TIMED}
     result = {"config": "micro/4", "threads": threads, "samples_ms": samples, "fraction_of_gemm_peak": 0.5,
-              "tinymixer_train_gflops": 50.0, "gemm_floor_ratio": 0.6}
+              "tinymixer_train_gflops": 50.0, "gemm_floor_ratio": 0.6, "fused_floor_ratio": 0.8}
     result |= {f"{q}_ms": sorted(v)[len(v) // 2] for q, v in samples.items()}
     result |= {f"{k}_ratio": result[f"tinymixer_{k}_ms"] / result[f"pytorch_{k}_ms"] for k in ("train", "infer")}
     machine = {"threads": threads, "gemm_gflops_samples": gemm, "gemm_gflops": max(gemm)}
@@ -98,7 +98,8 @@ def test_steady_timings_pass():
     assert all(r["stability"]["stable"] for run in runs for r in run["results"])
     table = bench._format_table(runs)
     assert "!" not in table and "unstable" not in table and "1.00" in table
-    assert table.splitlines()[-1].split(" | ")[5] == "0.60"  # the floor: GEMMs alone / PyTorch's step
+    assert table.splitlines()[-1].split(" | ")[5:7] == ["0.60", "0.80"]  # the floors: GEMMs alone, and with the
+    # elementwise layers one pass each, over PyTorch's step
 
 
 def test_one_wild_repeat_voids_its_ratio_only():
@@ -110,8 +111,8 @@ def test_one_wild_repeat_voids_its_ratio_only():
     assert len(notes) == 1 and "PyTorch train step" in notes[0] and "152%" in notes[0] and "limit 20%" in notes[0]
     row = bench._format_table(runs).splitlines()[-1].split(" | ")
     assert row[3] == "100!" and row[4] == "unstable"  # the PyTorch train time is marked, its ratio withheld
-    assert row[5] == "unstable"  # and the floor, which rests on it too
-    assert row[8] == "1.00"  # inference was steady: its ratio stands
+    assert row[5] == row[6] == "unstable"  # and the floors, which rest on it too
+    assert row[9] == "1.00"  # inference was steady: its ratio stands
     json.dumps(runs)  # the verdicts go into --json as they are
 
 
@@ -124,8 +125,8 @@ def test_a_gemm_probe_slower_on_two_threads_than_on_one_voids_those_ratios():
     assert runs[1]["machine"]["gemm_scaling"] == pytest.approx(59 / 78 / 2)
     assert any("0.38 of linear" in note and "GEMM 59 GFLOP/s against 78 on 1" in note for note in notes)
     one, two = (line.split(" | ") for line in bench._format_table(runs).splitlines()[-2:])
-    assert one[4] == "1.00" and one[8] == "1.00"
-    assert two[1] == "2!" and two[4] == two[8] == "unstable" and two[11].endswith("!")
+    assert one[4] == "1.00" and one[9] == "1.00"
+    assert two[1] == "2!" and two[4] == two[9] == "unstable" and two[12].endswith("!")
 
 
 def test_a_step_much_slower_on_more_threads_is_flagged():

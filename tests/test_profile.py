@@ -34,6 +34,29 @@ def test_a_mixer_step_profiled_row_by_row_and_the_layers_put_back():
     assert 0 < profile.gemm_ms(rows) < rows["step"]
 
 
+def test_the_one_pass_floor_counts_each_elementwise_call_of_one_step(monkeypatch):
+    """Every elementwise call of one step is recorded (its row, shape, dtype: not the optimiser's, not a GEMM's),
+    its one pass timed per shape, and the fused step is the step less those rows' time plus their passes."""
+    calls: list = []
+    step = profile.training_step("micro/4", batch_size=4, image_size=16)
+    rows = profile.profile_step(step, steps=2, calls=calls)
+    depth = 4  # micro/4's blocks: per block 2 LayerNorms and 2 GELUs forward, the same backward
+    by_row = {row: sum(1 for call in calls if call[0] == row) for row in profile.ELEMENTWISE_ROWS}
+    assert by_row["LayerNorm forward"] == by_row["LayerNorm backward"] == 2 * depth + 1  # and the final one
+    assert by_row["GELU forward"] == by_row["GELU backward"] == 2 * depth
+    assert {row for row, _, _ in calls} <= set(profile.ELEMENTWISE_ROWS)
+    gelu_shapes = {shape for row, shape, _ in calls if row == "GELU forward"}
+    assert gelu_shapes == {(4, 32, 64), (4, 16, 256)}  # token mixing's (B, D_S, C), channel mixing's (B, S, D_C)
+    clock = itertools.count()  # each pass "takes" one second: the floor is the number of calls, in ms x 1000
+    monkeypatch.setattr(profile.time, "perf_counter", lambda: float(next(clock)))
+    passes = profile.one_pass_ms(calls, repeats=2)
+    assert passes == {row: 1000.0 * n for row, n in by_row.items() if n}
+    fused = profile.fused_step_ms(rows, passes)
+    assert fused == pytest.approx(rows["step"] - sum(rows[r] for r in passes) + sum(passes.values()))
+    text = profile.format_rows("micro/4", rows, passes)
+    assert "| **elementwise layers at one pass each**" in text and "| **the step with them fused** |" in text
+
+
 def test_a_name_picked_up_while_profiling_is_put_back_and_profiles_do_not_nest():
     import tinymixer as tm
 

@@ -189,13 +189,18 @@ def measure(config: str, batch_size: int, image_size: int, repeats: int, use_tor
         result[f"{key}_spread_ms"] = 1000 * (max(values) - min(values))
     result["samples_ms"] = {key: [1000 * v for v in values] for key, values in samples.items()}
     if not on_gpu:  # the step's matrix multiplies as they run in it (tools/profile.py): the floor of the ratio
-        from .profile import gemm_ms, profile_step
+        from .profile import fused_step_ms, gemm_ms, one_pass_ms, profile_step
 
-        profile = result["tinymixer_train_profile_ms"] = profile_step(tm_train, steps=3)
+        calls: list = []
+        profile = result["tinymixer_train_profile_ms"] = profile_step(tm_train, steps=3, calls=calls)
         result["gemm_share"] = gemm_ms(profile) / profile["step"]  # a share: the profiled steps' pace cancels out
         result["gemm_alone_ms"] = result["gemm_share"] * result["tinymixer_train_ms"]
+        # the step with each elementwise layer one pass over its arrays (what fused kernels would leave)
+        result["fused_share"] = fused_step_ms(profile, one_pass_ms(calls)) / profile["step"]
+        result["fused_step_ms"] = result["fused_share"] * result["tinymixer_train_ms"]
         if use_torch:
             result["gemm_floor_ratio"] = result["gemm_alone_ms"] / result["pytorch_train_ms"]
+            result["fused_floor_ratio"] = result["fused_step_ms"] / result["pytorch_train_ms"]
     result["tinymixer_train_images_per_s"] = batch_size / (result["tinymixer_train_ms"] / 1000)
     result["tinymixer_train_gflops"] = flops_step / (result["tinymixer_train_ms"] / 1000) / 1e9
     if use_torch:
@@ -437,8 +442,8 @@ def ratio_is_void(result: dict[str, Any], kind: str) -> bool:
 def _format_table(runs: list[dict[str, Any]]) -> str:
     """The results as a table; a timing that failed a stability check has a "!", a ratio resting on one reads
     "unstable" (``assess_stability`` must have run)."""
-    header = ("size", "thr", "train ms", "torch ms", "ratio", "floor", "infer ms", "torch ms", "ratio", "img/s",
-              "GFLOP/s", "of GEMM", "peak MB", "torch MB")
+    header = ("size", "thr", "train ms", "torch ms", "ratio", "floor", "fused", "infer ms", "torch ms", "ratio",
+              "img/s", "GFLOP/s", "of GEMM", "peak MB", "torch MB")
     lines = [" | ".join(header), " | ".join("-" * len(h) for h in header)]
     for run in runs:
         for r in run["results"]:
@@ -459,8 +464,8 @@ def _format_table(runs: list[dict[str, Any]]) -> str:
             lines.append(" | ".join([
                 r["config"], str(r["threads"]) + ("!" if "gemm_scaling" in unstable else ""),
                 get("tinymixer_train_ms", ".0f"), get("pytorch_train_ms", ".0f"), ratio("train"),
-                "unstable" if r.get("gemm_floor_ratio") is not None and ratio_is_void(r, "train")
-                else get("gemm_floor_ratio", ".2f"),
+                *("unstable" if r.get(key) is not None and ratio_is_void(r, "train") else get(key, ".2f")
+                  for key in ("gemm_floor_ratio", "fused_floor_ratio")),
                 get("tinymixer_infer_ms", ".0f"), get("pytorch_infer_ms", ".0f"), ratio("infer"),
                 get("tinymixer_train_images_per_s", ".0f"), get("tinymixer_train_gflops", ".0f"), of_gemm,
                 get("tinymixer_train_peak_mb", ".0f") if "tinymixer_gpu_pool_mb" not in r
@@ -477,6 +482,9 @@ def _legend(repeats: int) -> str:
         "interleaved runs",
         "floor = the step's matrix multiplies alone (their share of a profiled tinymixer step, tools/profile.py, the "
         "busiest thread's, times the step) / PyTorch's step: no step of this arithmetic on this BLAS does better",
+        "fused = the same step with each elementwise layer (GELU, LayerNorm, GroupNorm, dropout) one pass over its "
+        "arrays, as a compiled fused kernel would make it (tools/profile.py) / PyTorch's step: what NumPy's "
+        "one pass per operation costs is the gap between this and the ratio",
         "GFLOP/s = the model's matrix-multiply FLOPs in one training step (3x the forward's) / tinymixer's median "
         "step time",
         "of GEMM = that rate as a share of this machine's float32 GEMM rate on as many threads (best of 5 2048^3 "

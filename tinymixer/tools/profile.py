@@ -15,6 +15,12 @@ are BLAS matrix-vector products too, and the few small reshapes, sums and alloca
 step's **matrix multiplies as they run inside it**, operands cold from memory. No implementation of the same
 arithmetic on the same BLAS library runs much faster than them, so ``GEMMs alone / PyTorch's step`` is the floor
 of the benchmark's ratio, to within a few percent (``tools/bench.py`` prints it).
+
+A second floor, for the elementwise layers (GELU, LayerNorm, GroupNorm, dropout): NumPy runs one pass over memory
+per operation, so a layer of ten operations reads its arrays ten times; a compiled, fused kernel would read them
+once. The table's last line is the step with every elementwise call replaced by **one pass over its arrays** (a
+NumPy add of two arrays of the call's size into a third, timed here): what the step would take if each of those
+layers were a single fused kernel, everything else as measured. It bounds what rewriting their NumPy can win.
 CPU only (NumPy): on a GPU the calls are asynchronous and the timers would measure launches.
 """
 
@@ -54,6 +60,9 @@ OPERATIONS: dict[str, dict[str, str]] = {
     "tinymixer.training.train": {"update": "optimiser and clipping"},
 }
 REST = "the rest (residual sums, copies, the gradient buffer, Python)"
+# The rows of elementwise layers, each of whose calls a fused kernel would do in one pass (the one-pass floor)
+ELEMENTWISE_ROWS = ("GELU forward", "GELU backward", "LayerNorm forward", "LayerNorm backward",
+                    "GroupNorm (+ ReLU) forward", "GroupNorm (+ ReLU) backward", "dropout, stochastic depth")
 
 
 class _Timers:
@@ -61,12 +70,15 @@ class _Timers:
 
     def __init__(self) -> None:
         self.spent: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        self.calls: dict[int, list[tuple[str, tuple, str]]] = defaultdict(list)  # elementwise calls: row, shape, dtype
         self.local = threading.local()
 
     def wrap(self, row: str, function: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
             stack = self.local.__dict__.setdefault("stack", [])
             stack.append(0.0)  # time spent in profiled calls made from this one
+            if row in ELEMENTWISE_ROWS:  # its first argument is the array it works through (x, or dout)
+                self.calls[threading.get_ident()].append((row, args[0].shape, args[0].dtype.str))
             start = time.perf_counter()
             try:
                 return function(*args, **kwargs)
@@ -81,11 +93,14 @@ class _Timers:
         timed._profiler_timer = True  # type: ignore[attr-defined]
         return timed
 
+    def busiest_thread(self) -> int | None:
+        """The thread with the most profiled time."""
+        return max(self.spent, key=lambda t: sum(self.spent[t].values())) if self.spent else None
+
     def busiest(self) -> dict[str, float]:
         """The rows of the thread with the most profiled time."""
-        if not self.spent:
-            return {}
-        return dict(max(self.spent.values(), key=lambda rows: sum(rows.values())))
+        thread = self.busiest_thread()
+        return {} if thread is None else dict(self.spent[thread])
 
 
 _active = threading.Lock()  # one profile at a time: a second one's wrappers would hide the first's
@@ -128,13 +143,15 @@ def _tinymixer_modules() -> list[Any]:
     return [m for n, m in list(sys.modules.items()) if n.startswith("tinymixer") and m is not None]
 
 
-def profile_step(step: Callable[[], Any], steps: int = 3) -> dict[str, float]:
+def profile_step(step: Callable[[], Any], steps: int = 3, calls: list | None = None) -> dict[str, float]:
     """Milliseconds per step of each row (the busiest thread's; the rows sum to the step), after one warm-up
-    step. ``step()`` runs one training step on NumPy arrays."""
+    step. ``step()`` runs one training step on NumPy arrays. ``calls``: a list to which the busiest thread's
+    elementwise calls of one step are added, as (row, shape, dtype) (for ``one_pass_ms``)."""
     timers = _Timers()
     with _wrapped(timers):
         step()  # warm-up: first-call allocations, the gradient buffer
         timers.spent.clear()
+        timers.calls.clear()
         start = time.perf_counter()
         for _ in range(steps):
             step()
@@ -142,7 +159,35 @@ def profile_step(step: Callable[[], Any], steps: int = 3) -> dict[str, float]:
     rows = {row: 1000 * seconds / steps for row, seconds in timers.busiest().items()}
     rows[REST] = 1000 * total / steps - sum(rows.values())
     rows["step"] = 1000 * total / steps
+    if calls is not None and timers.spent:
+        recorded = timers.calls[timers.busiest_thread()]
+        calls.extend(recorded[: len(recorded) // steps])  # every step makes the same calls
     return rows
+
+
+def one_pass_ms(calls: list[tuple[str, tuple, str]], repeats: int = 5) -> dict[str, float]:
+    """Milliseconds, per elementwise row, of one pass over each call's arrays: a NumPy add of two arrays of the
+    call's shape and dtype into a third (read two, write one: the least a fused kernel of a layer moves, as
+    GELU's backward does), the best of ``repeats``, summed over the calls. The lower bound of those layers'
+    time with fused kernels (their arithmetic, such as GELU's tanh, not counted)."""
+    import numpy as np
+
+    counts: dict[tuple[str, tuple, str], int] = defaultdict(int)
+    for call in calls:
+        counts[call] += 1
+    times: dict[tuple, float] = {}
+    result: dict[str, float] = defaultdict(float)
+    for (row, shape, dtype), count in counts.items():
+        if (shape, dtype) not in times:
+            a, b, c = (np.ones(shape, dtype) for _ in range(3))
+            best = float("inf")
+            for _ in range(repeats):
+                start = time.perf_counter()
+                np.add(a, b, out=c)
+                best = min(best, time.perf_counter() - start)
+            times[shape, dtype] = best
+        result[row] += 1000 * count * times[shape, dtype]
+    return dict(result)
 
 
 def gemm_ms(rows: dict[str, float]) -> float:
@@ -169,12 +214,23 @@ def training_step(config: str, batch_size: int = 128, image_size: int = 32, seed
     return lambda: train_step(model, optimizer, images, labels, lr=1e-3, clip=1.0)
 
 
-def format_rows(config: str, rows: dict[str, float]) -> str:
+def fused_step_ms(rows: dict[str, float], one_pass: dict[str, float]) -> float:
+    """The step with each elementwise layer's time replaced by its one pass (``one_pass_ms``), all else as it ran."""
+    return rows["step"] - sum(rows.get(row, 0.0) for row in one_pass) + sum(one_pass.values())
+
+
+def format_rows(config: str, rows: dict[str, float], one_pass: dict[str, float] | None = None) -> str:
     step = rows["step"]
     lines = [f"{config}: {step:.0f} ms per step", "| operation | ms | share |", "|---|---|---|"]
     for row, ms in sorted(((r, v) for r, v in rows.items() if r != "step"), key=lambda kv: -kv[1]):
         lines.append(f"| {row} | {ms:.0f} | {100 * ms / step:.0f}% |")
     lines.append(f"| **GEMMs alone** | {gemm_ms(rows):.0f} | {100 * gemm_ms(rows) / step:.0f}% |")
+    if one_pass:
+        passes, fused = sum(one_pass.values()), fused_step_ms(rows, one_pass)
+        measured = sum(rows.get(row, 0.0) for row in one_pass)
+        lines.append(f"| **elementwise layers at one pass each** (measured: {measured:.0f}) | {passes:.0f} | "
+                     f"{100 * passes / step:.0f}% |")
+        lines.append(f"| **the step with them fused** | {fused:.0f} | {100 * fused / step:.0f}% |")
     return "\n".join(lines)
 
 
@@ -202,8 +258,10 @@ def main(argv: list[str] | None = None) -> int:
 
     with threadpool_limits(args.threads):
         for config in args.configs:
-            rows = profile_step(training_step(config, args.batch_size, args.image_size), args.steps)
-            print(format_rows(f"{config}, batch {args.batch_size}, {args.threads} thread(s)", rows) + "\n")
+            calls: list = []
+            rows = profile_step(training_step(config, args.batch_size, args.image_size), args.steps, calls)
+            print(format_rows(f"{config}, batch {args.batch_size}, {args.threads} thread(s)", rows,
+                              one_pass_ms(calls)) + "\n")
     return 0
 
 
