@@ -205,7 +205,9 @@ save_figure(fig, "12_time_per_component")
 # The library's own version of this profiler, with exclusive times (a function's time less that of the profiled
 # functions it calls), every leaf layer of both families and the shards' threads, is a program:
 # `python -m tinymixer.tools.profile --configs tiny/4 cnn-micro`. The benchmark uses it for its "floor" column: the
-# matrix multiplies alone over PyTorch's whole step.
+# matrix multiplies alone over PyTorch's whole step; and for its "fused" column: the step with each elementwise
+# layer (GELU, LayerNorm) costing one pass over its arrays, as one compiled kernel per layer would. NumPy makes a
+# pass per operation (GELU's formula is some fifteen of them), and the distance between the two columns is that.
 #
 # ## Which BLAS does the matrix multiplies?
 # Two thirds of the step is the BLAS library's, so which library NumPy loaded matters as much as anything in this
