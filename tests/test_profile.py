@@ -18,7 +18,30 @@ def test_times_are_exclusive_and_per_thread(monkeypatch):
     inner = timers.wrap("inner", lambda: profile.time.perf_counter())  # start 2, own reading 3, end 4: 2 s
     outer = timers.wrap("outer", lambda: inner() + profile.time.perf_counter())  # start 1 ... reading 5, end 6
     outer()
-    assert timers.busiest() == {"inner": 2.0, "outer": 3.0}  # outer's 5 s less inner's 2
+    caller = profile.threading.get_ident()
+    assert timers.critical_path(caller)[0] == {"inner": 2.0, "outer": 3.0}  # outer's 5 s less inner's 2
+
+
+def test_with_shards_the_calling_threads_rows_join_the_busiest_shards(monkeypatch):
+    """The optimiser runs on the calling thread, the shards' layers on theirs: the table holds both (the caller's
+    rows and the busiest shard's), not the busiest thread's alone."""
+    timers = profile._Timers()
+    caller, shard_a, shard_b = 1, 2, 3
+    timers.spent[caller]["optimiser and clipping"] = 0.5
+    timers.spent[shard_a]["GELU forward"] = 2.0
+    timers.spent[shard_b]["GELU forward"] = 3.0
+    timers.spent[shard_b]["LayerNorm forward"] = 1.0
+    timers.calls[shard_b].append(("GELU forward", (2, 3), "<f4"))
+    timers.calls[shard_a].append(("GELU forward", (9, 9), "<f4"))
+    rows, calls = timers.critical_path(caller)
+    assert rows == {"optimiser and clipping": 0.5, "GELU forward": 3.0, "LayerNorm forward": 1.0}
+    assert calls == [("GELU forward", (2, 3), "<f4")]
+    monkeypatch.setenv("TINYMIXER_THREADS", "2")  # and a real step on two shards of 8 images
+    calls: list = []
+    rows = profile.profile_step(profile.training_step("micro/4", batch_size=16, image_size=16), 2, calls)
+    assert rows["optimiser and clipping"] > 0 and rows["GELU forward"] > 0
+    assert {shape[0] for row, shape, _ in calls if row == "GELU forward"} == {8}  # one shard's calls
+    assert sum(1 for row, _, _ in calls if row == "GELU forward") == 8  # one step's: 2 a block, 4 blocks
 
 
 def test_a_mixer_step_profiled_row_by_row_and_the_layers_put_back():
@@ -82,9 +105,11 @@ def test_command_line(capsys):
     assert profile.main(["--configs", "micro/4", "--batch-size", "2", "--image-size", "16", "--steps", "1"]) == 0
     out = capsys.readouterr().out
     assert "micro/4, batch 2, 1 thread(s)" in out and "| **GEMMs alone** |" in out and "| GELU forward |" in out
-    with pytest.raises(SystemExit) as stop:
-        profile.main(["--configs", "nope"])
-    assert stop.value.code == 2
+    for wrong, says in ((["--configs", "nope"], "invalid choice"), (["--image-size", "0"], "at least 1"),
+                        (["--configs", "micro/4", "--image-size", "15"], "micro/4 at --image-size 15")):
+        with pytest.raises(SystemExit) as stop:
+            profile.main(wrong)
+        assert stop.value.code == 2 and says in capsys.readouterr().err  # a usage error, not a traceback
 
 
 @pytest.mark.gpu

@@ -480,8 +480,8 @@ def _legend(repeats: int) -> str:
     return "\n".join([
         f"ratio = tinymixer time / PyTorch time (below 1: tinymixer is faster); times are medians of {repeats} "
         "interleaved runs",
-        "floor = the step's matrix multiplies alone (their share of a profiled tinymixer step, tools/profile.py, the "
-        "busiest thread's, times the step) / PyTorch's step: no step of this arithmetic on this BLAS does better",
+        "floor = the step's matrix multiplies alone (their share of a profiled tinymixer step, tools/profile.py, "
+        "times the step) / PyTorch's step: no step of this arithmetic on this BLAS does better",
         "fused = the same step with each elementwise layer (GELU, LayerNorm, GroupNorm, dropout) one pass over its "
         "arrays, as a compiled fused kernel would make it (tools/profile.py) / PyTorch's step: what NumPy's "
         "one pass per operation costs is the gap between this and the ratio",

@@ -7,8 +7,10 @@ Every layer of tinymixer is a plain function looked up by name when it is called
 leaf operation below with a timer, in every tinymixer module that holds it, runs a few training steps (SGD with
 momentum, clipping at 1, as the benchmark's), and puts the functions back. Times are **exclusive**: a function's
 own time, less that of the profiled functions it calls (so a convolution's windows, ``im2col``, are counted apart
-from its matrix multiplies). With several threads each shard's thread runs its own timers at once; the table shows
-the busiest thread's (the most profiled time), and "the rest" is the step less that thread's rows.
+from its matrix multiplies). With several threads each shard's thread runs its own timers at once while the
+calling thread waits for them; the table shows the calling thread's rows (what runs before and after the shards:
+the optimiser, clipping) plus the busiest shard thread's (the most profiled time), and "the rest" is the step less
+those rows.
 
 The GEMM rows (the dense layers' and the convolutions' own time: matrix multiplies and their bias sums, which
 are BLAS matrix-vector products too, and the few small reshapes, sums and allocations around them) are the
@@ -31,7 +33,7 @@ import sys
 import threading
 import time
 import types
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -93,14 +95,16 @@ class _Timers:
         timed._profiler_timer = True  # type: ignore[attr-defined]
         return timed
 
-    def busiest_thread(self) -> int | None:
-        """The thread with the most profiled time."""
-        return max(self.spent, key=lambda t: sum(self.spent[t].values())) if self.spent else None
-
-    def busiest(self) -> dict[str, float]:
-        """The rows of the thread with the most profiled time."""
-        thread = self.busiest_thread()
-        return {} if thread is None else dict(self.spent[thread])
+    def critical_path(self, caller: int) -> tuple[dict[str, float], list[tuple[str, tuple, str]]]:
+        """The rows and the elementwise calls of the thread ``caller`` (which ran the steps) and of the busiest
+        other thread (the shard with the most profiled time; the caller waited for it), added together."""
+        others = [t for t in self.spent if t != caller]
+        threads = [caller] + ([max(others, key=lambda t: sum(self.spent[t].values()))] if others else [])
+        rows: dict[str, float] = defaultdict(float)
+        for thread in threads:
+            for row, seconds in self.spent.get(thread, {}).items():
+                rows[row] += seconds
+        return dict(rows), [call for thread in threads for call in self.calls.get(thread, [])]
 
 
 _active = threading.Lock()  # one profile at a time: a second one's wrappers would hide the first's
@@ -144,9 +148,9 @@ def _tinymixer_modules() -> list[Any]:
 
 
 def profile_step(step: Callable[[], Any], steps: int = 3, calls: list | None = None) -> dict[str, float]:
-    """Milliseconds per step of each row (the busiest thread's; the rows sum to the step), after one warm-up
-    step. ``step()`` runs one training step on NumPy arrays. ``calls``: a list to which the busiest thread's
-    elementwise calls of one step are added, as (row, shape, dtype) (for ``one_pass_ms``)."""
+    """Milliseconds per step of each row (the calling thread's and the busiest shard thread's; the rows sum to the
+    step), after one warm-up step. ``step()`` runs one training step on NumPy arrays. ``calls``: a list to which
+    those threads' elementwise calls of one step are added, as (row, shape, dtype) (for ``one_pass_ms``)."""
     timers = _Timers()
     with _wrapped(timers):
         step()  # warm-up: first-call allocations, the gradient buffer
@@ -156,12 +160,12 @@ def profile_step(step: Callable[[], Any], steps: int = 3, calls: list | None = N
         for _ in range(steps):
             step()
         total = time.perf_counter() - start
-    rows = {row: 1000 * seconds / steps for row, seconds in timers.busiest().items()}
+    spent, recorded = timers.critical_path(threading.get_ident())
+    rows = {row: 1000 * seconds / steps for row, seconds in spent.items()}
     rows[REST] = 1000 * total / steps - sum(rows.values())
     rows["step"] = 1000 * total / steps
-    if calls is not None and timers.spent:
-        recorded = timers.calls[timers.busiest_thread()]
-        calls.extend(recorded[: len(recorded) // steps])  # every step makes the same calls
+    if calls is not None:  # every step makes the same calls: one step's share of each
+        calls.extend(call for call, count in Counter(recorded).items() for _ in range(count // steps))
     return rows
 
 
@@ -244,13 +248,13 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=["tiny/4", "cnn-micro"], choices=MODEL_NAMES,
                         metavar="SIZE", help=f"model sizes to profile, of: {', '.join(MODEL_NAMES)}")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=128, help="images per step")
+    parser.add_argument("--image-size", type=int, default=32, help="height and width of the (random) images")
     parser.add_argument("--threads", type=int, default=1, help="threads (shards, BLAS) of the step")
     parser.add_argument("--steps", type=int, default=3, help="profiled steps, after one warm-up step")
     args = parser.parse_args(argv)
-    if args.threads < 1 or args.steps < 1 or args.batch_size < 1:
-        parser.error("--threads, --steps and --batch-size must be at least 1")
+    if args.threads < 1 or args.steps < 1 or args.batch_size < 1 or args.image_size < 1:
+        parser.error("--threads, --steps, --batch-size and --image-size must be at least 1")
     import os
 
     os.environ["TINYMIXER_THREADS"] = str(args.threads)
@@ -258,8 +262,12 @@ def main(argv: list[str] | None = None) -> int:
 
     with threadpool_limits(args.threads):
         for config in args.configs:
+            try:
+                step = training_step(config, args.batch_size, args.image_size)
+            except ValueError as error:  # a size the model cannot take (a patch size that does not divide it)
+                parser.error(f"{config} at --image-size {args.image_size}: {error}")
             calls: list = []
-            rows = profile_step(training_step(config, args.batch_size, args.image_size), args.steps, calls)
+            rows = profile_step(step, args.steps, calls)
             print(format_rows(f"{config}, batch {args.batch_size}, {args.threads} thread(s)", rows,
                               one_pass_ms(calls)) + "\n")
     return 0
