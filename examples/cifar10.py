@@ -121,7 +121,7 @@ def train(argv: list[str]) -> int:
     try:
         tm.set_backend(args.backend)
     except (RuntimeError, ValueError) as exc:
-        fail(f"--backend {args.backend}: {exc}")
+        fail(f"{cli.backend_label(args.backend)}: {exc}")
     if comm.size > 1 and tm.backend_name() == "cupy":
         log(f"gradients: {comm.choose_gpu_allreduce()}")
     if args.evaluate:

@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tm.set_backend(args.backend)
     except (RuntimeError, ValueError) as exc:
-        fail(f"--backend {args.backend}: {exc}")
+        fail(f"{cli.backend_label(args.backend)}: {exc}")
 
     # --- the frozen model and the data --------------------------------------------------------------------------
     try:

@@ -135,7 +135,7 @@ def resolve(args: Any, presets: dict[str, Preset]) -> Preset:
     try:
         tm.set_backend(args.backend)
     except (RuntimeError, ValueError) as exc:
-        fail(f"--backend {args.backend}: {exc}")
+        fail(f"{cli.backend_label(args.backend)}: {exc}")
     return replace(preset, **overrides)
 
 

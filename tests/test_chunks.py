@@ -60,6 +60,11 @@ def test_kernel_errors_surface():
 def test_thread_count_follows_the_environment(monkeypatch):
     monkeypatch.setenv(chunks.THREADS_ENV, "3")
     assert chunks.num_threads() == 3
+    for wrong in ("abc", "0", "-3", "2.5"):  # tinymixer's own variable: a clear error, not silently skipped
+        monkeypatch.setenv(chunks.THREADS_ENV, wrong)
+        with pytest.raises(ValueError, match=f"TINYMIXER_THREADS='{wrong}' is not a number of threads"):
+            chunks.num_threads()
+    monkeypatch.setenv(chunks.THREADS_ENV, "3")
     monkeypatch.delenv(chunks.THREADS_ENV)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert chunks.num_threads() == 1

@@ -390,6 +390,37 @@ def test_the_settings_line_shows_only_what_applies(tmp_path, digits, capsys):
     assert "momentum" not in settings and "data-url" not in settings and "data-md5" not in settings, settings
 
 
+def test_the_environment_is_named_where_it_is_wrong(tmp_path, digits):
+    """A wrong $TINYMIXER_BACKEND or $TINYMIXER_THREADS is blamed on the variable (no --backend was given), in one
+    line with exit code 2, before anything runs."""
+    for variable, value, says in (("TINYMIXER_BACKEND", "gpu", "$TINYMIXER_BACKEND=gpu: unknown backend 'gpu'"),
+                                  ("TINYMIXER_THREADS", "abc", "TINYMIXER_THREADS='abc' is not a number of threads")):
+        result = run_script("--data-dir", str(digits), "--out", str(tmp_path / "run"), "--no-progress",
+                            env=dict(os.environ, **{variable: value}))
+        assert result.returncode == 2 and says in result.stderr, result.stderr
+        assert "--backend gpu" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_limits_above_the_data_and_a_stop_after_the_end_are_said(tmp_path, digits, capsys):
+    assert cifar10.main(["--data-dir", str(digits), "--epochs", "1", "--stop-after-epoch", "3", "--limit-train",
+                         "5000", "--limit-test", "100", "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "--limit-train 5000: there are only 1437 images; using all of them" in out
+    assert "--limit-test" not in out.split("settings: ")[0]  # 100 of 360: a real limit, nothing to say
+    assert "--stop-after-epoch 3: the run has 1 epoch, so it runs to its end" in out
+    assert (tmp_path / "run" / "confusion_matrix.png").exists()  # written when the run ends, as the docs say
+
+
+def test_a_folder_of_images_by_class_is_pointed_to_its_converter(tmp_path):
+    photos = tmp_path / "photos"
+    for name in ("cat", "dog"):
+        (photos / name).mkdir(parents=True)
+    result = run_script("--data-dir", str(photos), "--out", str(tmp_path / "run"), "--no-progress")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "it holds cat/, dog/" in result.stderr
+    assert f"python -m tinymixer.data.images {photos} OUT --size 32" in result.stderr
+
+
 def test_the_first_command_offline_points_to_the_offline_route_and_leaves_no_folder(tmp_path):
     cache = tmp_path / "cache" / "tinymixer"
     result = subprocess.run([sys.executable, str(SCRIPT), "--data-url", "http://127.0.0.1:9/cifar-10-python.tar.gz",

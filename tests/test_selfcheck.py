@@ -53,6 +53,12 @@ def test_a_backend_that_cannot_be_chosen_is_exit_code_1():
     assert "no backend: unknown backend 'abacus'" in done.stdout and "Traceback" not in done.stderr
 
 
+def test_a_wrong_thread_count_is_said_and_fails_the_checks():
+    done = run_module(TINYMIXER_THREADS="abc")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "threads" in done.stdout and "cannot be chosen: TINYMIXER_THREADS='abc'" in done.stdout
+
+
 def test_the_checks_pass_on_a_correct_model():
     results = selfcheck.run_checks()
     assert [r.passed for r in results] == [True, True, True], [r.line() for r in results]

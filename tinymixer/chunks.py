@@ -50,7 +50,13 @@ def num_threads() -> int:
     inside work that is already split (a shard's layers run on the shard's thread)."""
     if getattr(_worker, "busy", False):
         return 1
-    for name in (THREADS_ENV, "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    ours = os.environ.get(THREADS_ENV, "").strip()
+    if ours:  # tinymixer's own setting: a wrong value is the user's mistake to hear about, not to skip
+        if not ours.isdigit() or int(ours) < 1:
+            raise ValueError(f"{THREADS_ENV}={ours!r} is not a number of threads: give a whole number, at least 1, "
+                             f"or unset it (then the BLAS thread settings decide, else the usable cores)")
+        return int(ours)
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # other libraries': where valid
         value = os.environ.get(name, "")
         if value.isdigit() and int(value) > 0:
             return int(value)

@@ -160,7 +160,8 @@ def find_data(data_dir: Path | str | None = None, download: bool | None = None, 
             found += " (batches without batches.meta: the class names and image shape are missing)"
     raise DataError(f"no data set in {data_dir}: {found}. --data-dir takes a folder in the CIFAR layout "
                     f"(batches.meta, data_batch_1.., test_batch; `python -m tinymixer.data` makes one from NumPy "
-                    f"arrays) or its parent. To download CIFAR-10 into it, add --download.")
+                    f"arrays, `python -m tinymixer.data.images {data_dir} OUT --size 32` from a folder of images "
+                    f"in one subfolder per class) or its parent. To download CIFAR-10 into it, add --download.")
 
 
 def _extract(archive: Path, data_dir: Path) -> None:

@@ -104,7 +104,12 @@ def describe() -> tuple[list[tuple[str, str]], str | None]:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
-    shards = len(chunks.batch_shards(128, xp))
+    try:
+        shards = len(chunks.batch_shards(128, xp))
+        threads = (f"{chunks.num_threads()} per step ({cores} usable cores): a batch of 128 images runs as "
+                   f"{shards} shard{'s' * (shards != 1)}, one thread each")
+    except ValueError as exc:  # a wrong TINYMIXER_THREADS (the checks below then fail with the same message)
+        threads = f"cannot be chosen: {exc}"
     info = [
         ("Python", f"{platform.python_version()} ({platform.python_implementation()}, {platform.system()} "
                    f"{platform.machine()})"),
@@ -112,8 +117,7 @@ def describe() -> tuple[list[tuple[str, str]], str | None]:
         ("backend", f"{name} ({chosen_by})" + (": cannot be chosen, see below" if backend_error else "")),
         ("GPU (CuPy)", gpu_status()),
         ("BLAS", blas_description()),
-        ("threads", f"{chunks.num_threads()} per step ({cores} usable cores): a batch of 128 images runs as "
-                    f"{shards} shard{'s' * (shards != 1)}, one thread each"),
+        ("threads", threads),
         ("data folder", str(data.default_data_dir())),
         ("processes", distributed.status()),
     ]

@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..chunks import num_threads
 from ..data import CIFAR10_MD5, CIFAR10_URL, DATA_DIR_ENV, DataError, find_data
 from ..nn.architectures import MIN_TOKENS, MODEL_NAMES
 from ..nn.cnn import CNN_SIZES
@@ -195,6 +196,10 @@ def parse_args(argv: list[str], defaults: dict[str, Any] | None = None, prog: st
         parser.error("--download and --no-download contradict each other")
     if args.mixup and args.cutmix:
         parser.error("--mixup and --cutmix are two ways to mix a batch: choose one")
+    try:
+        num_threads()  # $TINYMIXER_THREADS, checked before anything runs
+    except ValueError as exc:
+        parser.error(str(exc))
     unset = object()
     parser.set_defaults(**{name: unset for name in vars(args)})
     given = {name for name, value in vars(parser.parse_args(argv)).items() if value is not unset}

@@ -47,6 +47,10 @@ def load_data(args: argparse.Namespace, say: Callable[[str], None] = print) -> D
             raise OptionError(f"--validation {args.validation} holds out every training image (there are "
                  f"{len(data.train_labels)}); hold out fewer")
         data = data.split_validation(args.validation, seed=args.seed)
+    for flag, limit, available in (("--limit-train", args.limit_train, len(data.train_labels)),
+                                   ("--limit-test", args.limit_test, len(data.test_labels))):
+        if limit is not None and limit > available:  # not an error (a quick-run setting kept across data sets)
+            say(f"{flag} {limit}: there are only {available} images; using all of them")
     # a seeded subset with every class in proportion (the first N of data sorted by class would be a few classes)
     return data.limited(args.limit_train, args.limit_test, seed=args.seed)
 
@@ -187,4 +191,8 @@ def describe(args: argparse.Namespace, model: Any, data: Dataset, split: str, st
 
     settings = "settings: " + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in remembered(args).items()
                                         if v not in (None, False) and applies(k))
-    return [first, settings]
+    lines = [first, settings]
+    if args.stop_after_epoch and args.stop_after_epoch >= args.epochs:
+        lines.append(f"--stop-after-epoch {args.stop_after_epoch}: the run has {args.epochs} "
+                     f"epoch{'s' * (args.epochs != 1)}, so it runs to its end")
+    return lines

@@ -86,6 +86,14 @@ def duration(text: str) -> float:
     return seconds
 
 
+def backend_label(backend: str) -> str:
+    """How an error names the backend a program was asked for: ``--backend X``, or ``$TINYMIXER_BACKEND=X`` when
+    the value is the variable's (``add_backend_option``'s default; a user who never typed --backend should not
+    be told to fix it). A value outside --backend's choices can only have come from the variable."""
+    from_environment = os.environ.get(ENV_VAR, "").strip().lower() == backend
+    return f"${ENV_VAR}={backend}" if from_environment else f"--backend {backend}"
+
+
 def add_backend_option(parser: argparse.ArgumentParser, fallback: str = "auto") -> None:
     """--backend numpy|cupy|auto, defaulting to $TINYMIXER_BACKEND when it is set (so the variable is honoured by
     every program: a program that passed its own "auto" would override it), else to ``fallback``."""
