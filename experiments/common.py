@@ -98,7 +98,8 @@ def build_parser(prog: str, description: str, presets: dict[str, Preset], experi
                         help=f"sweep even when {SWEEP_CACHE} beside --out has this sweep's result")
     parser.add_argument("--no-sweep", action="store_true",
                         help=f"skip the learning-rate sweep: use {DOCUMENTED_LR} unless --lr-* says otherwise")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the weights, data order, subsets, permutations")
+    parser.add_argument("--seed", type=number(int, 0), default=0,
+                        help="seed of the weights, data order, subsets, permutations (0 or more)")
     add_backend_option(parser)
     parser.add_argument("--yes", action="store_true", help="do not wait 5 s after printing the estimate")
     return parser
@@ -158,7 +159,8 @@ def load_data(data_dir: Path | None, train_size: int | None = None, test_size: i
     in the cache, downloaded once), with at most ``train_size`` training images (a stratified random subset) and
     the first ``test_size`` test images. A missing or broken folder is a one-line error (exit 2)."""
     try:
-        folder = find_data(data_dir)
+        folder = find_data(data_dir, download_hint="Leave out --data-dir to use CIFAR-10 (downloaded once into "
+                           "the cache).")
         data = load_folder(folder)
     except DataError as exc:
         fail(str(exc).replace("\n", " "))

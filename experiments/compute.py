@@ -19,6 +19,7 @@ this machine before it starts. Output in --out: report.md, results.json, compute
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -48,9 +49,20 @@ PRESETS = {
 }
 
 
+def model_list(text: str) -> tuple[str, ...]:
+    """--models' type: known model names, each once."""
+    names = tuple(name.strip() for name in text.split(","))
+    unknown = [name for name in names if name not in tm.MODEL_NAMES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown model {unknown[0]!r}; known: {', '.join(tm.MODEL_NAMES)}")
+    if len(set(names)) < len(names):
+        raise argparse.ArgumentTypeError(f"{text}: a model named twice")
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = common.build_parser("experiments/compute.py", __doc__.split("\n\n")[0], PRESETS, "compute")
-    parser.add_argument("--models", type=lambda text: tuple(text.split(",")), default=None, metavar="A,B,...",
+    parser.add_argument("--models", type=model_list, default=None, metavar="A,B,...",
                         help=f"the models to compare (default: the preset's; full: {','.join(MODELS)})")
     args = parser.parse_args(argv)
     preset_name = "quick" if args.quick else args.preset

@@ -140,6 +140,8 @@ def fractions_list(text: str) -> tuple[float, ...]:
         values = tuple(parse(part) for part in text.split(","))
     except argparse.ArgumentTypeError as exc:
         raise argparse.ArgumentTypeError(f"{text!r}: each fraction {exc}") from None
+    if len(set(values)) < len(values) or len(values) < 2:  # the gap's trend needs two sizes at least
+        raise argparse.ArgumentTypeError(f"{text!r}: give two different fractions or more, each once")
     return values
 
 
@@ -153,6 +155,20 @@ def gap_summary(results: dict[str, Any]) -> dict[str, Any]:
     first, last = gaps[min(gaps, key=float)], gaps[max(gaps, key=float)]
     return {"mixer": mixer, "cnn": cnn, "cnn_minus_mixer_points": gaps, "smallest": first, "largest": last,
             "shrinks": abs(last) < abs(first) or (first > 0 >= last)}
+
+
+def gap_verdict(gap: dict[str, Any], largest: float) -> str:
+    """The report's headline: how the CNN's lead changes from the smallest subset to the largest (``largest``: its
+    share of the training set, named "the whole set" only when it is all of it)."""
+    first, last = gap["smallest"], gap["largest"]
+    whole = "the whole set" if largest == 1 else f"the largest subset ({100 * largest:g}%)"
+    if first > 0 >= last:
+        return f"the CNN leads by {first:.2f} points on the smallest subset, the Mixer leads on {whole}"
+    if gap["shrinks"]:
+        return (f"the gap shrinks: the CNN minus the Mixer is {first:+.2f} points on the smallest subset and "
+                f"{last:+.2f} on {whole}")
+    return (f"the gap does not shrink: the CNN minus the Mixer is {first:+.2f} points on the smallest subset and "
+            f"{last:+.2f} on {whole}")
 
 
 def plot(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
@@ -196,15 +212,7 @@ def report(results: dict[str, Any], preset_name: str) -> str:
                      common.percent_spread(gaps, signed=True)])
     table = common.markdown_table(["share", "images", "epochs", "steps", f"{mixer} test (train) %",
                                    f"{cnn} test (train) %", "CNN - Mixer (points)"], rows)
-    first, last = gap["smallest"], gap["largest"]
-    if first > 0 >= last:
-        verdict = f"the CNN leads by {first:.2f} points on the smallest subset, the Mixer leads on the whole set"
-    elif gap["shrinks"]:
-        verdict = (f"the gap shrinks: the CNN minus the Mixer is {first:+.2f} points on the smallest subset and "
-                   f"{last:+.2f} on the whole set")
-    else:
-        verdict = (f"the gap does not shrink: the CNN minus the Mixer is {first:+.2f} points on the smallest subset "
-                   f"and {last:+.2f} on the whole set")
+    verdict = gap_verdict(gap, largest=runs[mixer][-1]["fraction"])
     quick = common.quick_note(s)
     n = len(results.get("seeds", [s["seed"]]))
     if n > 1:

@@ -297,6 +297,28 @@ def test_a_bad_option_or_a_missing_data_set_is_one_line_and_exit_2(tmp_path, cap
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "no data set" in error
+    assert "--download" not in error and "Leave out --data-dir to use CIFAR-10" in error  # no option they lack
+    for name, options, says in (
+            ("compute", ["--models", "foo,cnn-micro"], "unknown model 'foo'"),
+            ("compute", ["--models", "micro/4,cnn-foo"], "unknown model 'cnn-foo'"),
+            ("compute", ["--models", "micro/4,cnn-micro,micro/4"], "a model named twice"),
+            ("permutations", ["--seed", "-1"], "--seed"),
+            ("data_size", ["--fractions", "0.5"], "two different fractions or more"),
+            ("data_size", ["--fractions", "0.5,0.5"], "two different fractions or more")):
+        with pytest.raises(SystemExit) as exit_info:
+            load(name).main(["--quick", "--data-dir", str(tmp_path), *options])
+        error = capsys.readouterr().err.strip()
+        assert exit_info.value.code == 2 and len(error.splitlines()) == 1 and says in error, (options, error)
+
+
+def test_the_data_size_verdict_names_the_largest_subset_it_trained():
+    verdict = load("data_size").gap_verdict
+    gap = {"smallest": 3.0, "largest": 1.0, "shrinks": True}
+    assert verdict(gap, largest=0.6).endswith("+3.00 points on the smallest subset and +1.00 on the largest subset "
+                                              "(60%)")
+    assert verdict(gap, largest=1.0).endswith("on the whole set")
+    assert verdict({"smallest": 2.0, "largest": -1.0, "shrinks": True}, 0.5).endswith("leads on the largest subset "
+                                                                                      "(50%)")
 
 
 def test_fewer_training_images_than_a_batch_is_one_line_and_exit_2(data_dir, tmp_path, capsys):

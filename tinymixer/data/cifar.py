@@ -122,7 +122,8 @@ def is_cifar_folder(folder: Path | str) -> bool:
 
 
 def find_data(data_dir: Path | str | None = None, download: bool | None = None, url: str = CIFAR10_URL,
-              md5: str = CIFAR10_MD5, progress: bool = True) -> Path:
+              md5: str = CIFAR10_MD5, progress: bool = True,
+              download_hint: str = "To download CIFAR-10 into it, add --download.") -> Path:
     """The CIFAR-layout folder to train on.
 
     ``data_dir`` given (the user pointed at it): it must be a CIFAR-layout folder itself, or hold one (as
@@ -131,7 +132,8 @@ def find_data(data_dir: Path | str | None = None, download: bool | None = None, 
     with CIFAR-10 by surprise. Otherwise a DataError says what was looked for and what is there.
 
     ``data_dir`` None: the cache (``default_data_dir()``), where CIFAR-10 is downloaded once unless ``download``
-    is False.
+    is False. ``download_hint``: the error's last sentence, how to get CIFAR-10 instead (a program without
+    --download says its own way).
     """
     if data_dir is None:
         return ensure_cifar10(default_data_dir(), url, md5, download_ok=download is not False, progress=progress)
@@ -161,7 +163,7 @@ def find_data(data_dir: Path | str | None = None, download: bool | None = None, 
     raise DataError(f"no data set in {data_dir}: {found}. --data-dir takes a folder in the CIFAR layout "
                     f"(batches.meta, data_batch_1.., test_batch; `python -m tinymixer.data` makes one from NumPy "
                     f"arrays, `python -m tinymixer.data.images {data_dir} OUT --size 32` from a folder of images "
-                    f"in one subfolder per class) or its parent. To download CIFAR-10 into it, add --download.")
+                    f"in one subfolder per class) or its parent. {download_hint}")
 
 
 def _extract(archive: Path, data_dir: Path) -> None:

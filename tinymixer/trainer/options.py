@@ -162,7 +162,8 @@ def build_parser(prog: str = "cifar10.py", description: str = DESCRIPTION) -> Pa
     train.add_argument("--ema", type=number(float, 0, 1, high_open=True), default=0.0, metavar="DECAY",
                        help="also keep an exponential moving average of the weights (e.g. 0.999), evaluated beside "
                             "them; best.npz is the better of the two (0: off)")
-    train.add_argument("--seed", type=int, default=0, help="seed of the weights, the data order and augmentation")
+    train.add_argument("--seed", type=number(int, 0), default=0,
+                       help="seed of the weights, the data order and augmentation (0 or more)")
 
     run = p.add_argument_group("the run")
     run.add_argument("--out", type=Path, metavar="DIR", default=Path("runs/cifar10"), help="run folder")
