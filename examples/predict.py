@@ -216,8 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         fail(f"no image files in {', '.join(map(str, args.images))}")
     try:
         tm.set_backend(args.backend)
-    except RuntimeError as error:
-        fail(str(error))
+    except (RuntimeError, ValueError) as error:  # no GPU for cupy; a $TINYMIXER_BACKEND no backend has
+        fail(f"{cli.backend_label(args.backend)}: {error}")
     try:
         args.checkpoint = resolve(args.checkpoint)  # a file, or named weights fetched once into the cache
         model = load_model(args.checkpoint)

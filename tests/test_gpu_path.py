@@ -137,6 +137,19 @@ def test_the_prepared_gpu_check_runs_and_reports(tmp_path):
     assert [p["status"] for p in parts] == ["PASS"] * 6 and "## Timings" in report and "## Benchmark" in report
 
 
+def test_the_gpu_check_refuses_a_file_for_out_and_a_budget_of_nothing(tmp_path, capsys):
+    from tinymixer.tools import gpucheck
+
+    a_file = tmp_path / "report.png"
+    a_file.write_bytes(b"x")
+    for wrong, says in ((["--out", str(a_file)], "is a file: give a folder"), (["--budget", "0"], "--budget"),
+                        (["--budget", "-5"], "--budget")):
+        with pytest.raises(SystemExit) as stop:
+            gpucheck.main(wrong)
+        assert stop.value.code == 2 and says in capsys.readouterr().err
+    assert a_file.read_bytes() == b"x"  # nothing written
+
+
 @pytest.mark.slow
 def test_the_benchmark_runs_on_the_device(tmp_path, capsys):
     """tools.bench --backend cupy: timed with synchronisation, device memory reported (and on the stand-in, the

@@ -155,6 +155,13 @@ def one_line_error(err: str, *fragments: str) -> None:
     assert all(fragment in lines[0] for fragment in fragments), err
 
 
+def test_a_wrong_backend_variable_is_a_one_line_error(files, capsys, monkeypatch):
+    monkeypatch.setenv("TINYMIXER_BACKEND", "bogus")
+    code, _, err = run([files["root"] / "photo.png", "--checkpoint", files["official"]], capsys)
+    assert code == 2
+    one_line_error(err, "$TINYMIXER_BACKEND=bogus", "unknown backend 'bogus'")
+
+
 def test_bad_inputs_are_one_line_errors(files, tmp_path, capsys):
     photo, official = files["root"] / "photo.png", files["official"]
     code, out, err = run([photo, files["root"] / "notes.txt", "--checkpoint", official], capsys)

@@ -205,6 +205,15 @@ def test_offline_is_one_line_with_the_url_and_the_command_to_fetch_it(server, mi
     assert f"curl -L -o {MICRO.cache_path} {MICRO.url}" in message
 
 
+def test_a_file_the_server_does_not_have_is_not_offered_a_resume(server, micro):
+    del server.files["/official/" + MICRO.path]  # a 404: nothing was received, so nothing can be resumed
+    with pytest.raises(WeightsError) as caught:
+        weights.fetch_weights(MICRO.name, say=lambda _: None)
+    message = str(caught.value)
+    assert "answered 404" in message and "no such file at that address" in message
+    assert "$TINYMIXER_WEIGHTS_URL" in message and "resume" not in message
+
+
 def test_a_typo_is_answered_with_the_closest_names():
     with pytest.raises(WeightsError, match=r"did you mean Mixer-B_16") as caught:
         weights.lookup("Mixer-B16")

@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..util.cli import number
+
 ROOT = Path(__file__).resolve().parents[2]  # the checkout (tests/ and examples/ beside the package)
 
 
@@ -171,12 +173,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpucheck")),
                         help="where the report goes (default: $OUT, else ./gpucheck)")
     parser.add_argument("--install", action="store_true", help="pip install CuPy with its CUDA libraries if needed")
-    parser.add_argument("--cuda", choices=["12", "13"], default="13", help="the CUDA major version to install for")
+    parser.add_argument("--cuda", choices=["12", "13"], default="13",
+                        help="the CUDA major version to install for (default: 13)")
     parser.add_argument("--quick", action="store_true", help="a shorter check (no suite, small timings)")
-    parser.add_argument("--budget", type=float, default=460.0, help="seconds for the whole check (parts share it)")
+    parser.add_argument("--budget", type=number(float, 0, low_open=True), default=460.0,
+                        help="seconds for the whole check, shared by its parts (default: 460)")
     parser.add_argument("--tests", default="", metavar="EXPR",
                         help="only the GPU tests that pytest's -k EXPR selects (default: all of them)")
     args = parser.parse_args(argv)
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out} is a file: give a folder for gpucheck.md and gpucheck.json")
     args.out.mkdir(parents=True, exist_ok=True)
     deadline = time.perf_counter() + args.budget
     parts = []

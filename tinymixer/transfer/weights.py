@@ -270,7 +270,11 @@ def fetch_weights(name: str, progress: bool = True, say: Any = print) -> Path:
                 raise WeightsError(f"{exc}: offline? Fetch it by hand: curl -L -o {source} {weights.url} (or set "
                                    f"TINYMIXER_{'TIMM' if weights.source == 'timm' else 'WEIGHTS'}_URL to a "
                                    f"mirror)") from None
-            raise WeightsError(f"{exc}; run the same command again to resume it") from None
+            variable = f"TINYMIXER_{'TIMM' if weights.source == 'timm' else 'WEIGHTS'}_URL"
+            if exc.status is not None and 400 <= exc.status < 500:  # the server has no such file: nothing to resume
+                raise WeightsError(f"{exc}: no such file at that address (is ${variable} the right server?)") from None
+            again = "resume" if part.exists() and part.stat().st_size else "retry"
+            raise WeightsError(f"{exc}; run the same command again to {again} it") from None
         os.replace(part, source)  # complete: verified next, deleted if it fails
     try:
         params, config = _checked_params(weights, source)

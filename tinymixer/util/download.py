@@ -20,12 +20,14 @@ CHUNK = 1 << 20  # bytes per read
 
 
 class DownloadError(OSError):
-    """The transfer failed or was cut; ``offline`` is True when the server could not be reached at all. The bytes
-    received so far stay in the ``.part`` file, and the next ``fetch`` resumes from them."""
+    """The transfer failed or was cut; ``offline`` is True when the server could not be reached at all, ``status``
+    is the HTTP status of a server's refusal (404: no such file), else None. The bytes received so far stay in
+    the ``.part`` file, and the next ``fetch`` resumes from them."""
 
-    def __init__(self, message: str, offline: bool = False) -> None:
+    def __init__(self, message: str, offline: bool = False, status: int | None = None) -> None:
         super().__init__(message)
         self.offline = offline
+        self.status = status
 
 
 def fetch(url: str, part: Path, label: str, progress: bool = True, timeout: float = 60.0) -> int:
@@ -46,7 +48,7 @@ def fetch(url: str, part: Path, label: str, progress: bool = True, timeout: floa
                 return have
             part.unlink()  # not this file's bytes: start again
             return fetch(url, part, label, progress, timeout)
-        raise DownloadError(f"{url}: the server answered {exc.code} {exc.reason}") from None
+        raise DownloadError(f"{url}: the server answered {exc.code} {exc.reason}", status=exc.code) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise DownloadError(f"cannot reach {url} ({reason})", offline=True) from None
