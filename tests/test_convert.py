@@ -318,8 +318,12 @@ def bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     }
     if torch is not None:
         torch.save(convert.to_torch(vit_like_state_dict()), tmp_path / "vit.pth")
+        torch.save([1, 2, 3], tmp_path / "list.pth")
+        torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pth")  # a whole module: refused by weights_only
         cases |= {"timm ViT state dict": (["vit.pth", "out.npz"], "no 'stem.proj.weight'"),
-                  "not a PyTorch file": (["garbage.pth", "out.npz"], "cannot read")}
+                  "not a PyTorch file": (["garbage.pth", "out.npz"], "cannot read"),
+                  "a list, not a state dict": (["list.pth", "out.npz"], "list.pth holds a list, not a state dict"),
+                  "a pickled module": (["module.pth", "out.npz"], "cannot read")}
     return {name: ([str(tmp_path / a) for a in argv], message) for name, (argv, message) in cases.items()}
 
 
@@ -328,6 +332,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
         assert convert.main(argv) == 2, name
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1 and message in err, (name, err)
+        assert "\x1b[" not in err and err.count(".pth:") <= 1, (name, err)  # no terminal colours, the path once
     assert not (tmp_path / "out.npz").exists() and not (tmp_path / "out.pth").exists()
     assert convert.main([str(tmp_path / "good.npz"), str(tmp_path / "vit.npz"), "--overwrite"]) == 0
 

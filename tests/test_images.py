@@ -293,8 +293,14 @@ def test_command_line(tmp_path, capsys):
     assert main([str(tmp_path / "photos"), str(tmp_path / "out"), "--size", "4", "--grey"]) == 0
     assert "wrote" in capsys.readouterr().out
     assert load_folder(tmp_path / "out").image_shape == (4, 4, 1)
-    assert main([str(tmp_path / "nowhere"), str(tmp_path / "out2")]) == 2
-    assert "error: " in capsys.readouterr().err
+    photos, out = str(tmp_path / "photos"), str(tmp_path / "out3")
+    for argv, says in (([str(tmp_path / "nowhere"), out], "python -m tinymixer.data.images: error: "),
+                       ([photos, out, "--test-fraction", "1.5"], "--test-fraction"),
+                       ([photos, out, "--size", "0"], "--size")):
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and says in err and "test_fraction" not in err, err
 
 
 # ----------------------------------------------------------------------------------------------------------------

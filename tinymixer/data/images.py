@@ -54,7 +54,8 @@ from pathlib import Path
 import numpy as np
 
 from ..data import DataError, Dataset, bilinear_resize, is_cifar_folder, save_folder
-from ..util.cli import Parser
+from ..util import cli
+from ..util.cli import Parser, number
 
 WHITE = (255, 255, 255)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
@@ -321,20 +322,19 @@ def main(argv: list[str] | None = None) -> int:
                     "that examples/cifar10.py --data-dir trains on.")
     parser.add_argument("root", type=Path, help="the ImageFolder tree")
     parser.add_argument("out", type=Path, help="the folder to write (created; must not hold a data set yet)")
-    parser.add_argument("--size", type=int, default=32, help="image side in pixels after resizing")
+    parser.add_argument("--size", type=number(int, 1), default=32, help="image side in pixels after resizing")
     parser.add_argument("--crop", action="store_true",
                         help="resize the shorter side and take the centre crop (default: resize the whole image)")
-    parser.add_argument("--test-fraction", type=float, default=0.2,
+    parser.add_argument("--test-fraction", type=number(float, 0, 1, low_open=True, high_open=True), default=0.2,
                         help="without train/ and test/ subfolders: the share of images held out at random")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random hold-out")
+    parser.add_argument("--seed", type=number(int, 0), default=0, help="seed of the random hold-out")
     parser.add_argument("--grey", action="store_true", help="write 1-channel grey images")
     args = parser.parse_args(argv)
     try:
         data = image_folder_to_cifar(args.root, args.out, args.size, args.test_fraction, args.seed, args.crop,
                                      channels=1 if args.grey else 3, progress=True)
     except (DataError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        cli.fail(str(error), "python -m tinymixer.data.images")  # one line, exit code 2
     print(f"wrote {args.out}: {len(data.train_labels)} training and {len(data.test_labels)} test images, "
           f"{args.size}x{args.size}, {data.num_classes} classes ({', '.join(data.class_names[:10])}"
           f"{', ...' if data.num_classes > 10 else ''})\n"

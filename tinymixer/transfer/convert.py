@@ -50,6 +50,7 @@ the official layout), ``.npz -> .npz`` (a tinymixer checkpoint's parameters alon
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -310,10 +311,12 @@ def load_pth(path: Path | str) -> dict[str, Any]:
         raise ConversionError(f"{path} does not exist or is not a file")
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many kinds (UnpicklingError, RuntimeError, EOFError, ...)
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    except Exception as exc:  # torch raises many kinds (UnpicklingError, RuntimeError, EOFError, KeyError ...)
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # torch colours some of its messages
+        first_line = text.splitlines()[0][:200] if text else ""
+        hint = "" if len(first_line) > 8 else "; is it a file torch.save wrote?"  # e.g. "KeyError: 101" on text
         raise ConversionError(f"cannot read {path} as a PyTorch state dict ({type(exc).__name__}: "
-                              f"{first_line[:200]})") from exc
+                              f"{first_line}){hint}") from exc
     for key in ("state_dict", "model"):
         if isinstance(loaded, Mapping) and isinstance(loaded.get(key), Mapping):
             loaded = loaded[key]
@@ -368,8 +371,9 @@ def convert_file(source: Path | str, target: Path | str) -> str:
         raise ConversionError(f"{source} is both the input and the output")
 
     if src in TORCH_SUFFIXES:
+        state_dict = load_pth(source)  # its errors name the file already
         try:
-            params, config = from_timm_state_dict(load_pth(source))
+            params, config = from_timm_state_dict(state_dict)
         except ConversionError as exc:
             raise ConversionError(f"{source}: {exc}") from exc
         save_official(params, target)
