@@ -41,6 +41,42 @@ def test_fewer_images_than_a_batch_is_an_error():
         fit(tiny_model(), images, labels, epochs=1, batch_size=16)
 
 
+def test_fit_refuses_what_it_cannot_train_on_with_what_to_do():
+    """Each wrong argument a clear ValueError before anything trains: float images (fit scales uint8 pixels
+    itself: scaled images were scaled again, silently, into a sliver around -1), grey images without a channel
+    axis, labels that do not match, sizes below 1, a negative learning rate or clipping bound."""
+    images, labels = tiny_data()
+    scaled = (images.astype(np.float32) - 127.5) / 127.5
+    for kwargs, says in (({"images": scaled}, "uint8 pixels .* float32 .* gives the pixels back"),
+                         ({"images": images[..., 0]}, r"add a channel axis, images\[\.\.\., None\]"),
+                         ({"labels": labels[:10]}, "one per image: 64 images"),
+                         ({"labels": labels.astype(float)}, "must be integers"),
+                         ({"test": (scaled[:8], labels[:8])}, "test images as uint8"),
+                         ({"batch_size": 0}, "batch_size must be a whole number, at least 1"),
+                         ({"epochs": -1}, "epochs must be"), ({"crop_padding": -2}, "crop_padding must be"),
+                         ({"lr": -1.0}, "lr must be positive"), ({"clip": -1.0}, "clip 0 .off. or positive")):
+        arguments = {"images": images, "labels": labels, "epochs": 1, "batch_size": 16} | kwargs
+        with pytest.raises(ValueError, match=says):
+            fit(tiny_model(), arguments.pop("images"), arguments.pop("labels"), **arguments)
+
+
+def test_a_negative_clipping_bound_is_refused_not_a_step_uphill():
+    grads = {"w": np.array([3.0, 4.0])}
+    with pytest.raises(ValueError, match="max_norm must be positive"):
+        tm.clip_by_global_norm(grads, -1.0)
+    assert grads["w"].tolist() == [3.0, 4.0]  # untouched
+    tm.clip_by_global_norm(grads, 1.0)
+    np.testing.assert_allclose(grads["w"], [0.6, 0.8])
+
+
+@pytest.mark.parametrize("parts", [0, 5, 2.0])
+def test_accumulation_parts_from_one_to_the_batch(parts):
+    model, rng = float64_model(), np.random.default_rng(0)
+    images, labels = rng.uniform(-1, 1, (4, 8, 8, 3)), rng.integers(0, 3, 4)
+    with pytest.raises(ValueError, match=f"accumulate={parts!r}: .* from 1 to 4"):
+        one_step(model, images, labels, accumulate=parts)
+
+
 def one_step(model, images, labels, **kwargs):
     optimizer = tm.SGD(momentum=0.9)
     return tm.training.train.run_step(model, optimizer, images, labels, 0.1, 0.0, **kwargs)

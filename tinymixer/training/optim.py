@@ -52,6 +52,9 @@ def clip_by_global_norm(grads: dict[str, Array], max_norm: float) -> Array:
     update, which the recipe does not do.) The scale is array arithmetic, not a Python ``if``, so on a GPU nothing
     waits for the norm. Returns the norm before clipping (0-d array).
     """
+    if not max_norm > 0:  # a negative bound would flip every gradient: the step would climb the loss
+        raise ValueError(f"max_norm must be positive, got {max_norm} (to train without clipping, leave it out: "
+                         f"clip=0)")
     xp = array_module(*grads.values())
     norm = global_norm(grads)
     scale = xp.minimum(1.0, max_norm / xp.maximum(norm, 1e-30))  # norm = 0 gives scale 1, not a division by 0

@@ -93,6 +93,7 @@ def accumulated_gradients(model: Any, images: Any, labels: Any, parts: int, *, m
     holds the sum). Each part's loss counts with its share of the ``batch`` images the loss is the mean over
     (default: these images)."""
     batch = batch or len(labels)
+    parts = accumulation_parts(parts, len(labels))
 
     def one(rows: slice) -> tuple[Any, Any]:  # a part: consecutive images, a view of a device array
         part_mix = None if mix is None else (mix[0][rows], mix[1])
@@ -159,6 +160,34 @@ def run_step(model: Any, optimizer: Optimizer, images: Any, labels: Any, lr: flo
     return loss, logits
 
 
+def _check_fit_arguments(images: Any, labels: Any, epochs: Any, batch_size: Any, crop_padding: Any,
+                         test: Any) -> None:
+    """``fit``'s data and sizes, each with what to do when it is wrong (before anything trains)."""
+    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("crop_padding", crop_padding)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < (name != "crop_padding"):
+            raise ValueError(f"{name} must be a whole number, at least {int(name != 'crop_padding')}; got {value!r}")
+    for what, (x, y) in (("images", (images, labels)), ("test images", test or (None, None))):
+        if x is None:
+            continue
+        x, y = np.asarray(x), np.asarray(y)
+        if x.ndim != 4 or x.dtype != np.uint8:
+            grey = " (grey images: add a channel axis, images[..., None])" if x.ndim == 3 else ""
+            raise ValueError(f"fit takes {what} as uint8 pixels (N, H, W, C), as a data set holds them, and scales "
+                             f"them to [-1, 1] itself; got {x.dtype} {x.shape}{grey}. Images already scaled: "
+                             f"(x * 127.5 + 127.5).round().astype(np.uint8) gives the pixels back")
+        if y.ndim != 1 or y.dtype.kind not in "iu" or len(y) != len(x):
+            raise ValueError(f"the labels of the {what} must be integers (N,), one per image: {len(x)} images, "
+                             f"labels {y.dtype} {y.shape}")
+
+
+def accumulation_parts(parts: int, batch: int) -> int:
+    """``accumulate``, checked: a whole number of parts from 1 to the batch's images."""
+    if not isinstance(parts, (int, np.integer)) or isinstance(parts, bool) or not 1 <= parts <= batch:
+        raise ValueError(f"accumulate={parts!r}: the batch of {batch} images is cut into that many parts; give a "
+                         f"whole number from 1 to {batch}")
+    return int(parts)
+
+
 def _buffer_of(model: Any, names: list[str]) -> Any:
     """The contiguous part of the gradient buffer that holds the gradients of ``names`` (all of them, or the
     head's, which come last in the official order)."""
@@ -191,8 +220,12 @@ def fit(model: Any, images: np.ndarray, labels: np.ndarray, *, epochs: int, batc
     Returns one record per epoch: train loss and accuracy, test loss and accuracy when ``test`` is given, and
     ``seconds``, the wall-clock time since the start of training (the evaluations included).
     """
+    _check_fit_arguments(images, labels, epochs, batch_size, crop_padding, test)
     settings = recipes.recipe(recipe, lr=lr, warmup=warmup, clip=clip, momentum=momentum,
                               label_smoothing=label_smoothing)
+    if not settings["lr"] > 0 or settings["clip"] < 0:
+        raise ValueError(f"lr must be positive (got {settings['lr']}) and clip 0 (off) or positive (got "
+                         f"{settings['clip']})")
     for name in recipes.MODEL_SETTINGS:  # a recipe that regularises the model says so; the model decides
         if settings[name] and not hasattr(model, name):
             raise ValueError(f"the {recipe} recipe trains with {name} {settings[name]}, which a "
