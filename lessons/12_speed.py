@@ -211,9 +211,10 @@ save_figure(fig, "12_time_per_component")
 #
 # ## Which BLAS does the matrix multiplies?
 # Half the step or more is the BLAS library's (two thirds at `tiny/4`'s size; the quick run's table above, on a
-# smaller model, gives it less), so which library NumPy loaded matters as much as anything in this repository. NumPy's wheels bring OpenBLAS; PyTorch's bring Intel's MKL. On the development machine, the same
-# tinymixer step with a NumPy built against MKL took 722 ms instead of 824 ms, and went from level with PyTorch to
-# faster than it (README, "Performance"). `threadpoolctl` tells which library is loaded:
+# smaller model, gives it less), so which library NumPy loaded matters as much as anything in this repository.
+# NumPy's wheels bring OpenBLAS; PyTorch's bring Intel's MKL. On the development machine, the same tinymixer step
+# with a NumPy built against MKL took 722 ms instead of 824 ms, and went from level with PyTorch to faster than it
+# (README, "Performance"). `threadpoolctl` tells which library is loaded:
 
 # %%
 try:

@@ -153,6 +153,24 @@ def test_eval_forward_keeps_no_cache_and_gives_same_logits():
         model.backward(np.ones((3, 3)))
 
 
+def test_backward_checks_dlogits_before_it_lets_the_forward_go():
+    model = small_model()
+    images = np.random.default_rng(0).standard_normal((3, 8, 8, 3))
+    model.forward(images)
+    for wrong in (np.ones((3, 7)), np.ones((4, 3)), np.float64(1.0)):
+        with pytest.raises(ValueError, match=r"dlogits must be \(images, classes\) = \(3, 3\)"):
+            model.backward(wrong)
+    assert model.backward(np.ones((3, 3))).shape == images.shape  # the forward's caches are still there
+
+
+@pytest.mark.parametrize("name", ["micro/4", "cnn-micro"])
+def test_an_empty_batch_gives_empty_logits_in_both_families(name):
+    model = tm.make_model(name, num_classes=10, image_size=16)
+    empty = np.zeros((0, 16, 16, 3), np.float32)
+    assert model.forward(empty).shape == model.forward(empty, train=False).shape == (0, 10)
+    assert model.features(empty).shape[0] == 0
+
+
 # -- float32 all the way ------------------------------------------------------------------------------------------
 
 def test_float32_step_never_upcasts():

@@ -617,9 +617,10 @@ def _group_norm_forward(x: Array, scale: Array, bias: Array, groups: int, eps: f
     rstd = xp.empty((b, 1, groups, 1), x.dtype)  # (B, 1, G, 1)
     positive = xp.empty(x.shape, bool) if relu else None  # (B, H, W, C): where the ReLU passes
     ones = constant_vector(xp, h * w, 1.0, x.dtype)  # (HW,): ones @ (n, HW, C) sums over positions
-    arrays = [x.reshape(b, -1), xhat.reshape(b, -1), rstd.reshape(b, groups), out.reshape(b, -1)]
+    per_image = h * w * c  # explicit: reshape(b, -1) cannot tell the size of an empty batch's rows
+    arrays = [x.reshape(b, per_image), xhat.reshape(b, per_image), rstd.reshape(b, groups), out.reshape(b, per_image)]
     for_row_blocks(partial(_group_norm_forward_block, scale=scale, bias=bias, groups=groups, eps=eps, ones=ones),
-                   *arrays, *([positive.reshape(b, -1)] if relu else []))
+                   *arrays, *([positive.reshape(b, per_image)] if relu else []))
     cache = (xhat, rstd, scale, groups) if train else None
     return out, (cache if not relu or not train else (cache, positive))
 
@@ -670,9 +671,9 @@ def _group_norm_backward(dout: Array, cache: tuple, positive: Array | None) -> t
     xp = array_module(xhat)
     dx = xp.empty(xhat.shape, xhat.dtype)  # (B, H, W, C)
     ones = constant_vector(xp, h * w, 1.0, xhat.dtype)  # (HW,)
-    arrays = [dout.reshape(b, -1), xhat.reshape(b, -1), rstd.reshape(b, groups), dx.reshape(b, -1)]
+    arrays = [dout.reshape(b, h * w * c), xhat.reshape(b, h * w * c), rstd.reshape(b, groups), dx.reshape(b, h * w * c)]
     partial_sums = for_row_blocks(partial(_group_norm_backward_block, scale=scale, groups=groups, ones=ones),
-                                  *arrays, *([positive.reshape(b, -1)] if positive is not None else []))
+                                  *arrays, *([positive.reshape(b, h * w * c)] if positive is not None else []))
     dscale = sum(p[0] for p in partial_sums)  # (C,), block by block in a fixed order: deterministic
     dbias = sum(p[1] for p in partial_sums)  # (C,)
     return dx, dscale, dbias

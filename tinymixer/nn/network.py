@@ -204,8 +204,10 @@ class Network:
                                "evaluation pass (train=False) or there was none")
         shards, caches = self._cache
         dlogits = self.xp.asarray(dlogits, dtype=self.dtype)  # as forward takes images: host values are moved
-        if dlogits.shape[0] != shards[-1].stop:
-            raise ValueError(f"dlogits has {dlogits.shape[0]} rows but the last forward saw {shards[-1].stop} images")
+        expected = (shards[-1].stop, self.num_classes)
+        if dlogits.shape != expected:  # checked before the caches go: a corrected call can still run
+            raise ValueError(f"dlogits must be (images, classes) = {expected}, the last forward's logits' shape; got "
+                             f"{tuple(dlogits.shape)}")
         self._cache = None  # free the activations as soon as backward is done with them
         results = for_shards(lambda i: self._backward_shard(dlogits[shards[i]], caches[i]), list(range(len(shards))))
         # The gradients go into one contiguous buffer (``grad_buffer``; ``grads`` holds views of it), so that a
