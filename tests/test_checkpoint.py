@@ -15,6 +15,7 @@ from tinymixer.training.checkpoint import (
     load_model,
     load_params_into,
     save_checkpoint,
+    save_model,
 )
 
 
@@ -92,6 +93,24 @@ def test_missing_checkpoint_and_mismatched_model(tmp_path):
     path = save_checkpoint(tmp_path / "bare.npz", {"w": np.ones(3)})
     with pytest.raises(CheckpointError, match="not in the Mixer checkpoint layout"):
         load_model(path)
+
+
+@pytest.mark.parametrize("build", [
+    lambda: tm.MlpMixer.from_name("micro/4", num_classes=4, image_size=16, gelu="erf", dtype="float64", seed=2),
+    lambda: tm.make_model("cnn-micro", num_classes=4, image_size=16, seed=2)])
+def test_save_model_keeps_every_setting_and_params_alone_say_how(tmp_path, build):
+    """save_model writes the network's configuration beside its weights: load_model builds the same network (a
+    Mixer's exact GELU and float64 too, which the shapes alone do not show); the parameters alone of a ResNet are
+    refused with what to do instead."""
+    model = build()
+    images = np.random.default_rng(0).uniform(-1, 1, (2, 16, 16, 3))
+    back = load_model(save_model(tmp_path / "m.npz", model))
+    assert back.config() == model.config()
+    np.testing.assert_array_equal(tm.to_host(back.forward(images, train=False)),
+                                  tm.to_host(model.forward(images, train=False)))
+    if isinstance(model, tm.ResNet):
+        with pytest.raises(CheckpointError, match=r"carries no model configuration.*save_model\(path, model\)"):
+            load_model(save_checkpoint(tmp_path / "bare.npz", model.params))
 
 
 def test_an_official_style_npz_loads_into_a_model(tmp_path):

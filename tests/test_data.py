@@ -43,6 +43,20 @@ def test_save_and_load_folder_roundtrip(tmp_path):
     assert loaded.class_names == dataset.class_names and loaded.image_shape == (32, 32, 3)
 
 
+def test_saving_over_a_larger_data_set_leaves_none_of_it_and_few_images_still_save(tmp_path):
+    D.save_folder(tmp_path / "d", fake_cifar(num_train=50, num_test=20), train_batches=10)
+    smaller = fake_cifar(num_train=20, num_test=5, seed=1)
+    D.save_folder(tmp_path / "d", smaller, train_batches=5)  # data_batch_6..10 of the first would stay behind
+    loaded = D.load_folder(tmp_path / "d")
+    np.testing.assert_array_equal(loaded.train_images, smaller.train_images)
+    assert sorted(p.name for p in (tmp_path / "d").glob("data_batch_*")) == [f"data_batch_{i}" for i in range(1, 6)]
+    few = fake_cifar(num_train=3, num_test=2)
+    D.save_folder(tmp_path / "few", few)  # 3 images, 5 batches asked: 3 batches, and the test batch
+    np.testing.assert_array_equal(D.load_folder(tmp_path / "few").train_labels, few.train_labels)
+    with pytest.raises(ValueError, match="train_batches must be a whole number, at least 1"):
+        D.save_folder(tmp_path / "zero", few, train_batches=0)
+
+
 def test_reads_the_real_cifar_pixel_layout(tmp_path):
     """Real CIFAR rows hold the red plane, then green, then blue (1024 bytes each), and byte-string keys."""
     folder = tmp_path / "cifar-10-batches-py"

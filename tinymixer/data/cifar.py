@@ -238,13 +238,19 @@ def load_folder(folder: Path | str) -> Dataset:
 
 
 def save_folder(folder: Path | str, dataset: Dataset, train_batches: int = 5) -> Path:
-    """Write a Dataset in the CIFAR layout (used by the tests, and to bring other data to the training script)."""
+    """Write a Dataset in the CIFAR layout (used by the tests, and to bring other data to the training script):
+    ``batches.meta``, ``data_batch_1..`` (``train_batches`` of them, fewer when there are fewer training images)
+    and ``test_batch``. A data set already in ``folder`` is replaced, its surplus ``data_batch_*`` files removed
+    (left there, ``load_folder`` would read them as part of the new one)."""
+    if not isinstance(train_batches, (int, np.integer)) or train_batches < 1:
+        raise ValueError(f"train_batches must be a whole number, at least 1; got {train_batches!r}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     h, w, c = dataset.image_shape
+    batches = min(int(train_batches), max(1, len(dataset.train_labels)))
 
     def dump(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
-        data = images.transpose(0, 3, 1, 2).reshape(len(images), -1)  # (N, H, W, C) -> planes
+        data = images.transpose(0, 3, 1, 2).reshape(len(images), h * w * c)  # (N, H, W, C) -> planes
         with open(path, "wb") as f:
             pickle.dump({b"data": data, b"labels": [int(v) for v in labels]}, f)
 
@@ -252,7 +258,11 @@ def save_folder(folder: Path | str, dataset: Dataset, train_batches: int = 5) ->
             b"num_channels": c, b"image_height": h, b"image_width": w}
     with open(folder / "batches.meta", "wb") as f:
         pickle.dump(meta, f)
-    for i, part in enumerate(np.array_split(np.arange(len(dataset.train_labels)), train_batches), start=1):
+    for stale in folder.glob("data_batch_*"):
+        suffix = stale.name.removeprefix("data_batch_")
+        if suffix.isdigit() and int(suffix) > batches:
+            stale.unlink()
+    for i, part in enumerate(np.array_split(np.arange(len(dataset.train_labels)), batches), start=1):
         dump(folder / f"data_batch_{i}", dataset.train_images[part], dataset.train_labels[part])
     dump(folder / "test_batch", dataset.test_images, dataset.test_labels)
     return folder

@@ -30,7 +30,10 @@ class CheckpointError(RuntimeError):
 
 def save_checkpoint(path: Path | str, params: dict[str, Any], optimizer_state: dict[str, Any] | None = None,
                     meta: dict[str, Any] | None = None) -> Path:
-    """Write parameters (and optionally optimiser state and JSON-able metadata) to ``path`` atomically."""
+    """Write parameters (and optionally optimiser state and JSON-able metadata) to ``path`` atomically. For
+    ``load_model`` to rebuild the very model (a ResNet at all; a Mixer's GELU form, dtype and dropout, which its
+    parameters' shapes do not show), the metadata must hold ``{"model": model.config()}``: ``save_model`` does
+    that."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {name: to_host(value) for name, value in params.items()}
@@ -40,6 +43,13 @@ def save_checkpoint(path: Path | str, params: dict[str, Any], optimizer_state: d
     with atomic_open(path) as f:
         np.savez(f, **arrays)
     return path
+
+
+def save_model(path: Path | str, model: Any, optimizer_state: dict[str, Any] | None = None,
+               meta: dict[str, Any] | None = None) -> Path:
+    """``save_checkpoint`` of a network with its configuration, so that ``load_model(path)`` builds the same network
+    (either family, every setting) with these weights."""
+    return save_checkpoint(path, model.params, optimizer_state, {"model": model.config()} | (meta or {}))
 
 
 def load_checkpoint(path: Path | str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]]:
@@ -106,7 +116,9 @@ def config_from_params(params: dict[str, np.ndarray], path: Path | str = "checkp
     try:
         sizes = sizes_from_params(params)
     except ValueError as exc:
-        raise CheckpointError(f"{path} is not in the Mixer checkpoint layout: {exc}") from None
+        raise CheckpointError(f"{path} is not in the Mixer checkpoint layout and carries no model configuration: "
+                              f"{exc}. Save a network with save_model(path, model) (its configuration inside), "
+                              f"or build it yourself and call load_params_into") from None
     num_tokens, p = sizes.pop("num_tokens"), sizes["patch_size"]
     side = int(round(num_tokens ** 0.5))
     if side * side != num_tokens:
