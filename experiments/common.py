@@ -164,6 +164,9 @@ def load_data(data_dir: Path | None, train_size: int | None = None, test_size: i
         data = load_folder(folder)
     except DataError as exc:
         fail(str(exc).replace("\n", " "))
+    if len(data.test_labels) == 0 or len(data.train_labels) == 0:
+        fail(f"{folder} holds {len(data.train_labels)} training and {len(data.test_labels)} test images: an "
+             f"experiment needs both")
     if train_size is not None and train_size < len(data.train_labels):
         keep = stratified_subset(data.train_labels, train_size, seed)
         data = replace(data, train_images=data.train_images[keep], train_labels=data.train_labels[keep])

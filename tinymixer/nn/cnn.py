@@ -47,7 +47,7 @@ from .layers import (  # GroupNorm and ReLU live with the other layers; their na
     relu_backward,  # noqa: F401
     relu_forward,  # noqa: F401
 )
-from .network import Network, he_normal
+from .network import Network, he_normal, image_hw
 
 # ----------------------------------------------------------------------------------------------------------------
 # The residual block (pre-activation)
@@ -133,7 +133,7 @@ class ResNet(Network):
     def __init__(self, *, num_classes: int, widths: tuple[int, ...] | list[int], depths: tuple[int, ...] | list[int],
                  groups: int = 8, image_size: int | tuple[int, int] = 32, in_channels: int = 3, seed: int = 0,
                  dtype: str | Any = "float32") -> None:
-        h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        h, w = image_hw(image_size)
         widths, depths = tuple(widths), tuple(depths)
         for name, value in [("num_classes", num_classes), ("groups", groups), ("image height", h),
                             ("image width", w), ("in_channels", in_channels), *[("a width", v) for v in widths],

@@ -34,7 +34,7 @@ from .layers import (
     mean_pool_backward,
     mean_pool_forward,
 )
-from .network import Network, count_params, lecun_normal
+from .network import Network, count_params, image_hw, lecun_normal
 
 
 @dataclass(frozen=True)
@@ -129,11 +129,18 @@ def forward_flops(num_blocks: int, patch_size: int, hidden_dim: int, tokens_mlp_
     return 2 * (stem + num_blocks * block + c * num_classes)
 
 
-def describe_size(name: str, num_classes: int = 1000, image_size: int = 224, in_channels: int = 3) -> dict[str, int]:
+def describe_size(name: str, num_classes: int = 1000, image_size: int | tuple[int, int] = 224,
+                  in_channels: int = 3) -> dict[str, int]:
     """Parameter counts and forward FLOPs of a named size, from shapes alone (no weights are allocated, so even
     H/14 costs nothing): {"params", "params_without_head", "num_tokens", "flops"}."""
+    if name not in SIZES:
+        family = " (a CNN size: make_model(name, ...).num_params() counts it)" if name.startswith("cnn") else ""
+        raise ValueError(f"unknown Mixer size {name!r}{family}; the sizes: {', '.join(SIZES)}")
     size = SIZES[name]
-    config = vars(size) | {"num_tokens": (image_size // size.patch_size) ** 2, "in_channels": in_channels,
+    h, w = image_hw(image_size)
+    if h < 1 or w < 1 or h % size.patch_size or w % size.patch_size:
+        raise ValueError(f"image size {h}x{w} is not divisible by {name}'s patch size {size.patch_size}")
+    config = vars(size) | {"num_tokens": (h // size.patch_size) * (w // size.patch_size), "in_channels": in_channels,
                            "num_classes": num_classes}
     shapes = param_shapes(**config)
     return {"params": count_params(shapes), "params_without_head": count_params(shapes, include_head=False),
@@ -173,12 +180,12 @@ class MlpMixer(Network):
         dropout: float = 0.0,
         stochastic_depth: float = 0.0,
     ) -> None:
-        h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        h, w = image_hw(image_size)
         for name, value in [("num_classes", num_classes), ("num_blocks", num_blocks), ("patch_size", patch_size),
                             ("hidden_dim", hidden_dim), ("tokens_mlp_dim", tokens_mlp_dim),
                             ("channels_mlp_dim", channels_mlp_dim), ("image height", h), ("image width", w),
                             ("in_channels", in_channels)]:
-            if not isinstance(value, (int, np.integer)) or value < 1:
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if h % patch_size or w % patch_size:
             raise ValueError(

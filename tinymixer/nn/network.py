@@ -25,6 +25,20 @@ from .layers import Array, dense_backward, dense_forward
 HEAD = ("head/kernel", "head/bias")  # every network's head: the last parameters, in this order
 
 
+def image_hw(image_size: Any) -> tuple[int, int]:
+    """(H, W) from a constructor's ``image_size``: one whole number for square images, or (H, W) (NumPy's integers
+    too). Anything else is refused, saying what was given; the constructor checks that both are at least 1."""
+    def whole(value: Any) -> bool:
+        return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+    if whole(image_size):
+        return int(image_size), int(image_size)
+    if isinstance(image_size, (tuple, list)) and len(image_size) == 2 and all(whole(v) for v in image_size):
+        return int(image_size[0]), int(image_size[1])
+    raise ValueError(f"image_size must be a whole number or (height, width), got {image_size!r}"
+                     + (": images.shape[1:3] gives (H, W) of a batch" if isinstance(image_size, tuple) else ""))
+
+
 def count_params(shapes: dict[str, tuple[int, ...]], include_head: bool = True) -> int:
     """The number of parameters of these shapes (without the head's, if asked)."""
     return sum(math.prod(v) for k, v in shapes.items() if include_head or k not in HEAD)
@@ -206,8 +220,8 @@ class Network:
         dlogits = self.xp.asarray(dlogits, dtype=self.dtype)  # as forward takes images: host values are moved
         expected = (shards[-1].stop, self.num_classes)
         if dlogits.shape != expected:  # checked before the caches go: a corrected call can still run
-            raise ValueError(f"dlogits must be (images, classes) = {expected}, the last forward's logits' shape; got "
-                             f"{tuple(dlogits.shape)}")
+            raise ValueError(f"dlogits must be (images, classes) = {expected}: the last forward saw {expected[0]} "
+                             f"images, of {expected[1]} classes; got {tuple(dlogits.shape)}")
         self._cache = None  # free the activations as soon as backward is done with them
         results = for_shards(lambda i: self._backward_shard(dlogits[shards[i]], caches[i]), list(range(len(shards))))
         # The gradients go into one contiguous buffer (``grad_buffer``; ``grads`` holds views of it), so that a

@@ -39,6 +39,9 @@ def load_data(args: argparse.Namespace, say: Callable[[str], None] = print) -> D
     data = load_folder(folder)
     if comm.is_root:
         comm.barrier()
+    if len(data.test_labels) == 0 or len(data.train_labels) == 0:
+        raise DataError(f"{folder} holds {len(data.train_labels)} training and {len(data.test_labels)} test images: "
+                        f"a run needs both (write the set again with some images in each)")
     h, w, c = data.image_shape
     say(f"data: {folder} ({len(data.train_labels)} training and {len(data.test_labels)} test images, {h}x{w}x{c}, "
         f"{data.num_classes} classes)")

@@ -16,6 +16,8 @@ def predict_logits(model: Any, images: np.ndarray, batch_size: int = 256, resize
     """Logits (N, K) on the host for images (N, H, W, C): uint8 pixels (scaled to [-1, 1] here, batch by batch,
     and with ``resize`` first resized to the model's resolution, as the official evaluation does) or floats
     already scaled. Evaluation passes keep no caches."""
+    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number, at least 1; got {batch_size!r}")
     outputs = []
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size]
@@ -33,6 +35,9 @@ def evaluate(model: Any, images: np.ndarray, labels: np.ndarray, batch_size: int
 
     With ``comm`` (``tinymixer.training.distributed``, several ranks) each rank predicts its contiguous share of the
     set, and the loss sums and predictions are combined, so every rank gets the whole set's result."""
+    if len(labels) == 0 or len(images) != len(labels):  # an accuracy of no images is no number
+        raise ValueError(f"evaluate needs one label per image and at least one image; got {len(images)} images, "
+                         f"{len(labels)} labels")
     rows = shard_of(len(labels), comm) if comm is not None else slice(None)
     logits = predict_logits(model, images[rows], batch_size, resize)
     loss, _ = softmax_cross_entropy(logits, labels[rows]) if len(logits) else (0.0, None)
@@ -46,6 +51,13 @@ def evaluate(model: Any, images: np.ndarray, labels: np.ndarray, batch_size: int
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
     """counts[i, j] = how many images of true class i were predicted as class j."""
+    labels, predictions = np.asarray(labels), np.asarray(predictions)
+    for name, values in (("labels", labels), ("predictions", predictions)):
+        if values.dtype.kind not in "iu" or values.shape != labels.shape or (
+                values.size and (values.min() < 0 or values.max() >= num_classes)):
+            raise ValueError(f"{name} must be class indices from 0 to {num_classes - 1}, one per image as the "
+                             f"labels; got {values.dtype} {values.shape}"
+                             + (f" from {values.min()} to {values.max()}" if values.size else ""))
     counts = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(counts, (labels, predictions), 1)
     return counts
