@@ -40,8 +40,10 @@ def test_unknown_backend_name_is_an_error(monkeypatch):
         tm.set_backend("tensorflow")
     monkeypatch.setattr(backend, "_backend", None)
     monkeypatch.setenv("TINYMIXER_BACKEND", "jax")
-    with pytest.raises(ValueError, match="unknown backend 'jax'"):
+    with pytest.raises(ValueError, match=r"\$TINYMIXER_BACKEND: unknown backend 'jax'"):  # where it came from
         tm.get_backend()
+    with pytest.raises(ValueError, match="a backend is named by a string"):
+        tm.set_backend(None)
 
 
 def test_asking_for_cupy_without_gpu_is_a_clear_error(monkeypatch):

@@ -113,6 +113,16 @@ def test_save_model_keeps_every_setting_and_params_alone_say_how(tmp_path, build
             load_model(save_checkpoint(tmp_path / "bare.npz", model.params))
 
 
+def test_object_arrays_and_a_broken_configuration_are_named_as_what_they_are(tmp_path):
+    np.savez(tmp_path / "objects.npz", w=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(CheckpointError, match="holds Python objects .* not opened here"):
+        load_checkpoint(tmp_path / "objects.npz")  # was "truncated or corrupted (... disk ran out of space?)"
+    model = tm.MlpMixer.from_name("micro/4", num_classes=4, image_size=16)
+    path = save_checkpoint(tmp_path / "edited.npz", model.params, None, {"model": model.config() | {"num_blocks": 0}})
+    with pytest.raises(CheckpointError, match="edited.npz: its model configuration .* builds no network"):
+        load_model(path)
+
+
 def test_an_official_style_npz_loads_into_a_model(tmp_path):
     """The official checkpoints are plain .npz files of the parameters under their flat '/'-joined names."""
     source = tm.MlpMixer.from_name("micro/4", num_classes=10, image_size=16, seed=5)

@@ -50,7 +50,7 @@ def test_help_names_the_program():
 def test_a_backend_that_cannot_be_chosen_is_exit_code_1():
     done = run_module(TINYMIXER_BACKEND="abacus")
     assert done.returncode == 1
-    assert "no backend: unknown backend 'abacus'" in done.stdout and "Traceback" not in done.stderr
+    assert "no backend: $TINYMIXER_BACKEND: unknown backend 'abacus'" in done.stdout and "Traceback" not in done.stderr
 
 
 def test_a_wrong_thread_count_is_said_and_fails_the_checks():

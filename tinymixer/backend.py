@@ -58,10 +58,13 @@ def _load_cupy() -> tuple[ModuleType | None, str]:
     return cupy, ""
 
 
-def _resolve(name: str) -> ModuleType:
+def _resolve(name: str, source: str = "") -> ModuleType:
+    """The module a backend name asks for; ``source`` says where the name came from, for the error."""
+    if not isinstance(name, str):
+        raise ValueError(f"a backend is named by a string: one of {', '.join(_CHOICES)}; got {name!r}")
     name = name.strip().lower()
     if name not in _CHOICES:
-        raise ValueError(f"unknown backend {name!r}: choose one of {', '.join(_CHOICES)}")
+        raise ValueError(f"{source}unknown backend {name!r}: choose one of {', '.join(_CHOICES)}")
     if name == "numpy":
         return np
     cupy, why_not = _load_cupy()
@@ -86,7 +89,7 @@ def get_backend() -> ModuleType:
     """The array module in use (``numpy`` or ``cupy``), chosen on first call (see the module docstring)."""
     global _backend
     if _backend is None:
-        _backend = _resolve(os.environ.get(ENV_VAR, "auto"))
+        _backend = _resolve(os.environ.get(ENV_VAR, "auto"), source=f"${ENV_VAR}: ")
     return _backend
 
 

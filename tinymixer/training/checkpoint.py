@@ -73,12 +73,13 @@ def load_checkpoint(path: Path | str) -> tuple[dict[str, np.ndarray], dict[str, 
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}  # reading every array surfaces any damage now
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as exc:
-        raise CheckpointError(
-            f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}): the file is truncated or corrupted "
-            f"(a copy or a disk that ran out of space while it was written?). It cannot be used; copy it again or "
-            f"choose another checkpoint."
-        ) from exc
+    except ValueError as exc:
+        if "allow_pickle" not in str(exc):
+            raise _unreadable(path, exc) from exc
+        raise CheckpointError(f"checkpoint {path} holds Python objects (pickled arrays), which no checkpoint of "
+                              f"parameters does; such files are not opened here (unpickling can run code)") from exc
+    except (OSError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+        raise _unreadable(path, exc) from exc
     meta_text = arrays.pop(META_KEY, None)
     try:
         meta = json.loads(str(meta_text)) if meta_text is not None else {}
@@ -87,6 +88,13 @@ def load_checkpoint(path: Path | str) -> tuple[dict[str, np.ndarray], dict[str, 
     optimizer_state = {k[len(OPTIMIZER_PREFIX):]: v for k, v in arrays.items() if k.startswith(OPTIMIZER_PREFIX)}
     params = {k: v for k, v in arrays.items() if not k.startswith(OPTIMIZER_PREFIX)}
     return params, optimizer_state, meta
+
+
+def _unreadable(path: Path, exc: BaseException) -> CheckpointError:
+    return CheckpointError(
+        f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}): the file is truncated or corrupted "
+        f"(a copy or a disk that ran out of space while it was written?). It cannot be used; copy it again or "
+        f"choose another checkpoint.")
 
 
 def load_model(path: Path | str, dtype: str | None = None) -> Any:
@@ -101,7 +109,10 @@ def load_model(path: Path | str, dtype: str | None = None) -> Any:
     config = model_config(params, meta, path)
     if dtype is not None:
         config["dtype"] = dtype
-    model = model_from_config(config)
+    try:
+        model = model_from_config(config)
+    except (TypeError, ValueError) as exc:  # a configuration edited, or written by another program
+        raise CheckpointError(f"{path}: its model configuration {config} builds no network ({exc})") from exc
     load_params_into(model, params, path)
     return model
 
