@@ -78,7 +78,12 @@ class FlatArrays(dict):
     def __setitem__(self, name: str, value: Array) -> None:
         if name not in self:
             raise KeyError(f"{name!r}: a FlatArrays has a fixed set of names ({len(self)}); it cannot grow")
-        dict.__getitem__(self, name)[...] = value
+        view = dict.__getitem__(self, name)
+        shape = tuple(getattr(value, "shape", ()))
+        if shape != tuple(view.shape) and shape != ():  # a scalar fills it; any other shape is a mistake
+            raise ValueError(f"{name!r} is {tuple(view.shape)}; the value given is {shape} (the values are copied "
+                             f"into the parameter's memory, so the shape must be the same)")
+        view[...] = value
 
     def update(self, *others: Any, **named: Array) -> None:  # dict.update would bypass __setitem__
         for name, value in dict(*others, **named).items():
@@ -90,6 +95,7 @@ class FlatArrays(dict):
         return self[name]
 
     def _fixed(self, *args: Any, **kwargs: Any) -> None:
-        raise TypeError("a FlatArrays has a fixed set of names: nothing can be removed")
+        raise TypeError("a FlatArrays has a fixed set of names: nothing can be removed (to change values, assign "
+                        "them: params[name] = array, or params.update(other))")
 
     __delitem__ = pop = popitem = clear = __ior__ = _fixed

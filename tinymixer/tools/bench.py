@@ -111,6 +111,7 @@ def measure(config: str, batch_size: int, image_size: int, repeats: int, use_tor
     import numpy as np
 
     import tinymixer as tm
+    from tinymixer.chunks import batch_shards
     from tinymixer.nn.architectures import make_model
     from tinymixer.training.train import train_step
 
@@ -192,7 +193,8 @@ def measure(config: str, batch_size: int, image_size: int, repeats: int, use_tor
         from .profile import fused_step_ms, gemm_ms, one_pass_ms, profile_step
 
         calls: list = []
-        profile = result["tinymixer_train_profile_ms"] = profile_step(tm_train, steps=3, calls=calls)
+        shards = len(batch_shards(batch_size, np))
+        profile = result["tinymixer_train_profile_ms"] = profile_step(tm_train, steps=3, calls=calls, shards=shards)
         result["gemm_share"] = gemm_ms(profile) / profile["step"]  # a share: the profiled steps' pace cancels out
         result["gemm_alone_ms"] = result["gemm_share"] * result["tinymixer_train_ms"]
         # the step with each elementwise layer one pass over its arrays (what fused kernels would leave)

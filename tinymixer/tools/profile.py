@@ -9,8 +9,8 @@ momentum, clipping at 1, as the benchmark's), and puts the functions back. Times
 own time, less that of the profiled functions it calls (so a convolution's windows, ``im2col``, are counted apart
 from its matrix multiplies). With several threads each shard's thread runs its own timers at once while the
 calling thread waits for them; the table shows the calling thread's rows (what runs before and after the shards:
-the optimiser, clipping) plus the busiest shard thread's (the most profiled time), and "the rest" is the step less
-those rows.
+the optimiser, clipping) plus one shard's (the shards' threads' time over the number of shards), and "the rest" is
+the step less those rows (with it, the time the caller waited for the slowest shard).
 
 The GEMM rows (the dense layers' and the convolutions' own time: matrix multiplies and their bias sums, which
 are BLAS matrix-vector products too, and the few small reshapes, sums and allocations around them) are the
@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 import types
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -95,17 +95,19 @@ class _Timers:
         timed._profiler_timer = True  # type: ignore[attr-defined]
         return timed
 
-    def critical_path(self, caller: int) -> tuple[dict[str, float], list[tuple[str, tuple, str]]]:
-        """The rows and the elementwise calls of the thread ``caller`` (which ran the steps) and of the busiest
-        other thread (the shard with the most profiled time; the caller waited for it), added together."""
-        others = [t for t in self.spent if t != caller]
-        threads = [caller] + ([max(others, key=lambda t: sum(self.spent[t].values()))] if others else [])
+    def critical_path(self, caller: int, shards: int) -> tuple[dict[str, float], list[tuple[str, tuple, str, float]]]:
+        """The rows of the thread ``caller`` (which ran the steps: what comes before and after the shards) plus one
+        shard's: the other threads' rows summed and divided by ``shards`` (the batch's shards are equal parts, and
+        a pool thread may run more than one of a step's shards, so no one thread's rows are a shard's). The
+        elementwise calls likewise, each with its share: 1 for the caller's, 1 / shards for the shards' threads'."""
         rows: dict[str, float] = defaultdict(float)
-        for thread in threads:
-            for row, seconds in self.spent.get(thread, {}).items():
-                rows[row] += seconds
-        return dict(rows), [call for thread in threads for call in self.calls.get(thread, [])]
-
+        calls: list[tuple[str, tuple, str, float]] = []
+        for thread, spent in self.spent.items():
+            share = 1.0 if thread == caller else 1.0 / shards
+            for row, seconds in spent.items():
+                rows[row] += share * seconds
+            calls += [(*call, share) for call in self.calls.get(thread, [])]
+        return dict(rows), calls
 
 _active = threading.Lock()  # one profile at a time: a second one's wrappers would hide the first's
 
@@ -147,10 +149,12 @@ def _tinymixer_modules() -> list[Any]:
     return [m for n, m in list(sys.modules.items()) if n.startswith("tinymixer") and m is not None]
 
 
-def profile_step(step: Callable[[], Any], steps: int = 3, calls: list | None = None) -> dict[str, float]:
-    """Milliseconds per step of each row (the calling thread's and the busiest shard thread's; the rows sum to the
-    step), after one warm-up step. ``step()`` runs one training step on NumPy arrays. ``calls``: a list to which
-    those threads' elementwise calls of one step are added, as (row, shape, dtype) (for ``one_pass_ms``)."""
+def profile_step(step: Callable[[], Any], steps: int = 3, calls: list | None = None, shards: int = 1
+                 ) -> dict[str, float]:
+    """Milliseconds per step of each row (the calling thread's and one shard's, of the ``shards`` the step cuts its
+    batch into; the rows sum to the step), after one warm-up step. ``step()`` runs one training step on NumPy
+    arrays. ``calls``: a list to which the elementwise calls of one step are added, as (row, shape, dtype,
+    share) (for ``one_pass_ms``)."""
     timers = _Timers()
     with _wrapped(timers):
         step()  # warm-up: first-call allocations, the gradient buffer
@@ -160,25 +164,25 @@ def profile_step(step: Callable[[], Any], steps: int = 3, calls: list | None = N
         for _ in range(steps):
             step()
         total = time.perf_counter() - start
-    spent, recorded = timers.critical_path(threading.get_ident())
+    spent, recorded = timers.critical_path(threading.get_ident(), shards)
     rows = {row: 1000 * seconds / steps for row, seconds in spent.items()}
     rows[REST] = 1000 * total / steps - sum(rows.values())
     rows["step"] = 1000 * total / steps
-    if calls is not None:  # every step makes the same calls: one step's share of each
-        calls.extend(call for call, count in Counter(recorded).items() for _ in range(count // steps))
+    if calls is not None:  # every step makes the same calls: one step's
+        calls.extend((row, shape, dtype, share / steps) for row, shape, dtype, share in recorded)
     return rows
 
 
-def one_pass_ms(calls: list[tuple[str, tuple, str]], repeats: int = 5) -> dict[str, float]:
+def one_pass_ms(calls: list[tuple[str, tuple, str, float]], repeats: int = 5) -> dict[str, float]:
     """Milliseconds, per elementwise row, of one pass over each call's arrays: a NumPy add of two arrays of the
     call's shape and dtype into a third (read two, write one: the least a fused kernel of a layer moves, as
-    GELU's backward does), the best of ``repeats``, summed over the calls. The lower bound of those layers'
-    time with fused kernels (their arithmetic, such as GELU's tanh, not counted)."""
+    GELU's backward does), the best of ``repeats``, summed over the calls with their shares. The lower bound of
+    those layers' time with fused kernels (their arithmetic, such as GELU's tanh, not counted)."""
     import numpy as np
 
-    counts: dict[tuple[str, tuple, str], int] = defaultdict(int)
-    for call in calls:
-        counts[call] += 1
+    counts: dict[tuple[str, tuple, str], float] = defaultdict(float)
+    for row, shape, dtype, share in calls:
+        counts[row, shape, dtype] += share
     times: dict[tuple, float] = {}
     result: dict[str, float] = defaultdict(float)
     for (row, shape, dtype), count in counts.items():
@@ -260,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["TINYMIXER_THREADS"] = str(args.threads)
     from threadpoolctl import threadpool_limits
 
+    from ..chunks import batch_shards
+
     with threadpool_limits(args.threads):
         for config in args.configs:
             try:
@@ -267,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError as error:  # a size the model cannot take (a patch size that does not divide it)
                 parser.error(f"{config} at --image-size {args.image_size}: {error}")
             calls: list = []
-            rows = profile_step(step, args.steps, calls)
+            rows = profile_step(step, args.steps, calls, shards=len(batch_shards(args.batch_size)))
             print(format_rows(f"{config}, batch {args.batch_size}, {args.threads} thread(s)", rows,
                               one_pass_ms(calls)) + "\n")
     return 0
