@@ -457,8 +457,12 @@ def test_flat_arrays_keep_their_views():
         flat["c"] = np.ones(1)
     flat.update({"b": np.full(3, 2.0)})  # dict.update would replace the view; this one copies into it
     assert flat.buffer.tolist() == [5, 5, 5, 5, 2, 2, 2] and flat.intact()
-    with pytest.raises(TypeError, match="fixed set of names"):
+    with pytest.raises(TypeError, match=r"fixed set of names: nothing can be removed \(to change values, assign"):
         flat.pop("a")
+    with pytest.raises(ValueError, match=r"'a' is \(2, 2\); the value given is \(2,\)"):
+        flat["a"] = np.arange(2.0)  # broadcast silently into both rows before
+    flat["b"] = 2.0  # a scalar fills the parameter
+    assert flat.buffer.tolist() == [5, 5, 5, 5, 2, 2, 2]
     dict.__setitem__(flat, "a", np.zeros((2, 2)))  # forced past the guards: no longer a view of the buffer
     assert not flat.intact()
     grads = FlatArrays.of({"a": np.ones((2, 2)), "b": np.ones(3)}, np, np.float32)
