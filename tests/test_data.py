@@ -246,3 +246,11 @@ def test_synthetic_motifs_differ_only_in_the_arrangement_of_five_bright_pixels()
     assert len(set(corners)) > 50  # anywhere in the image, not in a few places
     again, _ = synthetic_motifs(400, size=12, seed=3)
     assert np.array_equal(images, again)  # seeded
+
+
+def test_limited_takes_whole_numbers_of_images():
+    dataset = fake_cifar(num_train=20, num_test=10)
+    assert len(dataset.limited(train=5).train_labels) == 5
+    for wrong in (-3, 0, 2.5):
+        with pytest.raises(ValueError, match="train must be a whole number of images, at least 1"):
+            dataset.limited(train=wrong)  # -3 kept all but 3 before

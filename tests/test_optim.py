@@ -468,3 +468,10 @@ def test_flat_arrays_keep_their_views():
     grads = FlatArrays.of({"a": np.ones((2, 2)), "b": np.ones(3)}, np, np.float32)
     tm.SGD(momentum=0.0).step(flat, grads, lr=1.0)  # so the per-parameter reference runs, on what the dict holds
     assert flat["a"].tolist() == [[-1, -1], [-1, -1]] and flat["b"].tolist() == [1, 1, 1]
+
+
+def test_a_schedule_refuses_a_step_before_the_first():
+    with pytest.raises(ValueError, match="step counts from 0, got -5"):
+        tm.warmup_cosine(-5, 0.1, 100, 10)  # was -0.05: a negative learning rate
+    with pytest.raises(ValueError, match="step counts from 0"):
+        tm.warmup_linear_decay(-1, 0.1, 100, 10)

@@ -42,6 +42,9 @@ class Dataset:
     def limited(self, train: int | None = None, test: int | None = None, seed: int = 0) -> Dataset:
         """At most ``train`` training and ``test`` test images (None: all), each a seeded subset with every class
         in proportion (``class_balanced_subset``), in their original order."""
+        for name, size in (("train", train), ("test", test)):
+            if size is not None and (not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1):
+                raise ValueError(f"{name} must be a whole number of images, at least 1 (or None: all); got {size!r}")
         keep_train = class_balanced_subset(self.train_labels, train, seed)
         keep_test = class_balanced_subset(self.test_labels, test, seed)
         return Dataset(self.train_images[keep_train], self.train_labels[keep_train], self.test_images[keep_test],

@@ -396,7 +396,9 @@ class AdamW(Adam):
         self.weight_decay = weight_decay
 
 
-def _check_schedule(total_steps: int, warmup_steps: int) -> None:
+def _check_schedule(total_steps: int, warmup_steps: int, step: int = 0) -> None:
+    if step < 0:
+        raise ValueError(f"step counts from 0, got {step}")
     if total_steps < 1 or not 0 <= warmup_steps <= total_steps:
         raise ValueError(f"need 0 <= warmup_steps <= total_steps and total_steps >= 1, got warmup_steps="
                          f"{warmup_steps}, total_steps={total_steps}")
@@ -410,7 +412,7 @@ def warmup_cosine(step: int, base_lr: float, total_steps: int, warmup_steps: int
         cosine    (otherwise):      end_lr + (base_lr - end_lr) * (1 + cos(pi * progress)) / 2,
                                     progress = (step - warmup) / (total - warmup), clipped to [0, 1]
     """
-    _check_schedule(total_steps, warmup_steps)
+    _check_schedule(total_steps, warmup_steps, step)
     if step < warmup_steps:
         return base_lr * step / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
@@ -431,7 +433,7 @@ def warmup_linear_decay(step: int, base_lr: float, total_steps: int, warmup_step
     big_vision's ``linear_end`` is a fraction of the base learning rate (its schedule multiplies ``lr``): its
     Mixer recipe's ``linear_end=1e-5`` with lr 1e-3 is ``end_lr=1e-8`` here.
     """
-    _check_schedule(total_steps, warmup_steps)
+    _check_schedule(total_steps, warmup_steps, step)
     if step < warmup_steps:
         return base_lr * step / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
