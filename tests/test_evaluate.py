@@ -46,3 +46,11 @@ def test_describe_size_checks_the_name_and_the_image_size():
         tm.describe_size("cnn-micro")
     with pytest.raises(ValueError, match="100x100 is not divisible by B/16's patch size 16"):
         tm.describe_size("B/16", image_size=100)  # the constructor refuses it too
+
+
+def test_a_whole_number_is_an_integer_of_either_kind_and_never_a_bool():
+    from tinymixer.util.numbers import is_whole
+
+    assert is_whole(3) and is_whole(np.int64(3)) and is_whole(0) and is_whole(-2)
+    assert not is_whole(True) and not is_whole(3.0) and not is_whole("3") and not is_whole(None)
+    assert is_whole(1, low=1) and not is_whole(0, low=1) and not is_whole(np.uint8(0), low=1)

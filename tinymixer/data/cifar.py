@@ -25,6 +25,7 @@ import numpy as np
 
 from ..util.download import fetch
 from ..util.files import file_digest
+from ..util.numbers import is_whole
 from .dataset import DataError, Dataset
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -242,7 +243,7 @@ def save_folder(folder: Path | str, dataset: Dataset, train_batches: int = 5) ->
     ``batches.meta``, ``data_batch_1..`` (``train_batches`` of them, fewer when there are fewer training images)
     and ``test_batch``. A data set already in ``folder`` is replaced, its surplus ``data_batch_*`` files removed
     (left there, ``load_folder`` would read them as part of the new one)."""
-    if not isinstance(train_batches, (int, np.integer)) or train_batches < 1:
+    if not is_whole(train_batches, 1):
         raise ValueError(f"train_batches must be a whole number, at least 1; got {train_batches!r}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

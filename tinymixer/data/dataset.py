@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..util.numbers import is_whole
+
 
 class DataError(RuntimeError):
     """The data could not be found, fetched or read; the message says what to do."""
@@ -43,7 +45,7 @@ class Dataset:
         """At most ``train`` training and ``test`` test images (None: all), each a seeded subset with every class
         in proportion (``class_balanced_subset``), in their original order."""
         for name, size in (("train", train), ("test", test)):
-            if size is not None and (not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1):
+            if size is not None and not is_whole(size, 1):
                 raise ValueError(f"{name} must be a whole number of images, at least 1 (or None: all); got {size!r}")
         keep_train = class_balanced_subset(self.train_labels, train, seed)
         keep_test = class_balanced_subset(self.test_labels, test, seed)

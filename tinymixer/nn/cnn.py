@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from ..util.numbers import is_whole
 from .blocks import prefixed, subtree
 from .conv import conv2d_backward, conv2d_forward
 from .layers import (  # GroupNorm and ReLU live with the other layers; their names are kept here too
@@ -138,7 +139,7 @@ class ResNet(Network):
         for name, value in [("num_classes", num_classes), ("groups", groups), ("image height", h),
                             ("image width", w), ("in_channels", in_channels), *[("a width", v) for v in widths],
                             *[("a depth", v) for v in depths]]:
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            if not is_whole(value, 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not widths or len(widths) != len(depths):
             raise ValueError(f"widths {widths} and depths {depths} must give one width and one depth per stage")

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..backend import array_module
 from ..chunks import BLOCK_ELEMENTS
+from ..util.numbers import is_whole
 from .layers import constant_vector, dense_backward, dense_forward
 
 Array = Any  # numpy.ndarray or cupy.ndarray
@@ -30,7 +31,7 @@ def _checked_window(images_shape: tuple, kernel_size: int, stride: int, padding:
     if len(images_shape) != 4:
         raise ValueError(f"images must be (B, H, W, C_in), got shape {tuple(images_shape)}")
     for name, value, low in (("kernel_size", kernel_size, 1), ("stride", stride, 1), ("padding", padding, 0)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+        if not is_whole(value, low):
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     h, w = images_shape[1:3]
     if kernel_size > h + 2 * padding or kernel_size > w + 2 * padding:

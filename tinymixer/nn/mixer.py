@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import array_module
+from ..util.numbers import is_whole
 from .blocks import (
     BlockMasks,
     draw_block_masks,
@@ -185,7 +186,7 @@ class MlpMixer(Network):
                             ("hidden_dim", hidden_dim), ("tokens_mlp_dim", tokens_mlp_dim),
                             ("channels_mlp_dim", channels_mlp_dim), ("image height", h), ("image width", w),
                             ("in_channels", in_channels)]:
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            if not is_whole(value, 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if h % patch_size or w % patch_size:
             raise ValueError(

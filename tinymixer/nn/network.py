@@ -19,6 +19,7 @@ import numpy as np
 from .. import backend
 from ..chunks import batch_shards, for_shards
 from ..flat import FlatArrays
+from ..util.numbers import is_whole
 from .blocks import masks_rows
 from .layers import Array, dense_backward, dense_forward
 
@@ -28,12 +29,9 @@ HEAD = ("head/kernel", "head/bias")  # every network's head: the last parameters
 def image_hw(image_size: Any) -> tuple[int, int]:
     """(H, W) from a constructor's ``image_size``: one whole number for square images, or (H, W) (NumPy's integers
     too). Anything else is refused, saying what was given; the constructor checks that both are at least 1."""
-    def whole(value: Any) -> bool:
-        return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-    if whole(image_size):
+    if is_whole(image_size):
         return int(image_size), int(image_size)
-    if isinstance(image_size, (tuple, list)) and len(image_size) == 2 and all(whole(v) for v in image_size):
+    if isinstance(image_size, (tuple, list)) and len(image_size) == 2 and all(is_whole(v) for v in image_size):
         return int(image_size[0]), int(image_size[1])
     raise ValueError(f"image_size must be a whole number or (height, width), got {image_size!r}"
                      + (": images.shape[1:3] gives (H, W) of a batch" if isinstance(image_size, tuple) else ""))

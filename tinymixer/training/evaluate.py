@@ -9,6 +9,7 @@ import numpy as np
 from ..backend import to_host
 from ..data import normalize, resize_batch
 from ..nn.layers import softmax_cross_entropy
+from ..util.numbers import is_whole
 from .distributed import shard_of
 
 
@@ -16,7 +17,7 @@ def predict_logits(model: Any, images: np.ndarray, batch_size: int = 256, resize
     """Logits (N, K) on the host for images (N, H, W, C): uint8 pixels (scaled to [-1, 1] here, batch by batch,
     and with ``resize`` first resized to the model's resolution, as the official evaluation does) or floats
     already scaled. Evaluation passes keep no caches."""
-    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
+    if not is_whole(batch_size, 1):
         raise ValueError(f"batch_size must be a whole number, at least 1; got {batch_size!r}")
     outputs = []
     for start in range(0, len(images), batch_size):

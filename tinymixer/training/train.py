@@ -20,6 +20,7 @@ from ..data.pipeline import Mix, training_batch
 from ..nn.blocks import masks_rows
 from ..nn.layers import dense_backward, dense_forward, softmax_cross_entropy
 from ..nn.network import HEAD
+from ..util.numbers import is_whole
 from . import recipes
 from .evaluate import evaluate
 from .optim import SGD, Adam, clip_by_global_norm, schedule, warmup_steps
@@ -164,7 +165,7 @@ def _check_fit_arguments(images: Any, labels: Any, epochs: Any, batch_size: Any,
                          test: Any) -> None:
     """``fit``'s data and sizes, each with what to do when it is wrong (before anything trains)."""
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("crop_padding", crop_padding)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < (name != "crop_padding"):
+        if not is_whole(value, int(name != "crop_padding")):
             raise ValueError(f"{name} must be a whole number, at least {int(name != 'crop_padding')}; got {value!r}")
     for what, (x, y) in (("images", (images, labels)), ("test images", test or (None, None))):
         if x is None:
@@ -182,7 +183,7 @@ def _check_fit_arguments(images: Any, labels: Any, epochs: Any, batch_size: Any,
 
 def accumulation_parts(parts: int, batch: int) -> int:
     """``accumulate``, checked: a whole number of parts from 1 to the batch's images."""
-    if not isinstance(parts, (int, np.integer)) or isinstance(parts, bool) or not 1 <= parts <= batch:
+    if not is_whole(parts, 1) or parts > batch:
         raise ValueError(f"accumulate={parts!r}: the batch of {batch} images is cut into that many parts; give a "
                          f"whole number from 1 to {batch}")
     return int(parts)
