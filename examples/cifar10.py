@@ -141,6 +141,8 @@ def train(argv: list[str]) -> int:
             fail(f"--resume: {path} holds weights but no training state (best.npz is the best epoch's weights "
                  f"only); resume from the run's checkpoint.npz, or evaluate it with --evaluate")
         args = continued(meta, argv, given, "resumed", path)
+        if args.model == "mixer":  # the regularisers are this run's options (a change on --resume is noted: it applies)
+            model.dropout, model.stochastic_depth = args.dropout, args.stochastic_depth
         resumed = path, meta
     else:
         def refuse_to_replace_a_run() -> None:

@@ -170,6 +170,28 @@ def test_resume_notes_overrides_and_augmentation_changes(tmp_path, digits, capsy
         assert f"note: {note} in the run being resumed" in printed
 
 
+def test_a_resume_applies_its_regularisers_and_refuses_a_new_split_or_recipe(tmp_path, digits, capsys):
+    """--dropout on --resume is noted and applies (it was noted and ignored: the weights came out as without it);
+    --validation and --recipe cannot change on a resume (a new split would mix what the history measures; a
+    recipe's values give way to the remembered options)."""
+    out = tmp_path / "run"
+    start = ["--data-dir", str(digits), "--epochs", "2", "--stop-after-epoch", "1", "--batch-size", "32"] + QUICK
+    assert cifar10.main(start + ["--out", str(out)]) == 0
+    plain, dropped = tmp_path / "plain", tmp_path / "dropped"
+    for copy in (plain, dropped):
+        copy.mkdir()
+        (copy / "checkpoint.npz").write_bytes((out / "checkpoint.npz").read_bytes())
+    assert cifar10.main(["--resume", "--out", str(plain), "--no-progress"]) == 0
+    assert cifar10.main(["--resume", "--out", str(dropped), "--no-progress", "--dropout", "0.5"]) == 0
+    assert "note: --dropout is 0.5 now, 0.0 in the run being resumed" in capsys.readouterr().out
+    a, b = params_of(plain / "checkpoint.npz"), params_of(dropped / "checkpoint.npz")
+    assert any(not np.array_equal(a[k], b[k]) for k in a)  # the second epoch trained with dropout
+    for change, says in ((["--validation", "100"], "--validation 100 cannot change on --resume: the held-out"),
+                         (["--recipe", "pretrain"], "--recipe pretrain cannot change on --resume: a recipe")):
+        result = run_script("--resume", "--out", str(out), "--no-progress", *change)
+        assert result.returncode == 2 and says in result.stderr, result.stderr
+
+
 def test_resume_of_a_checkpoint_written_before_options_were_remembered(tmp_path, digits, capsys):
     """Older checkpoints kept every option as text under 'args' (and --no-flip as no_flip)."""
     out = tmp_path / "run"

@@ -68,6 +68,10 @@ def test_an_epoch_record_and_the_metrics_files(tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text()) == {"config": "micro/4", "epochs": [record]}
     rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
     assert len(rows) == 1 and float(rows[0]["train_loss"]) == 5.0
+    later = record | {"epoch": 4, "ema_validation_accuracy": 0.85}  # --ema given on a resume: a column from now on
+    write_metrics(tmp_path, [record, later], {"config": "micro/4"})
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    assert [r["ema_validation_accuracy"] for r in rows] == ["", "0.85"]
 
 
 def test_an_old_checkpoints_records_are_named_after_the_split():

@@ -33,6 +33,12 @@ REMEMBERED = ["model", "config", "patch_size", "dtype", "init", "keep_head", "im
               "label_smoothing", "mixup", "randaugment", "cutmix", "random_erasing", "ema", "crop_padding", "flip",
               "seed", "dropout", "stochastic_depth"]
 MODEL_OPTIONS = ["model", "config", "patch_size", "dtype", "init", "keep_head", "image_size"]
+# Run options a resumed run cannot take a new value of, and why
+FIXED_ON_RESUME = {
+    "validation": "the held-out split decides which images were trained on and what the history's accuracies "
+                  "measure",
+    "recipe": "a recipe is the defaults of single options, and a resumed run's options are those it remembers "
+              "(give the single options to change, e.g. --lr)"}
 # --model: each family's sizes, and its default (--config auto)
 FAMILIES = {"mixer": "micro/4", "cnn": "cnn-micro"}
 ARCHITECTURES = {"mixer": "mixer", "cnn": "resnet"}  # --model: the "architecture" of its checkpoints' config
@@ -257,6 +263,9 @@ def with_remembered_options(meta: dict, argv: list[str], given: set[str], verb: 
                 raise OptionError(f"the run being resumed was trained with {flag} {old}; {flag} {new} cannot "
                                   f"change it (leave model options out on --resume: they are remembered), or start "
                                   f"a new run with another --out")
+            if name in FIXED_ON_RESUME and verb == "resumed":
+                raise OptionError(f"the run being resumed was trained with {flag} {old}; {flag} {new} cannot "
+                                  f"change on --resume: {FIXED_ON_RESUME[name]}. Start a new run with another --out")
             notes.append(f"note: {flag} is {new} now, {old} in the run being {verb}")
     args.data_dir_from = None
     if "data_dir" not in given and args.data_dir is not None:

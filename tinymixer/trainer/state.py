@@ -101,7 +101,8 @@ def write_metrics(out: Path, history: list[dict], summary: dict) -> None:
     with atomic_open(out / "metrics.json", "w") as f:
         json.dump(summary | {"epochs": history}, f, indent=2)
     with atomic_open(out / "metrics.csv", "w") as f:
-        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        columns = list(dict.fromkeys(key for row in history for key in row))  # every epoch's (--ema may start late)
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
         writer.writeheader()
         writer.writerows(history)
 
