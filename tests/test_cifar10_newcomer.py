@@ -412,6 +412,18 @@ def test_the_settings_line_shows_only_what_applies(tmp_path, digits, capsys):
     assert "momentum" not in settings and "data-url" not in settings and "data-md5" not in settings, settings
 
 
+@pytest.mark.parametrize("recipe", ["pretrain", "scratch-cifar", "finetune"])
+def test_every_recipe_trains_the_cnn_too(recipe):
+    """A recipe's Mixer settings (its size, dropout, stochastic depth) do not reach --model cnn (they were refused
+    as if the user had given them); what the user gives still is."""
+    args, _ = options.parse_args(["--model", "cnn", "--recipe", recipe])
+    options.check_model_options(args)
+    assert args.config == "cnn-micro" and not args.dropout and not args.stochastic_depth
+    args, _ = options.parse_args(["--model", "cnn", "--recipe", recipe, "--dropout", "0.1"])
+    with pytest.raises(options.OptionError, match="--dropout 0.1: the CNN has no"):
+        options.check_model_options(args)
+
+
 def test_the_environment_is_named_where_it_is_wrong(tmp_path, digits):
     """A wrong $TINYMIXER_BACKEND or $TINYMIXER_THREADS is blamed on the variable (no --backend was given), in one
     line with exit code 2, before anything runs."""

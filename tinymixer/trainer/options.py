@@ -33,6 +33,7 @@ REMEMBERED = ["model", "config", "patch_size", "dtype", "init", "keep_head", "im
               "label_smoothing", "mixup", "randaugment", "cutmix", "random_erasing", "ema", "crop_padding", "flip",
               "seed", "dropout", "stochastic_depth"]
 MODEL_OPTIONS = ["model", "config", "patch_size", "dtype", "init", "keep_head", "image_size"]
+MIXER_ONLY = ("config", "patch_size", "dropout", "stochastic_depth")  # what a recipe may set that a CNN has not
 # Run options a resumed run cannot take a new value of, and why
 FIXED_ON_RESUME = {
     "validation": "the held-out split decides which images were trained on and what the history's accuracies "
@@ -196,7 +197,10 @@ def parse_args(argv: list[str], defaults: dict[str, Any] | None = None, prog: st
     parser = build_parser(prog, description)
     parser.set_defaults(**(defaults or {}))
     args = parser.parse_args(argv)
-    parser.set_defaults(**RECIPES[args.recipe])
+    recipe = RECIPES[args.recipe]
+    if args.model == "cnn":  # a recipe's Mixer settings (size, patches, dropout, stochastic depth) are not the CNN's
+        recipe = {name: value for name, value in recipe.items() if name not in MIXER_ONLY}
+    parser.set_defaults(**recipe)
     parser.set_defaults(**(defaults or {}))  # what the run used wins over its recipe's defaults
     args = parser.parse_args(argv)  # string defaults go through their option's type, as typed values would
     if args.download and args.no_download:

@@ -190,6 +190,8 @@ def describe(args: argparse.Namespace, model: Any, data: Dataset, split: str, st
     def applies(name: str) -> bool:
         if name in ("data_url", "data_md5"):  # only where CIFAR-10 may be downloaded
             return args.data_dir is None or args.download
+        if name in ("patch_size", "dropout", "stochastic_depth"):  # a Mixer's options
+            return args.model == "mixer"
         return name != "momentum" or args.optimizer == "sgd"
 
     settings = "settings: " + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in remembered(args).items()
