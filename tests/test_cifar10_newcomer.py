@@ -412,6 +412,17 @@ def test_the_settings_line_shows_only_what_applies(tmp_path, digits, capsys):
     assert "momentum" not in settings and "data-url" not in settings and "data-md5" not in settings, settings
 
 
+def test_options_that_contradict_each_other_are_refused_not_dropped(capsys):
+    for argv, says in ((["--time-budget", "5s", "--epochs", "2"], "--time-budget sets the number of epochs"),
+                       (["--optimizer", "adam", "--momentum", "0.5"], "--momentum is SGD's"),
+                       (["--lr", "0.05", "--end-lr", "0.5"], "--end-lr 0.5 is above the peak learning rate 0.05")):
+        with pytest.raises(SystemExit) as stop:
+            options.parse_args(argv)
+        assert stop.value.code == 2 and says in capsys.readouterr().err, argv
+    for argv in (["--time-budget", "5s"], ["--optimizer", "adam"], ["--lr", "0.05", "--end-lr", "0.001"]):
+        options.parse_args(argv)  # each alone is fine
+
+
 @pytest.mark.parametrize("recipe", ["pretrain", "scratch-cifar", "finetune"])
 def test_every_recipe_trains_the_cnn_too(recipe):
     """A recipe's Mixer settings (its size, dropout, stochastic depth) do not reach --model cnn (they were refused

@@ -39,7 +39,8 @@ FIXED_ON_RESUME = {
     "validation": "the held-out split decides which images were trained on and what the history's accuracies "
                   "measure",
     "recipe": "a recipe is the defaults of single options, and a resumed run's options are those it remembers "
-              "(give the single options to change, e.g. --lr)"}
+              "(give the single options to change, e.g. --lr)",
+    "optimizer": "the optimiser's state (SGD's momentum, Adam's moments) is part of the run"}
 # --model: each family's sizes, and its default (--config auto)
 FAMILIES = {"mixer": "micro/4", "cnn": "cnn-micro"}
 ARCHITECTURES = {"mixer": "mixer", "cnn": "resnet"}  # --model: the "architecture" of its checkpoints' config
@@ -214,6 +215,12 @@ def parse_args(argv: list[str], defaults: dict[str, Any] | None = None, prog: st
     unset = object()
     parser.set_defaults(**{name: unset for name in vars(args)})
     given = {name for name, value in vars(parser.parse_args(argv)).items() if value is not unset}
+    if args.time_budget and "epochs" in given:
+        parser.error("--time-budget sets the number of epochs from a measured step: give one of the two")
+    if "momentum" in given and args.optimizer != "sgd":
+        parser.error(f"--momentum is SGD's; --optimizer {args.optimizer} has none (leave it out)")
+    if args.end_lr > args.lr:
+        parser.error(f"--end-lr {args.end_lr} is above the peak learning rate {args.lr}: the schedule decays to it")
     return args, given
 
 
