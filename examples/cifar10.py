@@ -159,6 +159,9 @@ def train(argv: list[str]) -> int:
     if resumed:
         setup.check_fits(model, data, f"the run in {path}", resized=bool(args.image_size))
     else:
+        if args.init and {"config", "patch_size"} & given:
+            fail("--init starts from the network its checkpoint holds: --config and --patch-size do not apply to "
+                 "it (leave them out)")
         model = setup.build_model(args, data, log)
         comm.broadcast_(model.params)  # the same start on every rank (the seed gives it already: made certain)
     h, w = model.image_size  # the images the model takes (the data's, or --image-size's: resized on the fly)

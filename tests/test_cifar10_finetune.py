@@ -77,6 +77,24 @@ def test_head_only_changes_nothing_but_the_head(tmp_path, digits, official):
             np.testing.assert_array_equal(value, start[name])
 
 
+def test_init_says_and_remembers_the_size_it_holds_and_refuses_a_size_beside_it(tmp_path, digits, capsys):
+    """--init of a tiny/4 checkpoint: the run says tiny/4 and remembers it (it said the default, micro/4, and a
+    later --resume with the true size was refused); --config or --patch-size beside --init is refused (ignored
+    before)."""
+    model = tm.MlpMixer.from_name("tiny/4", num_classes=10, image_size=8, in_channels=1, patch_size=2)
+    start = tm.training.checkpoint.save_model(tmp_path / "tiny.npz", model)
+    out = tmp_path / "ft"
+    assert cifar10.main(["--data-dir", str(digits), "--init", str(start), "--epochs", "1", "--out", str(out)]
+                        + QUICK) == 0
+    assert "MLP-Mixer tiny/4: 1,0" in capsys.readouterr().out
+    assert json.loads((out / "metrics.json").read_text())["config"] == "tiny/4"
+    for extra in (["--config", "micro/4"], ["--patch-size", "4"]):
+        with pytest.raises(SystemExit) as stop:
+            cifar10.main(["--data-dir", str(digits), "--init", str(start), "--epochs", "1",
+                          "--out", str(tmp_path / "no")] + QUICK + extra)
+        assert stop.value.code == 2 and "--config and --patch-size do not apply" in capsys.readouterr().err
+
+
 def test_the_paper_finetune_recipe_sets_its_defaults_and_options_still_win(capsys):
     args, _ = options.parse_args(["--recipe", "paper-finetune"])
     assert (args.batch_size, args.lr, args.warmup, args.momentum, args.clip) == (512, 0.03, "500", 0.9, 1.0)

@@ -11,7 +11,7 @@ from typing import Any
 from ..data import DataError, Dataset, find_data, load_folder
 from ..data.pipeline import Augmentation
 from ..nn.architectures import auto_patch_size
-from ..nn.cnn import ResNet
+from ..nn.cnn import CNN_SIZES, ResNet
 from ..nn.mixer import SIZES, MlpMixer
 from ..training import distributed, recipes
 from ..training.optim import SGD, Adam, warmup_steps
@@ -58,6 +58,18 @@ def load_data(args: argparse.Namespace, say: Callable[[str], None] = print) -> D
     return data.limited(args.limit_train, args.limit_test, seed=args.seed)
 
 
+def size_name(model: Any) -> str | None:
+    """The named size (``SIZES``, ``CNN_SIZES``) a network has the layers of, whatever its patch size, image size
+    and classes; None for a size of its own."""
+    if isinstance(model, ResNet):
+        shape = (model.widths, model.depths, model.groups)
+        return next((name for name, size in CNN_SIZES.items()
+                     if (tuple(size.widths), tuple(size.depths), size.groups) == shape), None)
+    shape = (model.num_blocks, model.hidden_dim, model.tokens_mlp_dim, model.channels_mlp_dim)
+    return next((name for name, size in SIZES.items()
+                 if (size.num_blocks, size.hidden_dim, size.tokens_mlp_dim, size.channels_mlp_dim) == shape), None)
+
+
 def build_model(args: argparse.Namespace, data: Dataset, say: Callable[[str], None] = print) -> Any:
     """A new model of --config for the data (at --image-size when given), or one started from --init's weights."""
     h, w, c = data.image_shape
@@ -84,6 +96,7 @@ def build_model(args: argparse.Namespace, data: Dataset, say: Callable[[str], No
             raise OptionError(f"--init {args.init} takes images of {model.in_channels} channels, the data has {c}")
         if args.model == "mixer":
             model.dropout, model.stochastic_depth = args.dropout, args.stochastic_depth  # this run's
+        args.config = size_name(model) or args.config  # what is said and remembered: the checkpoint's size
         return model
     if args.model == "cnn":
         return ResNet.from_name(args.config, num_classes=data.num_classes, image_size=(h, w), in_channels=c,
