@@ -412,6 +412,17 @@ def test_the_settings_line_shows_only_what_applies(tmp_path, digits, capsys):
     assert "momentum" not in settings and "data-url" not in settings and "data-md5" not in settings, settings
 
 
+def test_under_mpiexec_rank_0_alone_says_a_bad_option(monkeypatch, capsys):
+    """Every rank reads the options before MPI starts; the launcher's environment tells them apart."""
+    for rank, says in (("1", False), ("0", True)):
+        monkeypatch.setenv("PMI_SIZE", "2")
+        monkeypatch.setenv("PMI_RANK", rank)
+        with pytest.raises(SystemExit) as stop:
+            options.parse_args(["--lr", "-1"])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and ("argument --lr" in err) == says, (rank, err)
+
+
 def test_options_that_contradict_each_other_are_refused_not_dropped(capsys):
     for argv, says in ((["--time-budget", "5s", "--epochs", "2"], "--time-budget sets the number of epochs"),
                        (["--optimizer", "adam", "--momentum", "0.5"], "--momentum is SGD's"),

@@ -16,6 +16,7 @@ from ..data import CIFAR10_MD5, CIFAR10_URL, DATA_DIR_ENV, DataError, find_data
 from ..nn.architectures import MIN_TOKENS, MODEL_NAMES
 from ..nn.cnn import CNN_SIZES
 from ..nn.mixer import SIZES
+from ..training import distributed
 from ..training.optim import SCHEDULES, warmup_steps
 from ..training.recipes import DEFAULTS, RECIPES  # the training settings' defaults, and the named sets of them
 from ..util.cli import Parser, add_backend_option, duration, number
@@ -71,9 +72,19 @@ DESCRIPTION = ("Train an MLP-Mixer (or the CNN baseline) on CIFAR-10 or any CIFA
                "CuPy on a GPU), every gradient written by hand.")
 
 
+class RunParser(Parser):
+    """The run's parser: under mpiexec every rank reads the options and finds the same mistake; rank 0 alone says
+    it (every rank exits with code 2)."""
+
+    def error(self, message: str) -> None:
+        if distributed.launched_rank() == 0:
+            super().error(message)
+        self.exit(2)
+
+
 def build_parser(prog: str = "cifar10.py", description: str = DESCRIPTION) -> Parser:
     """The command line of ``examples/cifar10.py``: every option, its default and its help."""
-    p = Parser(prog=prog, description=description)
+    p = RunParser(prog=prog, description=description)
     pos, whole, chance = number(int, 1), number(int, 0), number(float, 0, 1)
     model = p.add_argument_group("model")
     model.add_argument("--model", default="mixer", choices=list(FAMILIES),

@@ -66,6 +66,21 @@ def launched_size() -> int:
     return 1
 
 
+_LAUNCHER_RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK", "SLURM_PROCID")
+
+
+def launched_rank() -> int:
+    """This process's rank as the launcher set it in the environment (0 without one): known before MPI starts,
+    so that an error found while the options are read is said by rank 0 alone."""
+    if launched_size() == 1:
+        return 0
+    for name in _LAUNCHER_RANK_VARS:
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
 class SingleProcess:
     """One process, nothing to communicate: every operation is the identity. The default."""
 
