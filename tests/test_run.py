@@ -7,6 +7,8 @@ import csv
 import json
 import math
 
+import pytest
+
 from tinymixer.trainer.state import (
     epoch_record,
     new_state,
@@ -80,6 +82,30 @@ def test_an_old_checkpoints_records_are_named_after_the_split():
     state = resumed_state(saved, "validation")
     assert state["best"] is None and state["history"] == [{"epoch": 1, "validation_loss": 0.5,
                                                            "validation_accuracy": 0.9}]
+
+
+def test_an_options_error_on_rank_0_ends_every_rank_as_a_bad_option(monkeypatch):
+    """Under mpiexec an --init that cannot be read is found by rank 0 alone: the other ranks get its OptionError
+    too, so that every rank exits with code 2 (they exited 1, and mpiexec reported 3)."""
+    from tinymixer.trainer import state
+    from tinymixer.trainer.options import OptionError
+
+    class OtherRank:
+        size, is_root = 2, False
+
+        def broadcast_object(self, outcome):
+            return ("error", OptionError("--init missing.npz: does not exist")) if outcome is None else outcome
+
+    monkeypatch.setattr(state.distributed, "world", lambda: OtherRank())
+    with pytest.raises(OptionError, match="--init missing.npz"):
+        state.on_root(lambda: None)
+    OtherRank.broadcast_object = lambda self, outcome: ("error", state.WeightsError("no such weights"))
+    with pytest.raises(state.WeightsError):  # --init's file, read by rank 0: its caller makes it an option error
+        state.on_root(lambda: None)
+    OtherRank.broadcast_object = lambda self, outcome: ("error", ValueError("a file rank 0 could not read"))
+    with pytest.raises(SystemExit) as stop:  # any other error: this rank stops quietly, rank 0 says why
+        state.on_root(lambda: None)
+    assert stop.value.code == 1
 
 
 def test_one_process_runs_the_root_task_itself():

@@ -31,8 +31,10 @@ from ..training.checkpoint import load_checkpoint, load_params_into, model_confi
 from ..training.evaluate import evaluate
 from ..training.optim import schedule
 from ..training.train import run_step
+from ..transfer.weights import WeightsError
 from ..util.files import atomic_open
 from ..util.plots import plot_learning_curves
+from .options import OptionError
 
 
 def running_totals() -> dict[str, float]:
@@ -128,8 +130,8 @@ def on_root(task: Callable[[], Any]) -> Any:
     kind, value = comm.broadcast_object(outcome)
     if kind == "ok":
         return value
-    if kind == "error" and comm.is_root:
-        raise value
+    if kind == "error" and (comm.is_root or isinstance(value, (OptionError, WeightsError))):
+        raise value  # an option's error (--init's file): every rank ends as a bad option does (exit code 2 on all)
     raise SystemExit(value if kind == "exit" else 1)
 
 
