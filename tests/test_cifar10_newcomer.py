@@ -187,7 +187,8 @@ def test_a_resume_applies_its_regularisers_and_refuses_a_new_split_or_recipe(tmp
     a, b = params_of(plain / "checkpoint.npz"), params_of(dropped / "checkpoint.npz")
     assert any(not np.array_equal(a[k], b[k]) for k in a)  # the second epoch trained with dropout
     for change, says in ((["--validation", "100"], "--validation 100 cannot change on --resume: the held-out"),
-                         (["--recipe", "pretrain"], "--recipe pretrain cannot change on --resume: a recipe")):
+                         (["--recipe", "pretrain"], "--recipe pretrain cannot change on --resume: a recipe"),
+                         (["--optimizer", "adam", "--lr", "0.001"], "--optimizer adam cannot change on --resume")):
         result = run_script("--resume", "--out", str(out), "--no-progress", *change)
         assert result.returncode == 2 and says in result.stderr, result.stderr
 
@@ -465,6 +466,19 @@ def test_limits_above_the_data_and_a_stop_after_the_end_are_said(tmp_path, digit
     assert "--limit-test" not in out.split("settings: ")[0]  # 100 of 360: a real limit, nothing to say
     assert "--stop-after-epoch 3: the run has 1 epoch, so it runs to its end" in out
     assert (tmp_path / "run" / "confusion_matrix.png").exists()  # written when the run ends, as the docs say
+
+
+def test_a_data_set_without_test_images_is_refused_when_loaded(tmp_path):
+    from helpers import fake_cifar
+
+    from tinymixer.data import Dataset, save_folder
+
+    full = fake_cifar(num_train=40, num_test=4, size=8)
+    save_folder(tmp_path / "no-test", Dataset(full.train_images, full.train_labels, full.test_images[:0],
+                                              full.test_labels[:0], full.class_names))
+    result = run_script("--data-dir", str(tmp_path / "no-test"), "--out", str(tmp_path / "run"), "--no-progress")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "holds 40 training and 0 test images: a run needs both" in result.stderr
 
 
 def test_a_folder_of_images_by_class_is_pointed_to_its_converter(tmp_path):

@@ -46,6 +46,8 @@ def test_describe_size_checks_the_name_and_the_image_size():
         tm.describe_size("cnn-micro")
     with pytest.raises(ValueError, match="100x100 is not divisible by B/16's patch size 16"):
         tm.describe_size("B/16", image_size=100)  # the constructor refuses it too
+    with pytest.raises(ValueError, match="image_size must be at least 1, got 0x0"):
+        tm.describe_size("B/16", image_size=0)
 
 
 def test_a_whole_number_is_an_integer_of_either_kind_and_never_a_bool():

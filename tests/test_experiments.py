@@ -311,6 +311,16 @@ def test_a_bad_option_or_a_missing_data_set_is_one_line_and_exit_2(tmp_path, cap
         assert exit_info.value.code == 2 and len(error.splitlines()) == 1 and says in error, (options, error)
 
 
+def test_an_experiment_refuses_a_data_set_without_test_images(tmp_path, capsys):
+    full = fake_cifar(num_train=40, num_test=4, size=8)
+    save_folder(tmp_path / "no-test", tm.data.Dataset(full.train_images, full.train_labels, full.test_images[:0],
+                                                      full.test_labels[:0], full.class_names))
+    with pytest.raises(SystemExit) as exit_info:
+        load("compute").main(["--quick", "--data-dir", str(tmp_path / "no-test"), "--out", str(tmp_path / "o")])
+    error = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and "holds 40 training and 0 test images: an experiment needs both" in error
+
+
 def test_the_data_size_verdict_names_the_largest_subset_it_trained():
     verdict = load("data_size").gap_verdict
     gap = {"smallest": 3.0, "largest": 1.0, "shrinks": True}

@@ -671,9 +671,10 @@ def _group_norm_backward(dout: Array, cache: tuple, positive: Array | None) -> t
     xp = array_module(xhat)
     dx = xp.empty(xhat.shape, xhat.dtype)  # (B, H, W, C)
     ones = constant_vector(xp, h * w, 1.0, xhat.dtype)  # (HW,)
-    arrays = [dout.reshape(b, h * w * c), xhat.reshape(b, h * w * c), rstd.reshape(b, groups), dx.reshape(b, h * w * c)]
+    per_image = h * w * c  # explicit, as in the forward (an empty batch)
+    arrays = [dout.reshape(b, per_image), xhat.reshape(b, per_image), rstd.reshape(b, groups), dx.reshape(b, per_image)]
     partial_sums = for_row_blocks(partial(_group_norm_backward_block, scale=scale, groups=groups, ones=ones),
-                                  *arrays, *([positive.reshape(b, h * w * c)] if positive is not None else []))
+                                  *arrays, *([positive.reshape(b, per_image)] if positive is not None else []))
     dscale = sum(p[0] for p in partial_sums)  # (C,), block by block in a fixed order: deterministic
     dbias = sum(p[1] for p in partial_sums)  # (C,)
     return dx, dscale, dbias

@@ -139,7 +139,9 @@ def describe_size(name: str, num_classes: int = 1000, image_size: int | tuple[in
         raise ValueError(f"unknown Mixer size {name!r}{family}; the sizes: {', '.join(SIZES)}")
     size = SIZES[name]
     h, w = image_hw(image_size)
-    if h < 1 or w < 1 or h % size.patch_size or w % size.patch_size:
+    if h < 1 or w < 1:
+        raise ValueError(f"image_size must be at least 1, got {h}x{w}")
+    if h % size.patch_size or w % size.patch_size:
         raise ValueError(f"image size {h}x{w} is not divisible by {name}'s patch size {size.patch_size}")
     config = vars(size) | {"num_tokens": (h // size.patch_size) * (w // size.patch_size), "in_channels": in_channels,
                            "num_classes": num_classes}
